@@ -1,0 +1,51 @@
+"""``spawnflow spawn SPEC``: build one VM, showing each step as it happens."""
+
+from __future__ import annotations
+
+from cliff.command import Command
+from cliff.formatters.table import TableFormatter
+
+from spawnflow import conf as sf_conf
+from spawnflow.cmd.history import STEP_COLUMNS, step_rows, summary
+from spawnflow.engine.agent import Agent
+from spawnflow.history import History
+from spawnflow.persistence import lifecycle
+
+
+class Spawn(Command):
+    """Spawn a VM from a YAML/JSON build spec and wait for the outcome."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001
+        parser = super().get_parser(prog_name)
+        parser.add_argument("spec", metavar="SPEC", help="build spec (YAML or JSON file)")
+        parser.add_argument("--timeout", type=float, default=None,
+                            help="seconds to wait for the outcome")
+        return parser
+
+    def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
+        self.app.stdout.write(f"{elapsed:8.3f}s  {step:<14} {state}\n")
+        self.app.stdout.flush()
+
+    def take_action(self, parsed_args):  # noqa: ANN001
+        conf = self.app.conf
+        with Agent(conf, progress=self._progress) as agent:
+            build_id = agent.start_build(parsed_args.spec)
+            self.app.stdout.write(f"build {build_id} queued\n")
+            outcome = agent.wait(build_id, timeout=parsed_args.timeout)
+        with History.open(sf_conf.database_url(conf)) as history:
+            build = history.build(build_id)
+        self.app.stdout.write("\n" + summary(build) + "\n")
+        formatter = TableFormatter()
+        formatter.emit_list(STEP_COLUMNS, step_rows(build), self.app.stdout,
+                            _TableArgs())
+        return 0 if outcome.state == lifecycle.ACTIVE else 1
+
+
+class _TableArgs:
+    """The parsed-argument attributes cliff's table formatter reads."""
+
+    max_width = 0
+    fit_width = True
+    print_empty = False
+    sort_columns = False
+    sort_direction = "asc"

@@ -1,0 +1,1 @@
+"""The agent layer: builds, their lifecycle, events and recovery."""

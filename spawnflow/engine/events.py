@@ -1,0 +1,50 @@
+"""External events (network-vif-plugged): persisted first, then waiters woken.
+
+Waiting reads the log, so an event delivered before the wait began, or while
+the agent was down, counts exactly like one delivered during the wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from spawnflow.persistence.eventlog import EventLog
+
+VIF_PLUGGED = "network-vif-plugged"
+STATUSES = frozenset({"completed", "failed"})
+_MAX_SLEEP = 1.0  # re-read the log at least this often (events from other processes)
+
+
+class EventHub:
+    def __init__(self, eventlog: EventLog):
+        self._log = eventlog
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def received(self, build_id: str, tags: list[str]) -> dict[str, str]:
+        """Latest status per expected tag among the persisted events of the build."""
+        wanted = set(tags)
+        found: dict[str, str] = {}
+        for event in self._log.external_events(build_id):
+            if event.name == VIF_PLUGGED and event.subject in wanted:
+                found[event.subject] = event.to_state
+        return found
+
+    def wait(self, build_id: str, tags: list[str], deadline: float) -> dict[str, str]:
+        while True:
+            found = self.received(build_id, tags)
+            remaining = deadline - time.time()
+            if len(found) == len(set(tags)) or remaining <= 0 or self._closed:
+                return found
+            with self._cond:
+                self._cond.wait(min(remaining, _MAX_SLEEP))

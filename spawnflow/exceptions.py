@@ -1,0 +1,89 @@
+"""Errors raised by spawnflow; every layer raises these, never bare Exception.
+
+Each error says what went wrong in words an operator can act on, and names the
+field, path or object involved.
+"""
+
+
+class SpawnflowError(Exception):
+    """Base class of every spawnflow error."""
+
+
+class InvalidSpec(SpawnflowError):
+    """The build request is malformed; nothing was written or changed."""
+
+
+class ConfigError(SpawnflowError):
+    """A configuration option has an unusable value."""
+
+
+class HostError(SpawnflowError):
+    """A host primitive (libvirt, qemu-img, netlink) failed."""
+
+
+class NotSupportedByHost(HostError):
+    """The connected hypervisor cannot do what the build asks for."""
+
+
+class ImageError(HostError):
+    """The image could not be fetched or is not acceptable."""
+
+
+class ImageUnreachable(ImageError):
+    """The image source could not be read or downloaded."""
+
+
+class ImageChecksumMismatch(ImageError):
+    """The downloaded image does not match the checksum in the spec."""
+
+
+class ImageUnacceptable(ImageError):
+    """The image is of the wrong format, or has a backing/data file."""
+
+
+class VolumeError(HostError):
+    """A volume could not be connected or disconnected."""
+
+
+class EncryptionError(HostError):
+    """A volume secret could not be created or removed."""
+
+
+class VifError(HostError):
+    """A VIF could not be plugged or unplugged."""
+
+
+class FirewallError(HostError):
+    """An instance filter could not be defined or removed."""
+
+
+class DomainError(HostError):
+    """A libvirt domain could not be defined, started, resumed or removed."""
+
+
+class VifPlugTimeout(SpawnflowError):
+    """Expected network-vif-plugged events did not arrive before the deadline."""
+
+
+class VifPlugFailed(SpawnflowError):
+    """Neutron (or the operator) reported a VIF as failed to plug."""
+
+
+class BootTimeout(SpawnflowError):
+    """The domain did not reach RUNNING before boot_timeout."""
+
+
+class PersistenceError(SpawnflowError):
+    """The event log refused or failed an operation."""
+
+
+class IllegalTransition(PersistenceError):
+    """A state change that the state machine does not allow; nothing was written."""
+
+
+class SchemaError(PersistenceError):
+    """The database is not a spawnflow database, or is newer than this code."""
+
+
+class UnknownBuild(SpawnflowError):
+    """No build with this id exists in the database."""

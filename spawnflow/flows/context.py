@@ -1,0 +1,46 @@
+"""What every spawn task is given: the build, its spec and the host services.
+
+Tasks keep this object, never persist it; on resume the agent builds a new one
+from the persisted (redacted) spec and the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from oslo_config import cfg
+
+from spawnflow.flows.spec import BuildSpec
+from spawnflow.virt.firewall import NoopFirewall, NWFilterFirewall
+from spawnflow.virt.host import Host
+from spawnflow.virt.images import ImageCache
+
+
+class EventWaiter(Protocol):
+    def wait(self, build_id: str, tags: list[str], deadline: float) -> dict[str, str]:
+        """Block until every tag has an event or ``deadline`` (epoch) passes.
+
+        Returns ``{tag: status}`` for the events received (persisted ones included).
+        """
+
+
+@dataclass
+class BuildContext:
+    build_id: str
+    spec: BuildSpec
+    conf: cfg.ConfigOpts
+    host: Host
+    images: ImageCache
+    firewall: NoopFirewall | NWFilterFirewall
+    events: EventWaiter
+    instances_path: str
+
+    @property
+    def instance_uuid(self) -> str:
+        return self.spec.instance.uuid
+
+    @property
+    def instance_dir(self) -> str:
+        return os.path.join(self.instances_path, self.spec.instance.uuid)

@@ -1,0 +1,48 @@
+"""Step 8, domain create: defineXML, then start (paused when VIF events are expected).
+
+Creates a persistent domain and, if the guest is powered on, its QEMU process
+(and libvirt-managed taps). A domain with this uuid that another build defined
+is refused, never adopted. Revert destroys first, then undefines: an undefined
+running domain would survive as a transient one. The build id in the domain's
+metadata tells revert whether the domain is ours, with or without a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskflow import task
+
+from spawnflow.exceptions import DomainError
+from spawnflow.flows.context import BuildContext
+from spawnflow.virt import domain
+from spawnflow.virt.metadata import build_id_of
+
+
+class CreateDomainTask(task.Task):
+    step = "domain_create"
+    default_provides = "domain_info"
+
+    def __init__(self, ctx: BuildContext):
+        super().__init__(name=self.step)
+        self.ctx = ctx
+
+    def execute(self, domain_xml: str, vifs: dict[str, Any]) -> dict[str, Any]:
+        ctx = self.ctx
+        existing = domain.lookup(ctx.host, ctx.instance_uuid)
+        if existing is not None and build_id_of(existing) != ctx.build_id:
+            raise DomainError(f"a domain with uuid {ctx.instance_uuid} already exists and was "
+                              "not defined by this build; refusing to touch it")
+        dom = domain.define(ctx.host, domain_xml)
+        paused = bool(vifs["expected_events"])
+        if ctx.spec.power_on and not dom.isActive():
+            domain.start(dom, paused=paused)
+        return {"uuid": ctx.instance_uuid, "started_paused": paused and ctx.spec.power_on}
+
+    def revert(self, *args: Any, **kwargs: Any) -> None:
+        ctx = self.ctx
+        dom = domain.lookup(ctx.host, ctx.instance_uuid)
+        if dom is None or build_id_of(dom) != ctx.build_id:
+            return
+        domain.destroy(ctx.host, ctx.instance_uuid)
+        domain.undefine(ctx.host, ctx.instance_uuid)

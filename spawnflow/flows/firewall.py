@@ -1,0 +1,32 @@
+"""Step 7, firewall: per-instance nwfilter filters (or nothing with the noop driver).
+
+Creates one filter per VIF, named after the instance uuid and MAC. Revert
+undefines the filters of this instance's MACs; the names are deterministic, so
+it works without a recorded result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskflow import task
+
+from spawnflow.flows.context import BuildContext
+
+
+class SetupFirewallTask(task.Task):
+    step = "firewall"
+    default_provides = "filters"
+
+    def __init__(self, ctx: BuildContext):
+        super().__init__(name=self.step)
+        self.ctx = ctx
+
+    def execute(self) -> list[str]:
+        return self.ctx.firewall.setup(self.ctx.instance_uuid,
+                                       [vif.mac for vif in self.ctx.spec.vifs])
+
+    def revert(self, *args: Any, **kwargs: Any) -> None:
+        names = [self.ctx.firewall.filter_for(self.ctx.instance_uuid, vif.mac)
+                 for vif in self.ctx.spec.vifs]
+        self.ctx.firewall.teardown([n for n in names if n])

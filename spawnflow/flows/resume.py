@@ -1,0 +1,67 @@
+"""Step 9, resume: wait for the expected network-vif-plugged events, then resume.
+
+The deadline is computed from the time persisted by the VIF step, so a
+resumed build does not restart the clock. A 'failed' event or the deadline
+passing fails the build when vif_plugging_is_fatal, else it goes on. Only a
+paused domain is resumed. Creates nothing; revert has nothing to remove (the
+domain step destroys the domain).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from taskflow import task
+
+from spawnflow.exceptions import DomainError, VifPlugFailed, VifPlugTimeout
+from spawnflow.flows.context import BuildContext
+from spawnflow.virt import domain
+
+LOG = logging.getLogger(__name__)
+
+
+class ResumeDomainTask(task.Task):
+    step = "resume"
+    default_provides = "events_received"
+
+    def __init__(self, ctx: BuildContext):
+        super().__init__(name=self.step)
+        self.ctx = ctx
+
+    def execute(self, vifs: dict[str, Any], domain_info: dict[str, Any]) -> dict[str, str]:
+        ctx, expected = self.ctx, vifs["expected_events"]
+        received: dict[str, str] = {}
+        if expected:
+            deadline = vifs["waiting_since"] + ctx.conf.network.vif_plugging_timeout
+            received = ctx.events.wait(ctx.build_id, expected, deadline)
+            self._judge(expected, received)
+        if domain_info["started_paused"]:
+            self._resume()
+        return received
+
+    def _judge(self, expected: list[str], received: dict[str, str]) -> None:
+        fatal = self.ctx.conf.network.vif_plugging_is_fatal
+        failed = [tag for tag in expected if received.get(tag) == "failed"]
+        missing = [tag for tag in expected if tag not in received]
+        if failed:
+            message = f"network-vif-plugged reported failed for port(s) {', '.join(failed)}"
+            if fatal:
+                raise VifPlugFailed(message)
+            LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)
+        if missing:
+            message = (f"timed out waiting for network-vif-plugged for port(s) "
+                       f"{', '.join(missing)}")
+            if fatal:
+                raise VifPlugTimeout(message)
+            LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)
+
+    def _resume(self) -> None:
+        dom = domain.lookup(self.ctx.host, self.ctx.instance_uuid)
+        if dom is None:
+            raise DomainError(f"domain {self.ctx.instance_uuid} vanished before resume")
+        if domain.state(dom) == "paused":
+            domain.resume(dom)
+
+    def revert(self, *args: Any, **kwargs: Any) -> None:
+        pass

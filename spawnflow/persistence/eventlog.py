@@ -1,0 +1,148 @@
+"""The append-only event log and the projections kept beside it.
+
+Every write is one transaction that appends an event and updates the
+projection it affects, so the two never disagree; ``replay`` rebuilds the
+projections from the events alone. The build lifecycle is checked here: an
+illegal build transition raises and writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from spawnflow.exceptions import UnknownBuild
+from spawnflow.persistence import lifecycle, schema
+from spawnflow.persistence import tables as t
+from spawnflow.persistence.redact import redact
+
+# Event kinds.
+BUILD = "build"
+LOGBOOK = "logbook"
+FLOW = "flow"
+ATOM = "atom"
+EXTERNAL = "external"
+
+
+class EventLog:
+    """One database: its engine, the writes that append events, and simple reads."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        # SQLite allows one writer; serialising our own threads here is cheaper
+        # than letting them spin on the busy timeout.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @classmethod
+    def open(cls, url: str, upgrade: bool = True) -> EventLog:
+        """Open ``url``; an empty database is upgraded to head, a foreign or newer one refused."""
+        if not upgrade and schema.inspect_url(url) is None:
+            raise UnknownBuild(f"{url} holds no spawnflow history (empty or missing database)")
+        return cls(schema.open_engine(url, upgrade_schema=upgrade))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction; committed (and on SQLite fsynced) when the block ends."""
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock, self.engine.begin() as conn:
+            yield conn
+
+    @staticmethod
+    def append(conn: sa.Connection, *, kind: str, build_id: str | None, subject: str | None,
+               name: str | None = None, from_state: str | None = None,
+               to_state: str | None = None, payload: Any = None) -> int:
+        """Append one event inside ``conn``'s transaction and return its sequence number."""
+        result = conn.execute(sa.insert(t.events).values(
+            build_id=build_id, ts=time.time(), kind=kind, subject=subject, name=name,
+            from_state=from_state, to_state=to_state, payload=redact(payload)))
+        return result.inserted_primary_key[0]
+
+    # -- builds -----------------------------------------------------------------
+
+    def create_build(self, build_id: str, *, instance_uuid: str, instance_name: str,
+                     host: str, spec: dict[str, Any]) -> None:
+        """Record a new build in QUEUED; its first event carries the (redacted) spec."""
+        lifecycle.check(None, lifecycle.QUEUED)
+        spec = redact(spec)
+        with self.transaction() as conn:
+            seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
+                              name=instance_name, to_state=lifecycle.QUEUED,
+                              payload={"spec": spec, "host": host})
+            now = time.time()
+            conn.execute(sa.insert(t.builds).values(
+                build_id=build_id, instance_uuid=instance_uuid, instance_name=instance_name,
+                host=host, state=lifecycle.QUEUED, created_at=now, updated_at=now, spec=spec,
+                error=None, last_seq=seq))
+
+    def transition_build(self, build_id: str, to_state: str, *, error: str | None = None,
+                         payload: dict[str, Any] | None = None) -> str:
+        """Move a build to ``to_state`` if the lifecycle allows it; return the old state."""
+        with self.transaction() as conn:
+            query = sa.select(t.builds.c.state, t.builds.c.instance_name).where(
+                t.builds.c.build_id == build_id)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                raise UnknownBuild(f"no build {build_id}")
+            lifecycle.check(row.state, to_state)
+            body = dict(payload or {})
+            if error is not None:
+                body["error"] = error
+            seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
+                              name=row.instance_name, from_state=row.state, to_state=to_state,
+                              payload=body or None)
+            values: dict[str, Any] = {"state": to_state, "updated_at": time.time(),
+                                      "last_seq": seq}
+            if error is not None:
+                values["error"] = error
+            conn.execute(sa.update(t.builds).where(t.builds.c.build_id == build_id)
+                         .values(**values))
+            return row.state
+
+    def get_build(self, build_id: str) -> sa.Row:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.builds).where(t.builds.c.build_id == build_id)).first()
+        if row is None:
+            raise UnknownBuild(f"no build {build_id} in this database")
+        return row
+
+    def builds(self, *, host: str | None = None, states: frozenset[str] | None = None,
+               instance_uuid: str | None = None) -> list[sa.Row]:
+        query = sa.select(t.builds).order_by(t.builds.c.created_at)
+        if host is not None:
+            query = query.where(t.builds.c.host == host)
+        if states is not None:
+            query = query.where(t.builds.c.state.in_(sorted(states)))
+        if instance_uuid is not None:
+            query = query.where(t.builds.c.instance_uuid == instance_uuid)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    # -- external events (network-vif-plugged) ------------------------------------
+
+    def record_external_event(self, build_id: str, name: str, tag: str, status: str) -> int:
+        """Persist an external event before anyone acts on it (so none is lost)."""
+        with self.transaction() as conn:
+            return self.append(conn, kind=EXTERNAL, build_id=build_id, subject=tag, name=name,
+                               to_state=status, payload={"tag": tag, "status": status})
+
+    def external_events(self, build_id: str) -> list[sa.Row]:
+        query = (sa.select(t.events).where(t.events.c.build_id == build_id,
+                                           t.events.c.kind == EXTERNAL)
+                 .order_by(t.events.c.seq))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def events(self, build_id: str) -> list[sa.Row]:
+        query = sa.select(t.events).where(t.events.c.build_id == build_id).order_by(t.events.c.seq)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))

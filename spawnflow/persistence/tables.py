@@ -1,0 +1,91 @@
+"""SQLAlchemy tables of the event log and its projections.
+
+``events`` is the append-only truth. The other tables are projections, updated
+in the same transaction as the event that changes them and rebuildable from the
+events alone (see ``replay``). Schema changes go through alembic migrations in
+``migrations/versions``; this module must always match the newest revision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from oslo_serialization import jsonutils
+
+
+class JsonText(sa.types.TypeDecorator):
+    """JSON stored as text: the same bytes on SQLite and PostgreSQL."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else jsonutils.dumps(value, sort_keys=True)
+
+    def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
+        return None if value is None else jsonutils.loads(value)
+
+
+# SQLite only turns INTEGER PRIMARY KEY into the autoincrementing rowid.
+Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("seq", Seq, primary_key=True, autoincrement=True),
+    sa.Column("build_id", sa.String(36), nullable=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(36), nullable=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("from_state", sa.String(32), nullable=True),
+    sa.Column("to_state", sa.String(32), nullable=True),
+    sa.Column("payload", JsonText, nullable=True),
+    sa.Index("ix_events_build_seq", "build_id", "seq"),
+)
+
+builds = sa.Table(
+    "builds", metadata,
+    sa.Column("build_id", sa.String(36), primary_key=True),
+    sa.Column("instance_uuid", sa.String(36), nullable=False, index=True),
+    sa.Column("instance_name", sa.String(255), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False, index=True),
+    sa.Column("state", sa.String(32), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("spec", JsonText, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+)
+
+logbooks = sa.Table(
+    "logbooks", metadata,
+    sa.Column("uuid", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("doc", JsonText, nullable=False),
+)
+
+flowdetails = sa.Table(
+    "flowdetails", metadata,
+    sa.Column("uuid", sa.String(36), primary_key=True),
+    sa.Column("book_uuid", sa.String(36), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("state", sa.String(32), nullable=True),
+    sa.Column("doc", JsonText, nullable=False),
+)
+
+atomdetails = sa.Table(
+    "atomdetails", metadata,
+    sa.Column("uuid", sa.String(36), primary_key=True),
+    sa.Column("flow_uuid", sa.String(36), nullable=False, index=True),
+    sa.Column("book_uuid", sa.String(36), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("atom_type", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(32), nullable=True),
+    sa.Column("intention", sa.String(32), nullable=True),
+    sa.Column("doc", JsonText, nullable=False),
+)
+
+PROJECTIONS = (builds, logbooks, flowdetails, atomdetails)
