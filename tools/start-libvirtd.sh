@@ -62,8 +62,8 @@ start_libvirtd() {
         echo "start-libvirtd: warning: 'libvirtd -d' exited non-zero" >&2
 }
 
-# Set `key = value` in a libvirt config file: replace an existing (possibly
-# commented-out) assignment of key, else append one. Never duplicates.
+# Set `key = value` in a libvirt config file: rewrite an active (uncommented)
+# assignment of key in place, else append one. Never duplicates.
 set_conf() {
     local file=$1 key=$2 value=$3
     touch "$file"

@@ -8,7 +8,7 @@ import datetime
 def clock(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S")
 
 
 def stamp(ts: float | None) -> str:

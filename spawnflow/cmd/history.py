@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from cliff.lister import Lister
 
 from spawnflow import conf as sf_conf
 from spawnflow.cmd.formatting import clock, seconds, shorten, stamp
 from spawnflow.history import BuildHistory, History
 
-STEP_COLUMNS = ("Step", "State", "Start", "End", "Duration", "Try", "Error")
+STEP_COLUMNS = ("Step", "State", "Start", "Duration", "Try", "Error")
+WIDTH = 80  # operators read this on a console at 3 am
 
 
 def step_rows(build: BuildHistory) -> list[tuple]:
-    rows = []
-    for step in build.steps:
-        rows.append((step.name, step.state, clock(step.started_at), clock(step.ended_at),
-                     seconds(step.duration), step.attempts, shorten(step.error)))
-    return rows
+    return [(step.name, step.state, clock(step.started_at), seconds(step.duration),
+             step.attempts, shorten(step.error, 22)) for step in build.steps]
 
 
 def summary(build: BuildHistory) -> str:
-    lines = [f"build {build.build_id}  instance {build.instance_uuid} ({build.instance_name})",
-             f"host {build.host}  state {build.state}  created {stamp(build.created_at)}"]
-    path = " -> ".join(t.to_state for t in build.lifecycle)
-    lines.append(f"lifecycle: {path}")
+    lines = [f"build     {build.build_id}",
+             f"instance  {build.instance_uuid} {shorten(build.instance_name, 30)}",
+             f"host      {shorten(build.host, 30)}  created {stamp(build.created_at)}",
+             f"state     {build.state}  ("
+             + " -> ".join(t.to_state for t in build.lifecycle) + ")"]
     if build.error:
-        lines.append(f"error: {build.error}")
+        lines += textwrap.wrap(build.error, WIDTH, initial_indent="error     ",
+                               subsequent_indent=" " * 10)
     return "\n".join(lines)
 
 
@@ -67,6 +69,6 @@ class HistoryList(_HistoryCommand):
     def take_action(self, parsed_args):  # noqa: ANN001
         with self.open_history(parsed_args) as history:
             rows = history.builds(limit=parsed_args.limit)
-        columns = ("Build", "State", "Instance", "Host", "Created", "Error")
-        return columns, [(r.build_id, r.state, shorten(r.instance_name, 20), r.host,
-                          stamp(r.created_at), shorten(r.error, 30)) for r in rows]
+        columns = ("Build", "State", "Instance", "Created")
+        return columns, [(r.build_id, r.state, shorten(r.instance_name, 12),
+                          stamp(r.created_at)) for r in rows]

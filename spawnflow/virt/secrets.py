@@ -22,13 +22,17 @@ def usage_id(instance_uuid: str, volume_id: str) -> str:
 
 
 def read_key_file(path: str) -> bytes:
-    """The passphrase from a root-only key file; refuse files others can read."""
+    """The passphrase from a root-only key file; refuse files others can read.
+
+    The whole file is the passphrase, byte for byte (a trailing newline
+    included), as ``cryptsetup --key-file`` and qemu's ``secret,file=`` read it.
+    """
     try:
         info = os.stat(path)
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise EncryptionError(f"key file {path} is readable by group/others; chmod 600 it")
         with open(path, "rb") as f:
-            key = f.read().rstrip(b"\r\n")
+            key = f.read()
     except OSError as exc:
         raise EncryptionError(f"cannot read key file {path}: {exc.strerror}") from exc
     if not key:
