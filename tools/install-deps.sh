@@ -9,6 +9,9 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
+# Usage: install-deps.sh [demo]   (demo: only what `make demo` needs)
+DEMO_PACKAGES=(libvirt-dev pkg-config gcc libc6-dev python3-dev qemu-utils iproute2)
+
 PACKAGES=(
     # building libvirt-python (pip) against the system libvirt
     libvirt-dev pkg-config gcc libc6-dev python3-dev
@@ -27,6 +30,10 @@ PACKAGES=(
     # PostgreSQL 15 server and client
     postgresql
 )
+
+if [[ "${1:-}" == "demo" ]]; then
+    PACKAGES=("${DEMO_PACKAGES[@]}")
+fi
 
 LOG_DIR=${SPAWNFLOW_LOG_DIR:-/tmp/spawnflow-host}
 mkdir -p "$LOG_DIR"
