@@ -85,5 +85,9 @@ class SchemaError(PersistenceError):
     """The database is not a spawnflow database, or is newer than this code."""
 
 
+class InvalidEvent(SpawnflowError):
+    """An external event with an unknown name or status; nothing was recorded."""
+
+
 class UnknownBuild(SpawnflowError):
     """No build with this id exists in the database."""

@@ -24,10 +24,10 @@ from oslo_config import cfg
 from taskflow.persistence import models
 
 from spawnflow import conf as sf_conf
-from spawnflow.engine.events import STATUSES, VIF_PLUGGED, EventHub
+from spawnflow.engine.events import EventHub, deliver
 from spawnflow.engine.outcome import Outcome
 from spawnflow.engine.runner import ProgressCallback, describe, run_build
-from spawnflow.exceptions import SpawnflowError, UnknownBuild
+from spawnflow.exceptions import SpawnflowError
 from spawnflow.flows.context import BuildContext
 from spawnflow.flows.spawn import FLOW_NAME
 from spawnflow.flows.spec import BuildSpec, parse_spec
@@ -134,15 +134,7 @@ class Agent:
     def deliver_event(self, instance_uuid: str, name: str, tag: str,
                       status: str = "completed") -> str:
         """Persist an external event for the instance's unfinished build; return its id."""
-        if name != VIF_PLUGGED:
-            raise SpawnflowError(f"unknown event name {name!r} (expected {VIF_PLUGGED})")
-        if status not in STATUSES:
-            raise SpawnflowError(f"event status {status!r} is not one of {sorted(STATUSES)}")
-        builds = self._log().builds(instance_uuid=instance_uuid, states=UNFINISHED)
-        if not builds:
-            raise UnknownBuild(f"no unfinished build for instance {instance_uuid}")
-        build_id = builds[-1].build_id
-        self._log().record_external_event(build_id, name, tag, status)
+        build_id = deliver(self._log(), instance_uuid, name, tag, status)
         self.events.notify()
         return build_id
 

@@ -9,11 +9,32 @@ from __future__ import annotations
 import threading
 import time
 
+from spawnflow.exceptions import InvalidEvent, UnknownBuild
+from spawnflow.persistence import lifecycle
 from spawnflow.persistence.eventlog import EventLog
 
 VIF_PLUGGED = "network-vif-plugged"
 STATUSES = frozenset({"completed", "failed"})
 _MAX_SLEEP = 1.0  # re-read the log at least this often (events from other processes)
+
+
+def deliver(eventlog: EventLog, instance_uuid: str, name: str, tag: str,
+            status: str = "completed") -> str:
+    """Persist an external event for the instance's unfinished build; return the build id.
+
+    Works from any process: the agent that runs the build reads it from the log.
+    """
+    if name != VIF_PLUGGED:
+        raise InvalidEvent(f"unknown event name {name!r} (expected {VIF_PLUGGED})")
+    if status not in STATUSES:
+        raise InvalidEvent(f"event status {status!r} is not one of {sorted(STATUSES)}")
+    unfinished = lifecycle.STATES - lifecycle.FINAL
+    builds = eventlog.builds(instance_uuid=instance_uuid, states=unfinished)
+    if not builds:
+        raise UnknownBuild(f"no unfinished build for instance {instance_uuid}")
+    build_id = builds[-1].build_id
+    eventlog.record_external_event(build_id, name, tag, status)
+    return build_id
 
 
 class EventHub:
