@@ -29,14 +29,56 @@ ATOM = "atom"
 EXTERNAL = "external"
 
 
+# Built once: constructing statements costs more than executing them here.
+_INSERT_EVENT = sa.insert(t.events)
+_ROW_TABLES = {"atomdetails": t.atomdetails, "flowdetails": t.flowdetails}
+
+
+class _Pending:
+    """Deferred writes of one build: events in order, projection rows last-wins."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.rows: dict[tuple[str, str], tuple[bool, dict[str, Any]]] = {}
+
+    def add(self, event: dict[str, Any], table: str | None, row: dict[str, Any] | None,
+            new: bool) -> None:
+        self.events.append(event)
+        if table is not None and row is not None:
+            key = (table, row["uuid"])
+            was_new = self.rows.get(key, (False, None))[0]
+            self.rows[key] = (new or was_new, row)  # an unwritten insert stays an insert
+
+    def write(self, conn: sa.Connection) -> None:
+        if self.events:
+            conn.execute(_INSERT_EVENT, self.events)
+        for (table_name, uuid), (new, row) in self.rows.items():
+            table = _ROW_TABLES[table_name]
+            if new:
+                conn.execute(sa.insert(table), row)
+            else:
+                conn.execute(sa.update(table).where(table.c.uuid == uuid), row)
+
+
 class EventLog:
-    """One database: its engine, the writes that append events, and simple reads."""
+    """One database: its engine, the writes that append events, and simple reads.
+
+    Durability points: a write that announces a side effect goes through
+    ``transaction(build_id)`` and is committed before the call returns. A write
+    that announces nothing new on the host (a result after SUCCESS, progress)
+    may be handed to ``defer``; it is written, in order, at the start of the
+    build's next transaction, so the log never shows a later event without the
+    earlier ones. A crash loses at most the deferred writes of the step that
+    just finished, and re-running an idempotent step is always safe.
+    """
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
         # SQLite allows one writer; serialising our own threads here is cheaper
         # than letting them spin on the busy timeout.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._pending: dict[str | None, _Pending] = {}
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str, upgrade: bool = True) -> EventLog:
@@ -46,23 +88,66 @@ class EventLog:
         return cls(schema.open_engine(url, upgrade_schema=upgrade))
 
     def close(self) -> None:
+        self.flush()
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
-        """A write transaction; committed (and on SQLite fsynced) when the block ends."""
+    def transaction(self, build_id: str | None = None) -> Iterator[sa.Connection]:
+        """A write transaction for one build; committed (and fsynced) when the block ends.
+
+        The build's deferred writes are written first, in the same transaction.
+        """
         lock = self._write_lock or contextlib.nullcontext()
-        with lock, self.engine.begin() as conn:
-            yield conn
+        with lock:
+            with self._pending_lock:
+                pending = self._pending.pop(build_id, None)
+            try:
+                with self.engine.begin() as conn:
+                    if pending is not None:
+                        pending.write(conn)
+                    yield conn
+            except BaseException:
+                if pending is not None:
+                    with self._pending_lock:  # keep them for the next attempt
+                        later = self._pending.get(build_id)
+                        if later is not None:
+                            pending.events += later.events
+                            pending.rows.update(later.rows)
+                        self._pending[build_id] = pending
+                raise
+
+    def defer(self, build_id: str | None, event: dict[str, Any], table: str | None = None,
+              row: dict[str, Any] | None = None, new: bool = False) -> None:
+        """Queue an event (and the projection row it changes) that announces no side effect.
+
+        ``event`` holds the columns of an events row; ``row`` the full projection
+        row of ``table`` (``new``: insert it, else update it by uuid).
+        """
+        with self._pending_lock:
+            self._pending.setdefault(build_id, _Pending()).add(event, table, row, new)
+
+    def flush(self, build_id: str | None = None, *, all_builds: bool = False) -> None:
+        """Commit deferred writes now: of one build, or of every build."""
+        with self._pending_lock:
+            keys = list(self._pending) if all_builds else [build_id]
+        for key in keys:
+            if key in self._pending:
+                with self.transaction(key):
+                    pass
 
     @staticmethod
     def append(conn: sa.Connection, *, kind: str, build_id: str | None, subject: str | None,
                name: str | None = None, from_state: str | None = None,
-               to_state: str | None = None, payload: Any = None) -> int:
-        """Append one event inside ``conn``'s transaction and return its sequence number."""
-        result = conn.execute(sa.insert(t.events).values(
-            build_id=build_id, ts=time.time(), kind=kind, subject=subject, name=name,
-            from_state=from_state, to_state=to_state, payload=redact(payload)))
+               to_state: str | None = None, payload: Any = None,
+               ts: float | None = None, redacted: bool = False) -> int:
+        """Append one event inside ``conn``'s transaction and return its sequence number.
+
+        ``redacted=True`` says the payload was built from already redacted data.
+        """
+        result = conn.execute(_INSERT_EVENT, {
+            "build_id": build_id, "ts": time.time() if ts is None else ts, "kind": kind,
+            "subject": subject, "name": name, "from_state": from_state, "to_state": to_state,
+            "payload": payload if redacted else redact(payload)})
         return result.inserted_primary_key[0]
 
     # -- builds -----------------------------------------------------------------
@@ -72,7 +157,7 @@ class EventLog:
         """Record a new build in QUEUED; its first event carries the (redacted) spec."""
         lifecycle.check(None, lifecycle.QUEUED)
         spec = redact(spec)
-        with self.transaction() as conn:
+        with self.transaction(build_id) as conn:
             seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
                               name=instance_name, to_state=lifecycle.QUEUED,
                               payload={"spec": spec, "host": host})
@@ -85,7 +170,7 @@ class EventLog:
     def transition_build(self, build_id: str, to_state: str, *, error: str | None = None,
                          payload: dict[str, Any] | None = None) -> str:
         """Move a build to ``to_state`` if the lifecycle allows it; return the old state."""
-        with self.transaction() as conn:
+        with self.transaction(build_id) as conn:
             query = sa.select(t.builds.c.state, t.builds.c.instance_name).where(
                 t.builds.c.build_id == build_id)
             if conn.dialect.name == "postgresql":
@@ -131,7 +216,7 @@ class EventLog:
 
     def record_external_event(self, build_id: str, name: str, tag: str, status: str) -> int:
         """Persist an external event before anyone acts on it (so none is lost)."""
-        with self.transaction() as conn:
+        with self.transaction(build_id) as conn:
             return self.append(conn, kind=EXTERNAL, build_id=build_id, subject=tag, name=name,
                                to_state=status, payload={"tag": tag, "status": status})
 
