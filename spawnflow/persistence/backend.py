@@ -15,6 +15,7 @@ processes see the committed log.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -94,7 +95,9 @@ class _Cached:
     doc: dict[str, Any]
 
     def detail(self) -> models.AtomDetail:
-        return models.atom_detail_class(self.atom_type).from_dict(self.doc)
+        # A copy: TaskFlow's merge mutates nested dicts (meta) in place, and the
+        # cached doc must stay what was written, or the next diff misses changes.
+        return models.atom_detail_class(self.atom_type).from_dict(copy.deepcopy(self.doc))
 
 
 class EventLogBackend(base.Backend):

@@ -157,11 +157,12 @@ class EventLog:
         """Record a new build in QUEUED; its first event carries the (redacted) spec."""
         lifecycle.check(None, lifecycle.QUEUED)
         spec = redact(spec)
+        now = time.time()
         with self.transaction(build_id) as conn:
             seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
-                              name=instance_name, to_state=lifecycle.QUEUED,
-                              payload={"spec": spec, "host": host})
-            now = time.time()
+                              name=instance_name, to_state=lifecycle.QUEUED, ts=now,
+                              payload={"spec": spec, "host": host,
+                                       "instance_uuid": instance_uuid})
             conn.execute(sa.insert(t.builds).values(
                 build_id=build_id, instance_uuid=instance_uuid, instance_name=instance_name,
                 host=host, state=lifecycle.QUEUED, created_at=now, updated_at=now, spec=spec,
@@ -182,11 +183,11 @@ class EventLog:
             body = dict(payload or {})
             if error is not None:
                 body["error"] = error
+            now = time.time()
             seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
                               name=row.instance_name, from_state=row.state, to_state=to_state,
-                              payload=body or None)
-            values: dict[str, Any] = {"state": to_state, "updated_at": time.time(),
-                                      "last_seq": seq}
+                              payload=body or None, ts=now)
+            values: dict[str, Any] = {"state": to_state, "updated_at": now, "last_seq": seq}
             if error is not None:
                 values["error"] = error
             conn.execute(sa.update(t.builds).where(t.builds.c.build_id == build_id)

@@ -58,6 +58,8 @@ builds = sa.Table(
     sa.Column("spec", JsonText, nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Index("ix_builds_created_at", "created_at"),
+    sa.Index("ix_builds_state_updated_at", "state", "updated_at"),
 )
 
 logbooks = sa.Table(

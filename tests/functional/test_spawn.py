@@ -170,3 +170,35 @@ def test_library_accepts_a_yaml_path(agent, tmp_path, image, test_conn):
     dom = test_conn.lookupByUUIDString(spec["instance"]["uuid"])
     dom.destroy()
     dom.undefine()
+
+
+def test_secrets_reach_neither_database_nor_logs(conf, image, test_conn, tmp_path):
+    import logging
+
+    log_file = tmp_path / "agent.log"
+    handler = logging.FileHandler(log_file)
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    try:
+        spec = make_spec(image, admin_password="pw-hunter2-admin", volumes=[{
+            "id": "7f0c0000-0000-4000-8000-00000000000a", "driver": "iscsi", "device": "vdb",
+            "portal": "10.0.0.9:3260", "iqn": "iqn.2010-10.org.openstack:v", "lun": 1,
+            "auth_username": "chap", "auth_password": "pw-hunter2-chap",
+            "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff"}])
+        with Agent(conf) as agent:
+            outcome = agent.wait(agent.start_build(spec), timeout=60)
+        assert outcome.state == "ACTIVE", outcome.error
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+    db_file = Path(conf.state_path) / "spawnflow.sqlite"
+    for path in [log_file, db_file, *db_file.parent.glob("spawnflow.sqlite-*")]:
+        data = path.read_bytes()
+        assert b"pw-hunter2" not in data, path
+    assert log_file.stat().st_size > 0
+    dom = test_conn.lookupByUUIDString(spec["instance"]["uuid"])
+    dom.destroy()
+    dom.undefine()

@@ -55,3 +55,29 @@ def test_newer_database_is_refused(tmp_path):
         conn.execute(f"update {schema.VERSION_TABLE} set version_num = '9999'")
     with pytest.raises(SchemaError, match="newer than this spawnflow"):
         EventLog.open(url)
+
+
+def test_database_populated_at_the_previous_revision_upgrades(tmp_path):
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path}/old.sqlite"
+    engine = schema.make_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(schema._alembic_config(conn), "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.insert(tables.events).values(
+            build_id="b0", ts=1.0, kind="build", subject="b0", name="old", to_state="QUEUED",
+            payload={"spec": {}, "host": "h", "instance_uuid": "i0"}))
+        conn.execute(sa.insert(tables.builds).values(
+            build_id="b0", instance_uuid="i0", instance_name="old", host="h", state="QUEUED",
+            created_at=1.0, updated_at=1.0, spec={}, error=None, last_seq=1))
+    assert schema.current_revision(engine) == "0001"
+    engine.dispose()
+
+    log = EventLog.open(url)
+    assert schema.current_revision(log.engine) == schema.head_revision() != "0001"
+    assert log.get_build("b0").instance_name == "old"
+    indexes = {i["name"] for i in sa.inspect(log.engine).get_indexes("builds")}
+    assert "ix_builds_created_at" in indexes
+    log.transition_build("b0", "RUNNING")  # the old build goes on under the new schema
+    log.close()
