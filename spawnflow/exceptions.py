@@ -89,5 +89,22 @@ class InvalidEvent(SpawnflowError):
     """An external event with an unknown name or status; nothing was recorded."""
 
 
+class HostOwned(SpawnflowError):
+    """Another live agent owns this host in this database; this one refuses to run."""
+
+
+class BuildCancelled(SpawnflowError):
+    """An operator cancelled the build; it rolls back from the next step boundary."""
+
+
+class AgentStopping(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """The agent is stopping (SIGTERM) while a step waits.
+
+    A BaseException on purpose: TaskFlow turns an Exception into a step
+    failure (and a rollback), but lets this one through with the step still
+    RUNNING, exactly as a crash would leave it, so the next start re-runs it.
+    """
+
+
 class UnknownBuild(SpawnflowError):
     """No build with this id exists in the database."""

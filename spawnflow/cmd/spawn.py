@@ -7,9 +7,12 @@ from cliff.formatters.table import TableFormatter
 
 from spawnflow import conf as sf_conf
 from spawnflow.cmd.history import STEP_COLUMNS, step_rows, summary
-from spawnflow.engine.agent import Agent
+from spawnflow.engine.agent import Agent, queue_build
+from spawnflow.flows.spec import parse_spec
 from spawnflow.history import History
 from spawnflow.persistence import lifecycle
+from spawnflow.persistence.backend import EventLogBackend
+from spawnflow.persistence.eventlog import EventLog
 
 
 class Spawn(Command):
@@ -20,6 +23,9 @@ class Spawn(Command):
         parser.add_argument("spec", metavar="SPEC", help="build spec (YAML or JSON file)")
         parser.add_argument("--timeout", type=float, default=None,
                             help="seconds to wait for the outcome")
+        parser.add_argument("--no-wait", action="store_true",
+                            help="only queue the build in the database for this host's "
+                                 "agent (`spawnflow agent`) and print its id")
         return parser
 
     def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
@@ -28,6 +34,8 @@ class Spawn(Command):
 
     def take_action(self, parsed_args):  # noqa: ANN001
         conf = self.app.conf
+        if parsed_args.no_wait:
+            return self._queue(conf, parsed_args.spec)
         with Agent(conf, progress=self._progress) as agent:
             build_id = agent.start_build(parsed_args.spec)
             self.app.stdout.write(f"build {build_id} queued\n")
@@ -39,6 +47,20 @@ class Spawn(Command):
         formatter.emit_list(STEP_COLUMNS, step_rows(build), self.app.stdout,
                             _TableArgs())
         return 0 if outcome.state == lifecycle.ACTIVE else 1
+
+
+    def _queue(self, conf, spec_path: str) -> int:  # noqa: ANN001
+        spec = parse_spec(spec_path)  # validated before anything is written
+        log = EventLog.open(sf_conf.database_url(conf))
+        backend = EventLogBackend(eventlog=log)
+        try:
+            build_id, created = queue_build(log, backend, spec, conf.host)
+        finally:
+            backend.close()
+            log.close()
+        state = "queued for" if created else "already queued/running on"
+        self.app.stdout.write(f"build {build_id} {state} the agent of host {conf.host}\n")
+        return 0
 
 
 class _TableArgs:

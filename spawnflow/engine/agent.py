@@ -1,14 +1,15 @@
-"""The agent: accepts builds, runs each on its own TaskFlow engine, answers waits.
+"""The agent: owns this host's builds, recovers them, runs new ones, answers waits.
 
     agent = Agent(spawnflow.conf.load(['--config-file', path]))
-    agent.start()
+    agent.start()                           # takes the host lease, recovers, accepts work
     build_id = agent.start_build('vm.yaml')
     outcome = agent.wait(build_id)          # Outcome(state='ACTIVE', error=None)
     agent.stop()
 
 A spec is validated before anything is written; the build's first event
 carries the redacted spec; starting the same instance again while its build is
-unfinished returns that build (a retry never makes a second VM).
+unfinished returns that build (a retry never makes a second VM). Builds run
+concurrently up to max_concurrent_builds, one TaskFlow engine each.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -24,10 +26,20 @@ from oslo_config import cfg
 from taskflow.persistence import models
 
 from spawnflow import conf as sf_conf
-from spawnflow.engine.events import EventHub, deliver
+from spawnflow.engine import recovery
+from spawnflow.engine.events import EventHub, deliver, request_cancel
 from spawnflow.engine.outcome import Outcome
-from spawnflow.engine.runner import ProgressCallback, describe, run_build
-from spawnflow.exceptions import SpawnflowError
+from spawnflow.engine.ownership import HostLease
+from spawnflow.engine.runner import (
+    FRESH,
+    RESUME,
+    ROLLBACK,
+    Control,
+    ProgressCallback,
+    describe,
+    run_build,
+)
+from spawnflow.exceptions import SpawnflowError, UnknownBuild
 from spawnflow.flows.context import BuildContext
 from spawnflow.flows.spawn import FLOW_NAME
 from spawnflow.flows.spec import BuildSpec, parse_spec
@@ -42,40 +54,100 @@ LOG = logging.getLogger(__name__)
 UNFINISHED = lifecycle.STATES - lifecycle.FINAL
 
 
+def queue_build(eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec,
+                host: str) -> tuple[str, bool]:
+    """Record a build as QUEUED for ``host`` (its logbook too); return (id, created).
+
+    An unfinished build of the same instance is returned instead of a new one.
+    Used by ``Agent.start_build`` and by ``spawnflow spawn --no-wait``.
+    """
+    existing = eventlog.builds(instance_uuid=spec.instance.uuid, states=UNFINISHED)
+    if existing:
+        return existing[-1].build_id, False
+    build_id = str(uuid.uuid4())
+    eventlog.create_build(build_id, instance_uuid=spec.instance.uuid,
+                          instance_name=spec.instance.name, host=host, spec=spec.redacted())
+    book = models.LogBook(f"build-{build_id}", uuid=build_id)
+    book.add(models.FlowDetail(FLOW_NAME, uuid=str(uuid.uuid4())))
+    backend.get_connection().save_logbook(book)
+    return build_id, True
+
+
 class Agent:
     def __init__(self, conf: cfg.ConfigOpts, progress: ProgressCallback | None = None):
         self.conf = conf
         self.progress = progress
         self.eventlog: EventLog | None = None
+        self.recovered: dict[str, recovery.Decision] = {}
         self._futures: dict[str, concurrent.futures.Future] = {}
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- lifecycle of the agent ---------------------------------------------------------
 
     def start(self) -> None:
+        """Take the host lease, recover unfinished builds, then accept new ones."""
         conf = self.conf
         self.eventlog = EventLog.open(sf_conf.database_url(conf))
+        try:
+            self.lease = HostLease(self.eventlog, conf.host, conf.recovery.lease_seconds)
+            self.lease.acquire()
+        except Exception:
+            self.eventlog.close()
+            self.eventlog = None
+            raise
         self.backend = EventLogBackend(eventlog=self.eventlog)
         self.host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
-        instances = sf_conf.instances_path(conf)
-        os.makedirs(instances, exist_ok=True)
-        self.instances_path = instances
-        self.images = ImageCache(os.path.join(instances, "_base"),
+        self.instances_path = sf_conf.instances_path(conf)
+        os.makedirs(self.instances_path, exist_ok=True)
+        self.images = ImageCache(os.path.join(self.instances_path, "_base"),
                                  os.path.join(conf.state_path, "locks"))
         removed = self.images.clean_partial()
         if removed:
             LOG.info("removed partial image downloads left by a crash: %s", removed)
         self.firewall = get_firewall(conf.firewall.driver, self.host)
-        self.events = EventHub(self.eventlog)
+        self.events = EventHub(self.eventlog, cancelled=self._is_cancelled)
+        self._stopping.clear()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.max_concurrent_builds, thread_name_prefix="spawnflow-build")
+        self._recover()
 
-    def stop(self) -> None:
+    def _recover(self) -> None:
+        for row in self.eventlog.builds(host=self.conf.host, states=UNFINISHED):
+            if row.state == lifecycle.QUEUED:
+                self._submit(row.build_id, FRESH)
+                continue
+            if row.state != lifecycle.INTERRUPTED:
+                self.eventlog.transition_build(
+                    row.build_id, lifecycle.INTERRUPTED,
+                    payload={"reason": f"found {row.state} at agent start (agent died)"})
+            flow_detail = next(iter(self.backend.get_connection().get_logbook(row.build_id)))
+            decision = recovery.decide(self.conf, row.created_at, flow_detail)
+            LOG.info("build %s was interrupted: %s (%s)", row.build_id, decision.action,
+                     decision.reason)
+            self.recovered[row.build_id] = decision
+            mode = RESUME if decision.action == recovery.RESUME else ROLLBACK
+            self._submit(row.build_id, mode, f"recovery: {decision.action}, because "
+                                             f"{decision.reason}")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; running builds stop at their next step boundary.
+
+        Builds still inside a step after ``timeout`` seconds (default: [recovery]
+        graceful_stop_timeout) are left as they are, for the next start to recover.
+        """
         if self.eventlog is None:
             return
+        self._stopping.set()
         self.events.close()
-        self._executor.shutdown(wait=True)
+        wait = self.conf.recovery.graceful_stop_timeout if timeout is None else timeout
+        futures = list(self._futures.values())
+        concurrent.futures.wait(futures, timeout=wait)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.lease.release()
         self.host.close()
+        self.backend.close()
         self.eventlog.close()
         self.eventlog = None
 
@@ -91,27 +163,45 @@ class Agent:
     def start_build(self, spec: BuildSpec | dict | str | os.PathLike) -> str:
         """Validate, record and queue a build; return its id at once."""
         log = self._log()
+        if self._stopping.is_set():
+            raise SpawnflowError("agent is stopping; no new builds are accepted")
         spec = parse_spec(spec)
         with self._lock:
-            existing = log.builds(instance_uuid=spec.instance.uuid, states=UNFINISHED)
-            if existing:
-                return existing[-1].build_id
-            build_id = str(uuid.uuid4())
-            log.create_build(build_id, instance_uuid=spec.instance.uuid,
-                             instance_name=spec.instance.name, host=self.conf.host,
-                             spec=spec.redacted())
-            book = models.LogBook(f"build-{build_id}", uuid=build_id)
-            book.add(models.FlowDetail(FLOW_NAME, uuid=str(uuid.uuid4())))
-            self.backend.get_connection().save_logbook(book)
-            self._futures[build_id] = self._executor.submit(self._run, build_id, spec)
+            build_id, created = queue_build(log, self.backend, spec, self.conf.host)
+            if created or build_id not in self._futures:
+                self._submit(build_id, FRESH)
         return build_id
 
-    def _run(self, build_id: str, spec: BuildSpec) -> str:
+    def pick_up_queued(self) -> list[str]:
+        """Start builds queued for this host by other processes (``spawn --no-wait``)."""
+        started = []
+        with self._lock:
+            for row in self._log().builds(host=self.conf.host,
+                                          states=frozenset({lifecycle.QUEUED})):
+                if row.build_id not in self._futures:
+                    self._submit(row.build_id, FRESH)
+                    started.append(row.build_id)
+        return started
+
+    def _submit(self, build_id: str, mode: str, reason: str | None = None) -> None:
+        self._futures[build_id] = self._executor.submit(self._run, build_id, mode, reason)
+
+    def _run(self, build_id: str, mode: str, reason: str | None) -> str:
+        row = self._log().get_build(build_id)
+        spec = BuildSpec.model_validate(row.spec)
         ctx = BuildContext(build_id=build_id, spec=spec, conf=self.conf, host=self.host,
                            images=self.images, firewall=self.firewall, events=self.events,
                            instances_path=self.instances_path)
+        control = Control(cancelled=lambda: self._is_cancelled(build_id),
+                          stopping=self._stopping.is_set)
+        if self._is_cancelled(build_id) and row.state == lifecycle.QUEUED:
+            self._log().transition_build(build_id, lifecycle.REVERTING)
+            self._log().transition_build(build_id, lifecycle.ROLLED_BACK,
+                                         error="BuildCancelled: cancelled before it started")
+            return lifecycle.ROLLED_BACK
         try:
-            return run_build(ctx, self.backend, self.progress)
+            return run_build(ctx, self.backend, mode=mode, reason=reason, control=control,
+                             progress=self.progress)
         except Exception as exc:
             # Only a broken event log or libvirt connection gets here: the
             # build is left unfinished for recovery rather than mislabelled.
@@ -121,15 +211,40 @@ class Agent:
     def wait(self, build_id: str, timeout: float | None = None) -> Outcome:
         """Block until the build reaches a final state (or ``timeout`` seconds pass)."""
         future = self._futures.get(build_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if future is not None:
             try:
                 future.result(timeout)
-            except concurrent.futures.TimeoutError:
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError,
+                    SpawnflowError):
                 pass
-            except SpawnflowError:
-                pass
+        else:
+            # Someone else's agent runs it: follow the log.
+            while not lifecycle.is_final(self._log().get_build(build_id).state):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         row = self._log().get_build(build_id)
         return Outcome(build_id=build_id, state=row.state, error=row.error)
+
+    def cancel(self, build_id: str) -> None:
+        """Roll the build back from its next step boundary (persisted first)."""
+        row = self._log().get_build(build_id)
+        if lifecycle.is_final(row.state):
+            raise SpawnflowError(f"build {build_id} is already {row.state}")
+        request_cancel(self._log(), build_id)
+        with self._lock:
+            self._cancelled.add(build_id)
+        self.events.notify()
+
+    def _is_cancelled(self, build_id: str) -> bool:
+        if build_id in self._cancelled:
+            return True
+        if self.eventlog is not None and self.events.cancel_requested(build_id):
+            with self._lock:
+                self._cancelled.add(build_id)
+            return True
+        return False
 
     def deliver_event(self, instance_uuid: str, name: str, tag: str,
                       status: str = "completed") -> str:
@@ -142,3 +257,6 @@ class Agent:
         if self.eventlog is None:
             raise SpawnflowError("agent is not started; call Agent.start() first")
         return self.eventlog
+
+
+__all__ = ["Agent", "UnknownBuild", "queue_build"]

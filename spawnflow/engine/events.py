@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
-from spawnflow.exceptions import InvalidEvent, UnknownBuild
+from spawnflow.exceptions import AgentStopping, BuildCancelled, InvalidEvent, UnknownBuild
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.eventlog import EventLog
 
 VIF_PLUGGED = "network-vif-plugged"
+CANCEL = "cancel-requested"
 STATUSES = frozenset({"completed", "failed"})
 _MAX_SLEEP = 1.0  # re-read the log at least this often (events from other processes)
 
@@ -37,11 +39,20 @@ def deliver(eventlog: EventLog, instance_uuid: str, name: str, tag: str,
     return build_id
 
 
+def request_cancel(eventlog: EventLog, build_id: str) -> None:
+    """Persist an operator's cancel; the owning agent acts at the next step boundary."""
+    eventlog.record_external_event(build_id, CANCEL, build_id, "requested")
+
+
 class EventHub:
-    def __init__(self, eventlog: EventLog):
+    def __init__(self, eventlog: EventLog, cancelled: Callable[[str], bool] | None = None):
         self._log = eventlog
         self._cond = threading.Condition()
         self._closed = False
+        self._cancelled = cancelled or self.cancel_requested
+
+    def cancel_requested(self, build_id: str) -> bool:
+        return any(e.name == CANCEL for e in self._log.external_events(build_id))
 
     def notify(self) -> None:
         with self._cond:
@@ -61,11 +72,19 @@ class EventHub:
                 found[event.subject] = event.to_state
         return found
 
+    def checkpoint(self, build_id: str) -> None:
+        """Raise if a waiting step must stop: the agent stops, or the build was cancelled."""
+        if self._closed:
+            raise AgentStopping(f"agent stopping while build {build_id} waits")
+        if self._cancelled(build_id):
+            raise BuildCancelled("cancelled by operator")
+
     def wait(self, build_id: str, tags: list[str], deadline: float) -> dict[str, str]:
         while True:
+            self.checkpoint(build_id)
             found = self.received(build_id, tags)
             remaining = deadline - time.time()
-            if len(found) == len(set(tags)) or remaining <= 0 or self._closed:
+            if len(found) == len(set(tags)) or remaining <= 0:
                 return found
             with self._cond:
                 self._cond.wait(min(remaining, _MAX_SLEEP))

@@ -25,6 +25,9 @@ class EventWaiter(Protocol):
         Returns ``{tag: status}`` for the events received (persisted ones included).
         """
 
+    def checkpoint(self, build_id: str) -> None:
+        """Raise if a waiting step must stop (agent stopping, or build cancelled)."""
+
 
 @dataclass
 class BuildContext:

@@ -32,6 +32,7 @@ class WaitForBootTask(task.Task):
         deadline = time.monotonic() + self.ctx.conf.libvirt.boot_timeout
         state = "unknown"
         while True:
+            self.ctx.events.checkpoint(self.ctx.build_id)
             dom = domain.lookup(self.ctx.host, self.ctx.instance_uuid)
             if dom is None:
                 raise DomainError(f"domain {self.ctx.instance_uuid} vanished while booting")

@@ -90,4 +90,14 @@ atomdetails = sa.Table(
     sa.Column("doc", JsonText, nullable=False),
 )
 
+# Not a projection: the lease that makes one agent per host the owner of its builds.
+agents = sa.Table(
+    "agents", metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("agent_id", sa.String(36), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+)
+
 PROJECTIONS = (builds, logbooks, flowdetails, atomdetails)

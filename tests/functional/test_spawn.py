@@ -117,7 +117,9 @@ def test_invalid_spec_is_rejected_with_nothing_written(agent, conf, image):
     assert "flavor.vcpus" in message and "vifs.0.id" in message and "vifs.0.mac" in message
     engine = sa.create_engine(spawnflow.conf.database_url(conf))
     with engine.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from events")).scalar() == 0
+        # (the only events are the agent's own start; nothing about any build)
+        assert conn.execute(sa.text(
+            "select count(*) from events where build_id is not null")).scalar() == 0
         assert conn.execute(sa.text("select count(*) from builds")).scalar() == 0
     engine.dispose()
     assert not (Path(conf.state_path) / "instances" / spec["instance"]["uuid"]).exists()
@@ -202,3 +204,52 @@ def test_secrets_reach_neither_database_nor_logs(conf, image, test_conn, tmp_pat
     dom = test_conn.lookupByUUIDString(spec["instance"]["uuid"])
     dom.destroy()
     dom.undefine()
+
+
+def test_an_agent_never_touches_another_hosts_builds(tmp_path, image):
+    from spawnflow.engine.agent import queue_build
+    from spawnflow.flows.spec import parse_spec
+    from spawnflow.persistence.backend import EventLogBackend
+    from spawnflow.persistence.eventlog import EventLog
+    from tests.helpers import load_conf
+
+    conf = load_conf(tmp_path, DEFAULT={"host": "host-b"},
+                     libvirt={"connection_uri": "test:///default", "virt_type": "test"},
+                     firewall={"driver": "noop"})
+    log = EventLog.open(spawnflow.conf.database_url(conf))
+    backend = EventLogBackend(eventlog=log)
+    build_id, _ = queue_build(log, backend, parse_spec(make_spec(image)), "host-a")
+    log.close()
+    with Agent(conf) as agent:
+        assert agent.recovered == {}
+        assert agent.pick_up_queued() == []
+        assert agent.wait(build_id, timeout=0.5).state == "QUEUED"
+
+
+def test_second_agent_in_the_same_database_refuses(conf):
+    from spawnflow.exceptions import HostOwned
+
+    with Agent(conf):
+        with pytest.raises(HostOwned, match="owns host"):
+            Agent(conf).start()
+    with Agent(conf):  # the first released its lease on stop
+        pass
+
+
+def test_cancel_rolls_back_at_the_next_boundary(conf, image, test_conn):
+    spec = make_spec(image)
+
+    def progress(build_id, step, state, elapsed):  # noqa: ANN001
+        if step == "volumes" and state == "SUCCESS":
+            agent.cancel(build_id)
+
+    agent = Agent(conf, progress=progress)
+    with agent:
+        outcome = agent.wait(agent.start_build(spec), timeout=60)
+    assert outcome.state == "ROLLED_BACK"
+    assert "BuildCancelled" in outcome.error
+    build = history_of(conf, outcome.build_id)
+    states = {s.name: s.state for s in build.steps}
+    assert states["volumes"] == states["image"] == "REVERTED"
+    assert states["encryptor"] == "PENDING"
+    assert leaks(test_conn, spec["instance"]["uuid"], Path(conf.state_path) / "instances") == []

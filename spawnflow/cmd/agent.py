@@ -1,0 +1,55 @@
+"""``spawnflow agent``: the long-lived agent of this host.
+
+It takes the host lease (a second agent refuses to start), recovers every
+unfinished build, then runs builds queued with ``spawnflow spawn --no-wait``
+until SIGTERM/SIGINT, when it stops taking work and lets running steps reach
+a boundary (those builds resume on the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from cliff.command import Command
+
+from spawnflow.engine.agent import Agent
+
+LOG = logging.getLogger(__name__)
+
+
+class AgentCommand(Command):
+    """Run the agent: recover this host's builds, then run queued ones until SIGTERM."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001
+        parser = super().get_parser(prog_name)
+        parser.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
+                            help="how often to look for queued builds")
+        return parser
+
+    def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
+        LOG.info("build %s  %-14s %s", build_id, step, state)
+
+    def take_action(self, parsed_args):  # noqa: ANN001
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        agent = Agent(self.app.conf, progress=self._progress)
+        agent.start()
+        for build_id, decision in agent.recovered.items():
+            self.app.stdout.write(f"recovering build {build_id}: {decision.action} "
+                                  f"({decision.reason})\n")
+        self.app.stdout.write(f"agent of host {self.app.conf.host} running\n")
+        self.app.stdout.flush()
+        try:
+            while not stop.is_set():
+                for build_id in agent.pick_up_queued():
+                    self.app.stdout.write(f"picked up build {build_id}\n")
+                    self.app.stdout.flush()
+                stop.wait(parsed_args.poll_interval)
+        finally:
+            self.app.stdout.write("stopping: running steps finish, then builds pause\n")
+            self.app.stdout.flush()
+            agent.stop()
+        return 0
