@@ -69,12 +69,13 @@ def run_build(ctx: BuildContext, backend: EventLogBackend, *, mode: str = FRESH,
                                    backend=backend, engine="serial")
     suspended_for: list[str] = []
 
-    def on_flow_reverting(state: str, details: dict) -> None:
-        _to(log, build_id, lifecycle.REVERTING)
-
     def on_atom(state: str, details: dict) -> None:
         step = details.get("task_name", "?")
         LOG.debug("build %s step %s %s", build_id, step, state)
+        if state == tf_states.REVERTING:
+            # TaskFlow's flow has no REVERTING state of its own: the first atom
+            # to revert is the moment; it is committed before its revert runs.
+            _to(log, build_id, lifecycle.REVERTING)
         if progress is not None:
             progress(build_id, step, state, time.monotonic() - started)
         if control is not None and state in (tf_states.SUCCESS, tf_states.REVERTED) \
@@ -91,7 +92,6 @@ def run_build(ctx: BuildContext, backend: EventLogBackend, *, mode: str = FRESH,
             engine.storage.set_atom_intention(ad.name, tf_states.REVERT)
         _to(log, build_id, lifecycle.REVERTING, payload={"reason": why})
 
-    engine.notifier.register(tf_states.REVERTING, on_flow_reverting)
     engine.atom_notifier.register("*", on_atom)  # '*' == Notifier.ANY
     payload = {"reason": reason} if reason else None
     if mode == ROLLBACK:

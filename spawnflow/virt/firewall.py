@@ -8,6 +8,8 @@ found on re-run after a crash is known to be ours.
 
 from __future__ import annotations
 
+import uuid
+
 import libvirt
 from lxml import etree
 
@@ -21,8 +23,14 @@ def filter_name(instance_uuid: str, mac: str) -> str:
     return f"spawnflow-{instance_uuid}-{mac.replace(':', '')}"
 
 
+# Filter uuids derive from the name: redefining after a crash replaces the
+# filter instead of failing with "already exists with uuid ...".
+_FILTER_NAMESPACE = uuid.UUID("5c4b7d0e-2f1a-4c3e-9b8d-7a6f5e4d3c2b")
+
+
 def filter_xml(name: str) -> str:
     root = etree.Element("filter", name=name, chain="root")
+    etree.SubElement(root, "uuid").text = str(uuid.uuid5(_FILTER_NAMESPACE, name))
     etree.SubElement(root, "filterref", filter=BASE_FILTER)
     return etree.tostring(root, encoding="unicode")
 
