@@ -141,6 +141,10 @@ def pad_log(url: str, events: int) -> None:
                      "to_state": "SUCCESS", "payload": {"set": {"results": None}}}
                     for i in range(min(batch, events - offset))]
             conn.execute(sa.insert(t.events), rows)
+    # A long-lived host checkpointed its WAL long ago; do not bill that to recovery.
+    raw = log.engine.raw_connection()
+    raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw.close()
     log.close()
 
 

@@ -114,9 +114,12 @@ class Agent:
         self._recover()
 
     def _recover(self) -> None:
+        """Decide for every unfinished build first, then start them (decisions are cheap
+        reads and one commit each; running builds would only slow them down)."""
+        plan: list[tuple[str, str, str | None]] = []
         for row in self.eventlog.builds(host=self.conf.host, states=UNFINISHED):
             if row.state == lifecycle.QUEUED:
-                self._submit(row.build_id, FRESH)
+                plan.append((row.build_id, FRESH, None))
                 continue
             if row.state != lifecycle.INTERRUPTED:
                 self.eventlog.transition_build(
@@ -128,8 +131,10 @@ class Agent:
                      decision.reason)
             self.recovered[row.build_id] = decision
             mode = RESUME if decision.action == recovery.RESUME else ROLLBACK
-            self._submit(row.build_id, mode, f"recovery: {decision.action}, because "
-                                             f"{decision.reason}")
+            plan.append((row.build_id, mode,
+                         f"recovery: {decision.action}, because {decision.reason}"))
+        for build_id, mode, reason in plan:
+            self._submit(build_id, mode, reason)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work; running builds stop at their next step boundary.
