@@ -1,6 +1,8 @@
 """``python -m bench``: every benchmark, figures as ratios against a same-run baseline."""
 
-from bench import persistence
+from bench import history, persistence
 
 if __name__ == "__main__":
     persistence.main()
+    print()
+    history.main([])

@@ -1,14 +1,56 @@
-"""The ``spawnflow`` command (cliff): spawn, history, db."""
+"""The ``spawnflow`` command (cliff): spawn, history, event, db.
+
+Errors an operator can act on (SpawnflowError: unknown build, foreign or newer
+database, bad spec, ...; database connection failures; bad config files) are
+printed as one line on stderr with exit status 1; ``--debug`` shows the
+traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import sys
 
+import sqlalchemy as sa
 from cliff.app import App
 from cliff.commandmanager import CommandManager
+from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
-from spawnflow.exceptions import SpawnflowError
+from spawnflow.exceptions import ConfigError, PersistenceError, SpawnflowError
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _database_error(exc: sa.exc.SQLAlchemyError) -> PersistenceError:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line for line in str(orig).splitlines() if line.strip()]
+    return PersistenceError(f"database error: {lines[0] if lines else type(orig).__name__}")
+
+
+def _guarded(take_action):  # noqa: ANN001, ANN202 - wraps a cliff command method
+    """Turn the failures operators cause into one-line SpawnflowErrors."""
+
+    @functools.wraps(take_action)
+    def run(parsed_args):  # noqa: ANN001, ANN202
+        try:
+            return take_action(parsed_args)
+        except SpawnflowError as exc:
+            message = _one_line(str(exc))
+            if message == str(exc):
+                raise
+            try:
+                flat = type(exc)(message)
+            except TypeError:
+                flat = SpawnflowError(message)
+            raise flat from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise _database_error(exc) from exc
+        except cfg.Error as exc:
+            raise ConfigError(_one_line(str(exc))) from exc
+    return run
 
 
 class SpawnflowApp(App):
@@ -34,7 +76,12 @@ class SpawnflowApp(App):
             self._conf = sf_conf.load(argv)
         return self._conf
 
+    def prepare_to_run_command(self, cmd):  # noqa: ANN001 - cliff hook
+        cmd.take_action = _guarded(cmd.take_action)
+
     def clean_up(self, cmd, result, err):  # noqa: ANN001 - cliff hook
+        # cliff has printed str(err) (one line, see _guarded) and returns 1;
+        # the traceback is only for --debug.
         if isinstance(err, SpawnflowError):
             self.LOG.debug("command failed", exc_info=err)
 

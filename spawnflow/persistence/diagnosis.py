@@ -21,10 +21,12 @@ from spawnflow.persistence.history import (
     BuildHistory,
     Diagnosis,
     EventWait,
+    Interruption,
     StepHistory,
 )
 
 STALE_AFTER = 60.0  # seconds without an event worth mentioning
+DEFAULT_LEASE = 30.0  # [recovery] lease_seconds default
 
 
 def clock(ts: float | None) -> str:
@@ -35,6 +37,8 @@ def clock(ts: float | None) -> str:
 
 def age(seconds: float) -> str:
     seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds:.3f}s"
     if seconds < 10:
         return f"{seconds:.1f}s"
     if seconds < 120:
@@ -61,6 +65,14 @@ def _failure(build: BuildHistory) -> str | None:
     if name is None:
         return None
     return f"failed at step {name}: {build.step(name).error}"
+
+
+def _where(gap: Interruption | None) -> str:
+    if gap is not None and gap.steps:
+        return f"interrupted at step {', '.join(gap.steps)}"
+    if gap is not None and gap.after:
+        return f"interrupted after step {gap.after}"
+    return "interrupted before its first step"
 
 
 def _wait_text(wait: EventWait, timeout: float | None, now: float, host: str) -> str:
@@ -108,10 +120,24 @@ def _next_step_text(build: BuildHistory, policy: str | None, window: float | Non
     return text
 
 
+def _agent_text(build: BuildHistory, lease: float | None, now: float) -> str:
+    """'' while the owner of the build's host is alive (or nothing is known)."""
+    agent = build.agent
+    if agent is None:
+        return ""
+    quiet = now - agent.heartbeat_at
+    if quiet <= (lease or DEFAULT_LEASE):
+        return ""
+    return (f"; no live agent on host {build.host} (last heartbeat {age(quiet)} ago): it "
+            "stays like this until the agent starts again, which then resumes or rolls it "
+            "back")
+
+
 def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
              recovery_policy: str | None = None, resume_window: float | None = None,
-             now: float | None = None) -> Diagnosis:
+             lease_seconds: float | None = None, now: float | None = None) -> Diagnosis:
     now = time.time() if now is None else now
+    dead = _agent_text(build, lease_seconds, now)
     state = build.state
     current = build.current_steps
     step = current[-1].name if current else None
@@ -141,9 +167,10 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
             return Diagnosis("rolled_back", f"{failure}; {reverted}", build.failed_step)
         recovered = [i for i in build.interruptions if i.resumed_as == lifecycle.REVERTING]
         if recovered:
-            where = ", ".join(recovered[-1].steps) or "-"
-            return Diagnosis("rolled_back", f"interrupted at step {where} at "
-                             f"{clock(recovered[-1].last_seen)}; recovery {reverted}")
+            gap = recovered[-1]
+            why = f" ({gap.reason})" if gap.reason else ""
+            return Diagnosis("rolled_back", f"{_where(gap)} at {clock(gap.last_seen)}; "
+                             f"recovery{why} {reverted}")
         if build.error:
             return Diagnosis("rolled_back", f"failed: {build.error}; {reverted}")
         started = any(_ran(s) for s in build.steps)
@@ -163,12 +190,11 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
 
     if state == lifecycle.INTERRUPTED:
         last = build.interruptions[-1] if build.interruptions else None
-        where = ", ".join(last.steps) if last and last.steps else None
         seen = last.last_seen if last else build.last_event_at
-        text = (f"interrupted at step {where}" if where else "interrupted between steps")
-        text += f" (last event {clock(seen)})"
+        text = f"{_where(last)} (last event {clock(seen)})"
         nxt = _next_step_text(build, recovery_policy, resume_window, vif_plugging_timeout, now)
-        return Diagnosis("interrupted", f"{text}; {nxt}", where)
+        return Diagnosis("interrupted", f"{text}; {nxt}",
+                         ", ".join(last.steps) if last and last.steps else None)
 
     if state == lifecycle.REVERTING:
         failure = _failure(build) or "cancelled"
@@ -177,11 +203,11 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
                 f"{_plural(len(ran), 'step')} reverted")
         if current:
             text += f", reverting {step} since {clock(current[-1].open_span.start)}"
-        return Diagnosis("reverting", text + stale, build.failed_step or step)
+        return Diagnosis("reverting", text + stale + dead, build.failed_step or step)
 
     if state == lifecycle.QUEUED:
         return Diagnosis("queued", f"queued since {clock(build.created_at)}, no step started"
-                         f"{stale}; is the agent of host {build.host} running?")
+                         f"{stale}" + (dead or f"; is the agent of host {build.host} running?"))
 
     # RUNNING
     waits = [w for w in build.waits if w.outstanding]
@@ -189,7 +215,7 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
         text = _wait_text(waits[-1], vif_plugging_timeout, now, build.host)
         if current:
             text += f"; step {step} running since {clock(current[-1].open_span.start)}"
-        return Diagnosis("waiting", text, step)
+        return Diagnosis("waiting", text + dead, step)
     if current:
         span = current[-1].open_span
         text = (f"running step {step} since {clock(span.start)} ({age(now - span.start)}"
@@ -197,6 +223,6 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
         failed = [tag for w in build.waits for tag in w.failed]
         if failed:
             text += f"; port(s) {', '.join(failed)} reported failed"
-        return Diagnosis("running", text + stale, step)
+        return Diagnosis("running", text + stale + dead, step)
     return Diagnosis("running", f"running, between steps (last event "
-                     f"{clock(build.last_event_at)}){stale}")
+                     f"{clock(build.last_event_at)}){stale}{dead}")

@@ -102,7 +102,8 @@ class EventLog:
             with self._pending_lock:
                 pending = self._pending.pop(build_id, None)
             try:
-                with self.engine.begin() as conn:
+                with self.engine.connect() as conn, \
+                        conn.execution_options(write=True).begin():
                     if pending is not None:
                         pending.write(conn)
                     yield conn

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +32,8 @@ import sqlalchemy as sa
 from spawnflow.exceptions import PersistenceError
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence import tables as t
-from spawnflow.persistence.eventlog import ATOM, BUILD, FLOW, LOGBOOK, EventLog
+from spawnflow.persistence.eventlog import BUILD, EventLog
+from spawnflow.persistence.replay import replay_events
 
 FORMAT = "spawnflow-build-history"
 VERSION = 1
@@ -103,40 +105,17 @@ def validate(doc: Any, source: str = "document") -> None:
                             "(QUEUED with its spec); the history is incomplete")
 
 
-# -- replay: projections from events ----------------------------------------------------
-
-
 def replay_build_row(build_id: str, events: Iterable[Any]) -> dict[str, Any]:
     """The ``builds`` row the build's events (rows or dicts, seq order) describe."""
-    row: dict[str, Any] | None = None
-    for event in events:
-        get = event.get if isinstance(event, dict) else (lambda name, e=event: getattr(e, name))
-        if get("kind") != BUILD:
-            continue
-        payload = get("payload") or {}
-        if row is None:
-            spec = payload.get("spec") or {}
-            row = {"build_id": build_id,
-                   "instance_uuid": (spec.get("instance") or {}).get("uuid"),
-                   "instance_name": get("name"), "host": payload.get("host"),
-                   "state": get("to_state"), "created_at": get("ts"), "updated_at": get("ts"),
-                   "spec": spec, "error": None, "last_seq": get("seq")}
-            continue
-        lifecycle.check(row["state"], get("to_state"))
-        row.update(state=get("to_state"), updated_at=get("ts"), last_seq=get("seq"))
-        if payload.get("error") is not None:
-            row["error"] = payload["error"]
+    rows = [SimpleNamespace(**{"build_id": build_id, "seq": None, "payload": None, **e})
+            if isinstance(e, dict) else e for e in events]
+    try:
+        row = replay_events(r for r in rows if r.kind == BUILD)["builds"].get(build_id)
+    except (KeyError, TypeError) as exc:
+        raise InvalidExport(f"the events of build {build_id} are malformed: {exc}") from None
     if row is None or not row["instance_uuid"] or row["host"] is None:
         raise InvalidExport(f"the events of build {build_id} do not describe its creation")
     return row
-
-
-def _merge(doc: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(doc)
-    merged.update(change.get("set") or {})
-    for key in change.get("unset") or []:
-        merged.pop(key, None)
-    return merged
 
 
 def replay_projections(conn: sa.Connection, build_id: str) -> dict[str, Any]:
@@ -144,49 +123,17 @@ def replay_projections(conn: sa.Connection, build_id: str) -> dict[str, Any]:
 
     Writes the ``builds`` row and the logbook/flow/atom rows; returns the builds row.
     """
-    events = list(conn.execute(sa.select(t.events).where(t.events.c.build_id == build_id)
-                               .order_by(t.events.c.seq)))
-    row = replay_build_row(build_id, events)
-    books: dict[str, dict[str, Any]] = {}
-    flows: dict[str, dict[str, Any]] = {}
-    atoms: dict[str, dict[str, Any]] = {}
-    for e in events:
-        payload = e.payload or {}
-        if e.kind == LOGBOOK:
-            if e.to_state == "DESTROYED":
-                books.pop(e.subject, None)
-                flows = {k: v for k, v in flows.items() if v["book_uuid"] != e.subject}
-                atoms = {k: v for k, v in atoms.items() if v["book_uuid"] != e.subject}
-            elif e.subject in books:
-                books[e.subject].update(name=e.name, doc=_merge(books[e.subject]["doc"],
-                                                                payload))
-            else:
-                books[e.subject] = {"uuid": e.subject, "name": e.name,
-                                    "doc": payload.get("set") or {}}
-        elif e.kind == FLOW:
-            if e.subject in flows:
-                flows[e.subject].update(name=e.name, state=e.to_state,
-                                        doc=_merge(flows[e.subject]["doc"], payload))
-            else:
-                flows[e.subject] = {"uuid": e.subject, "book_uuid": payload.get("parent"),
-                                    "name": e.name, "state": e.to_state,
-                                    "doc": payload.get("set") or {}}
-        elif e.kind == ATOM:
-            if e.subject in atoms:
-                doc = _merge(atoms[e.subject]["doc"], payload)
-                atoms[e.subject].update(name=e.name, state=e.to_state, doc=doc,
-                                        intention=doc.get("intention"))
-            else:
-                doc = payload.get("set") or {}
-                flow = flows.get(payload.get("parent"))
-                atoms[e.subject] = {"uuid": e.subject, "flow_uuid": payload.get("parent"),
-                                    "book_uuid": flow["book_uuid"] if flow else build_id,
-                                    "name": e.name, "atom_type": payload.get("type"),
-                                    "state": e.to_state, "intention": doc.get("intention"),
-                                    "doc": doc}
+    events = conn.execute(sa.select(t.events).where(t.events.c.build_id == build_id)
+                          .order_by(t.events.c.seq))
+    projections = replay_events(events)
+    row = projections["builds"].get(build_id)
+    if row is None or not row["instance_uuid"] or row["host"] is None:
+        raise InvalidExport(f"the events of build {build_id} do not describe its creation")
     conn.execute(sa.delete(t.builds).where(t.builds.c.build_id == build_id))
     conn.execute(sa.insert(t.builds).values(**row))
-    for table, rows in ((t.logbooks, books), (t.flowdetails, flows), (t.atomdetails, atoms)):
+    for name, table in (("logbooks", t.logbooks), ("flowdetails", t.flowdetails),
+                        ("atomdetails", t.atomdetails)):
+        rows = projections[name]
         if rows:
             conn.execute(sa.delete(table).where(table.c.uuid.in_(list(rows))))
             conn.execute(sa.insert(table), list(rows.values()))

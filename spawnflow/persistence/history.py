@@ -23,6 +23,7 @@ import datetime
 import math
 import re
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,8 +177,21 @@ class Interruption:
     last_seen: float                 # the last event before: the agent's last sign of life
     during: str | None               # lifecycle state it interrupted (RUNNING, REVERTING)
     steps: list[str]                 # steps that were running or reverting
+    after: str | None = None         # the last step that had finished before it
     resumed_at: float | None = None  # when recovery moved it on
     resumed_as: str | None = None    # RUNNING (resume) or REVERTING (rollback)
+    reason: str | None = None        # why recovery chose that (from the log)
+
+
+@dataclass
+class AgentLease:
+    """The agent that owns a host (``agents`` table): who, and its last heartbeat."""
+
+    host: str
+    agent_id: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
 
 
 @dataclass
@@ -197,6 +211,7 @@ class BuildHistory:
     interruptions: list[Interruption] = field(default_factory=list)
     spec: dict[str, Any] | None = None
     last_event_at: float | None = None
+    agent: AgentLease | None = None  # the owner of the build's host, if the database has one
 
     @property
     def is_final(self) -> bool:
@@ -238,11 +253,12 @@ class BuildHistory:
 
     def diagnose(self, *, vif_plugging_timeout: float | None = None,
                  recovery_policy: str | None = None, resume_window: float | None = None,
-                 now: float | None = None) -> Diagnosis:
+                 lease_seconds: float | None = None, now: float | None = None) -> Diagnosis:
         """In words: what this build waits for, or why it failed; see ``diagnosis``."""
         from spawnflow.persistence.diagnosis import diagnose
         return diagnose(self, vif_plugging_timeout=vif_plugging_timeout,
-                        recovery_policy=recovery_policy, resume_window=resume_window, now=now)
+                        recovery_policy=recovery_policy, resume_window=resume_window,
+                        lease_seconds=lease_seconds, now=now)
 
 
 @dataclass(frozen=True)
@@ -354,11 +370,16 @@ class _Folder:
                 if span is not None:
                     span.end, span.outcome = max(last_seen, span.start), INTERRUPTED
                     cut.append(step.name)
+            finished = [(span.end, step.name) for step in self.steps.values()
+                        for span in step.spans if span.end is not None
+                        and span.outcome != INTERRUPTED]
             self.result.interruptions.append(Interruption(
-                at=event.ts, last_seen=last_seen, during=event.from_state, steps=cut))
+                at=event.ts, last_seen=last_seen, during=event.from_state, steps=cut,
+                after=max(finished)[1] if finished else None))
         elif event.from_state == lifecycle.INTERRUPTED and self.result.interruptions:
             gap = self.result.interruptions[-1]
             gap.resumed_at, gap.resumed_as = event.ts, event.to_state
+            gap.reason = payload.get("reason")
             self.resumed_at = event.ts
 
     def _open(self, step: StepHistory, phase: str, start: float) -> Span:
@@ -495,6 +516,13 @@ def _states(value: str | Iterable[str] | None) -> list[str] | None:
         raise ValueError(f"unknown build state(s) {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(lifecycle.STATES))}")
     return wanted or None
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 def percentile(ordered: list[float], q: float) -> float | None:
@@ -641,7 +669,27 @@ class History:
     def build(self, build_id: str) -> BuildHistory:
         """Steps, lifecycle, external events and waits of one build (id or unique prefix)."""
         row, events = self._row_and_events(build_id)
-        return fold(row, events)
+        result = fold(row, events)
+        if not result.is_final:
+            result.agent = self.agent(result.host)
+        return result
+
+    def agent(self, host: str) -> AgentLease | None:
+        """The lease of the agent owning ``host`` (None: no agent has run, or no such table)."""
+        agents = getattr(t, "agents", None)
+        if agents is None:
+            return None
+        try:
+            with self._connect() as conn:
+                row = conn.execute(sa.select(agents).where(agents.c.host == host)).first()
+        except sa.exc.OperationalError:
+            return None  # a database from before the agents table
+        except sa.exc.ProgrammingError:
+            return None
+        if row is None:
+            return None
+        return AgentLease(host=row.host, agent_id=row.agent_id, pid=row.pid,
+                          started_at=row.started_at, heartbeat_at=row.heartbeat_at)
 
     def events(self, build_id: str) -> list[Event]:
         """The build's raw events in log order."""
@@ -650,7 +698,7 @@ class History:
                       e.subject) for e in events]
 
     def export(self, build_id: str) -> dict[str, Any]:
-        """A self-contained JSON-able document of the build; see ``spawnflow.persistence.export``."""
+        """A self-contained JSON-able document of the build (see ``persistence.export``)."""
         from spawnflow.persistence.export import document
         row, events = self._row_and_events(build_id)
         return document(row, events, schema.current_revision(self.engine))
@@ -675,7 +723,9 @@ class History:
         if states:
             query = query.where(b.state.in_(states))
         if instance:
-            query = query.where(sa.or_(b.instance_uuid == instance, b.instance_name == instance))
+            # A uuid is looked up by the indexed column only; anything else is a name.
+            query = query.where(b.instance_uuid == instance.lower() if _is_uuid(instance)
+                                else b.instance_name == instance)
         if host:
             query = query.where(b.host == host)
         start, end = parse_time(since), parse_time(until)
@@ -692,8 +742,9 @@ class History:
             if marker:
                 full = self.resolve(marker, conn)
                 at = conn.execute(sa.select(b.created_at).where(b.build_id == full)).scalar_one()
-                query = query.where(sa.or_(b.created_at < at,
-                                           sa.and_(b.created_at == at, b.build_id < full)))
+                # The first term is a plain range, so the created_at index serves it.
+                query = query.where(b.created_at <= at,
+                                    sa.or_(b.created_at < at, b.build_id < full))
             query = query.order_by(b.created_at.desc(), b.build_id.desc())
             if limit:
                 query = query.limit(limit)

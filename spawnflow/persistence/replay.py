@@ -8,10 +8,12 @@ prove ``replay(...) == current(...)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 
+from spawnflow.persistence import lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import ATOM, BUILD, FLOW, LOGBOOK, EventLog
 
@@ -30,15 +32,20 @@ def _apply_doc(old: dict[str, Any] | None, payload: dict[str, Any]) -> dict[str,
 
 
 def _build_event(builds: dict[str, dict[str, Any]], event: Any) -> None:
+    """Apply one build event; an illegal lifecycle transition raises IllegalTransition."""
     payload = event.payload or {}
-    if event.from_state is None:
+    row = builds.get(event.build_id)
+    lifecycle.check(row["state"] if row else None, event.to_state)
+    if row is None:
+        spec = payload.get("spec") or {}
         builds[event.build_id] = {
-            "build_id": event.build_id, "instance_uuid": payload["instance_uuid"],
-            "instance_name": event.name, "host": payload["host"], "state": event.to_state,
-            "created_at": event.ts, "updated_at": event.ts, "spec": payload["spec"],
+            "build_id": event.build_id,
+            "instance_uuid": payload.get("instance_uuid") or (spec.get("instance") or {})
+            .get("uuid"),
+            "instance_name": event.name, "host": payload.get("host"), "state": event.to_state,
+            "created_at": event.ts, "updated_at": event.ts, "spec": spec,
             "error": None, "last_seq": event.seq}
         return
-    row = builds[event.build_id]
     row.update(state=event.to_state, updated_at=event.ts, last_seq=event.seq)
     if "error" in payload:
         row["error"] = payload["error"]
@@ -51,44 +58,51 @@ def _drop_book(result: Projections, book_uuid: str) -> None:
             del result[table][uuid]
 
 
-def replay(log: EventLog) -> Projections:
-    """The projections as the events say they must be."""
+def replay_events(events: Iterable[Any]) -> Projections:
+    """The projections that ``events`` (rows with the events columns, in seq order) say."""
     result: Projections = {name: {} for name in _TABLES}
-    with log.engine.connect() as conn:
-        events = conn.execute(sa.select(t.events).order_by(t.events.c.seq))
-        for event in events:
-            payload = event.payload or {}
-            if event.kind == BUILD:
-                _build_event(result["builds"], event)
-            elif event.kind == LOGBOOK:
-                if event.to_state == "CLEARED":
-                    for table in ("logbooks", "flowdetails", "atomdetails"):
-                        result[table].clear()
-                elif event.to_state == "DESTROYED":
-                    _drop_book(result, event.subject)
-                else:
-                    old = result["logbooks"].get(event.subject, {}).get("doc")
-                    doc = _apply_doc(old, payload)
-                    result["logbooks"][event.subject] = {"uuid": event.subject,
-                                                         "name": doc.get("name"), "doc": doc}
-            elif event.kind == FLOW:
-                old = result["flowdetails"].get(event.subject)
-                doc = _apply_doc(old and old["doc"], payload)
-                result["flowdetails"][event.subject] = {
-                    "uuid": event.subject, "book_uuid": old["book_uuid"] if old
-                    else payload["parent"], "name": doc.get("name"), "state": doc.get("state"),
-                    "doc": doc}
-            elif event.kind == ATOM:
-                old = result["atomdetails"].get(event.subject)
-                doc = _apply_doc(old and old["doc"], payload)
-                result["atomdetails"][event.subject] = {
-                    "uuid": event.subject,
-                    "flow_uuid": old["flow_uuid"] if old else payload["parent"],
-                    "book_uuid": event.build_id,
-                    "name": doc.get("name"),
-                    "atom_type": old["atom_type"] if old else payload["type"],
-                    "state": doc.get("state"), "intention": doc.get("intention"), "doc": doc}
+    for event in events:
+        payload = event.payload or {}
+        if event.kind == BUILD:
+            _build_event(result["builds"], event)
+        elif event.kind == LOGBOOK:
+            if event.to_state == "CLEARED":
+                for table in ("logbooks", "flowdetails", "atomdetails"):
+                    result[table].clear()
+            elif event.to_state == "DESTROYED":
+                _drop_book(result, event.subject)
+            else:
+                old = result["logbooks"].get(event.subject, {}).get("doc")
+                doc = _apply_doc(old, payload)
+                result["logbooks"][event.subject] = {"uuid": event.subject,
+                                                     "name": doc.get("name"), "doc": doc}
+        elif event.kind == FLOW:
+            old = result["flowdetails"].get(event.subject)
+            doc = _apply_doc(old and old["doc"], payload)
+            result["flowdetails"][event.subject] = {
+                "uuid": event.subject,
+                "book_uuid": old["book_uuid"] if old else payload["parent"],
+                "name": doc.get("name"), "state": doc.get("state"), "doc": doc}
+        elif event.kind == ATOM:
+            old = result["atomdetails"].get(event.subject)
+            doc = _apply_doc(old and old["doc"], payload)
+            result["atomdetails"][event.subject] = {
+                "uuid": event.subject,
+                "flow_uuid": old["flow_uuid"] if old else payload["parent"],
+                "book_uuid": event.build_id,
+                "name": doc.get("name"),
+                "atom_type": old["atom_type"] if old else payload["type"],
+                "state": doc.get("state"), "intention": doc.get("intention"), "doc": doc}
     return result
+
+
+def replay(log: EventLog, build_id: str | None = None) -> Projections:
+    """The projections as the events say they must be (of one build, or of all)."""
+    query = sa.select(t.events).order_by(t.events.c.seq)
+    if build_id is not None:
+        query = query.where(t.events.c.build_id == build_id)
+    with log.engine.connect() as conn:
+        return replay_events(conn.execute(query))
 
 
 def current(log: EventLog) -> Projections:

@@ -61,3 +61,13 @@ def purge(eventlog: EventLog, older_than_days: float, batch_size: int = 500,
         if len(ids) < batch_size:
             break
     return removed
+
+
+def count_purgeable(eventlog: EventLog, older_than_days: float, now: float | None = None) -> int:
+    """How many builds ``purge`` would remove now (nothing is deleted)."""
+    cutoff = (time.time() if now is None else now) - older_than_days * DAY
+    b = t.builds.c
+    query = (sa.select(sa.func.count()).select_from(t.builds)
+             .where(b.state.in_(sorted(lifecycle.FINAL)), b.updated_at < cutoff))
+    with eventlog.engine.connect() as conn:
+        return conn.execute(query).scalar_one()

@@ -28,8 +28,10 @@ def make_engine(url: str) -> sa.Engine:
     """An engine with the durability settings of the event log.
 
     SQLite: WAL and synchronous=FULL (a commit survives power loss), a busy
-    timeout for other processes, and BEGIN IMMEDIATE so that two writers never
-    deadlock upgrading a read lock.
+    timeout for other processes, and BEGIN IMMEDIATE for write transactions
+    (execution option ``write=True``, see ``EventLog.transaction``) so that two
+    writers never deadlock upgrading a read lock; reads stay deferred snapshots
+    that never wait for a writer.
     """
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True, future=True)
@@ -49,7 +51,8 @@ def make_engine(url: str) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn):  # noqa: ANN001 - SQLAlchemy callback
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        write = conn.get_execution_options().get("write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -123,6 +126,8 @@ def open_engine(url: str, upgrade_schema: bool = True) -> sa.Engine:
 def upgrade(engine: sa.Engine) -> str:
     """Bring the schema to head through the migrations (never create_all)."""
     check(engine)
-    with engine.begin() as conn:
+    # A write transaction from the start: two agents upgrading at once queue up,
+    # and the second finds the schema at head (alembic re-reads the revision).
+    with engine.connect() as conn, conn.execution_options(write=True).begin():
         command.upgrade(_alembic_config(conn), "head")
     return head_revision()

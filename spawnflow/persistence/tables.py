@@ -44,6 +44,9 @@ events = sa.Table(
     sa.Column("to_state", sa.String(32), nullable=True),
     sa.Column("payload", JsonText, nullable=True),
     sa.Index("ix_events_build_seq", "build_id", "seq"),
+    sa.Index("ix_events_atom_failures", "build_id", "name",
+             sqlite_where=sa.text("kind = 'atom' AND to_state = 'FAILURE'"),
+             postgresql_where=sa.text("kind = 'atom' AND to_state = 'FAILURE'")),
 )
 
 builds = sa.Table(
