@@ -51,10 +51,27 @@ def make_spec(image: Path, *, vifs: list[dict] | None = None, **overrides: Any) 
     return spec
 
 
+def new_mac() -> str:
+    return "fa:16:3e:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+
+
 def bridge_vif(bridge: str, active: bool = True) -> dict:
-    mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in os.urandom(3))
-    return {"id": new_uuid(), "mac": mac, "type": "bridge", "bridge": bridge,
+    return {"id": new_uuid(), "mac": new_mac(), "type": "bridge", "bridge": bridge,
             "ips": ["10.0.0.5"], "active": active}
+
+
+def tap_vif(active: bool = True) -> dict:
+    """A 'tap' VIF: spawnflow creates the tap, libvirt opens it unmanaged."""
+    return {"id": new_uuid(), "mac": new_mac(), "type": "tap", "ips": ["10.0.0.6"],
+            "active": active}
+
+
+def history_of(conf, build_id: str):  # noqa: ANN001, ANN201
+    """The build's history (spawnflow.history.BuildHistory) read from conf's database."""
+    from spawnflow.history import History
+
+    with History.open(spawnflow.conf.database_url(conf)) as history:
+        return history.build(build_id)
 
 
 def leaks(conn: libvirt.virConnect, instance_uuid: str, instances_path: Path,
@@ -82,6 +99,12 @@ def leaks(conn: libvirt.virConnect, instance_uuid: str, instances_path: Path,
     try:
         found += [f"nwfilter {f.name()}" for f in conn.listAllNWFilters()
                   if instance_uuid in f.name()]
+    except libvirt.libvirtError:
+        pass
+    try:  # filter rules instantiated on a port outlive nothing but a running domain
+        found += [f"nwfilter binding {b.portDev()} -> {b.filterName()}"
+                  for b in conn.listAllNWFilterBindings()
+                  if b.portDev() in taps or instance_uuid in b.filterName()]
     except libvirt.libvirtError:
         pass
     return found

@@ -1,12 +1,14 @@
 """Step 5, domain XML: render the domain from typed config objects.
 
 Creates nothing on the host (volumes and secrets were made by the steps
-before; tap and filter names are deterministic). Revert has nothing to remove.
+before; tap and filter names are deterministic, filter names carry the build
+id). Revert has nothing to remove.
 """
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from typing import Any
 
 from taskflow import task
@@ -20,6 +22,17 @@ from spawnflow.virt.volumes import Connection, get_connector
 def vif_of(spec_vif: Any) -> Vif:
     return Vif(id=spec_vif.id, mac=spec_vif.mac, type=spec_vif.type, bridge=spec_vif.bridge,
                mtu=spec_vif.mtu)
+
+
+def filter_parameters(ips: list[str]) -> list[tuple[str, str]]:
+    """nwfilter parameters for a port's addresses: IPv4 as ``IP``, IPv6 as ``IPV6``.
+
+    clean-traffic (no-ip-spoofing, no-arp-spoofing) takes ``IP`` as an IPv4
+    address: an IPv6 one there makes libvirt fail to start the domain
+    (ebtables ``--arp-ip-src 2001:db8::5/32``). Like nova, only IPv4 addresses
+    go into ``IP``; IPv6 ones are passed as libvirt's reserved ``IPV6``.
+    """
+    return [("IP" if ipaddress.ip_address(ip).version == 4 else "IPV6", ip) for ip in ips]
 
 
 def expected_plug(vif_id: str) -> PlugResult:
@@ -50,8 +63,8 @@ class BuildDomainXmlTask(task.Task):
                 encryption=gc.DiskEncryption(secret_uuid=secret) if secret else None))
         interfaces = []
         for spec_vif in spec.vifs:
-            name = ctx.firewall.filter_for(spec.instance.uuid, spec_vif.mac)
-            filterref = gc.FilterRef(name, [("IP", ip) for ip in spec_vif.ips]) if name else None
+            name = ctx.firewall.filter_for(spec.instance.uuid, spec_vif.mac, ctx.build_id)
+            filterref = gc.FilterRef(name, filter_parameters(spec_vif.ips)) if name else None
             interfaces.append(get_driver(spec_vif.type).guest_interface(
                 vif_of(spec_vif), expected_plug(spec_vif.id), filterref=filterref))
         config = gc.GuestConfig(

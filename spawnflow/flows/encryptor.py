@@ -2,8 +2,10 @@
 
 Creates one private volume secret holding the passphrase read from the
 volume's key file; the passphrase never leaves this step (the result holds
-secret uuids only). Revert undefines the secrets of this instance's volumes,
-found by usage id, so it works without a recorded result.
+secret uuids only). The usage id names the instance, the volume and this
+build, so a re-run adopts the secret this build made, and revert undefines
+only this build's secrets, found by usage id, with or without a recorded
+result (a later build of the same instance has its own).
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ class AttachEncryptorsTask(task.Task):
         for volume in self.ctx.spec.volumes:
             if volume.encryption is None:
                 continue
-            usage = secrets.usage_id(self.ctx.instance_uuid, volume.id)
-            uuid = secrets.find(self.ctx.host, usage)
-            if uuid is None:
-                key = secrets.read_key_file(volume.encryption.key_file)
-                uuid = secrets.define(self.ctx.host, usage, key)
+            usage = secrets.usage_id(self.ctx.instance_uuid, volume.id, self.ctx.build_id)
+            key = secrets.read_key_file(volume.encryption.key_file)
+            if secrets.find(self.ctx.host, usage) is None:
+                uuid = secrets.define(
+                    self.ctx.host, usage, key,
+                    description=f"spawnflow volume passphrase: instance {self.ctx.instance_uuid}"
+                                f" volume {volume.id} build {self.ctx.build_id}")
+            else:  # this build's own, from a run cut short: converge its value
+                uuid = secrets.set_value(self.ctx.host, usage, key)
             found[volume.id] = uuid
         return found
 
@@ -42,4 +48,5 @@ class AttachEncryptorsTask(task.Task):
             return
         for volume in self.ctx.spec.volumes:
             if volume.encryption is not None:
-                secrets.undefine(self.ctx.host, secrets.usage_id(self.ctx.instance_uuid, volume.id))
+                secrets.undefine(self.ctx.host, secrets.usage_id(
+                    self.ctx.instance_uuid, volume.id, self.ctx.build_id))

@@ -1,10 +1,17 @@
 """Step 2, image: the _base cache entry, the instance directory and the root disk.
 
-Creates the instance directory (marked with the build id so a re-run after a
-crash knows it is ours) and the root disk (a qcow2 overlay on the cached base,
-or a raw copy) grown to the flavor's root_gb. The shared base is never
-removed. Revert removes the instance directory if this build made it,
-otherwise only the disk this build made.
+Creates the instance directory and the root disk (a qcow2 overlay on the
+cached base, or a raw copy) grown to the flavor's root_gb. Each is marked with
+the build id that made it, before it exists: the directory by ``MARKER``
+inside it, the disk by ``DISK_MARKER`` next to it (needed when the directory
+was there before the build). The shared base is never removed.
+
+Revert reads the markers, never the recorded result: it removes the instance
+directory if this build made it, otherwise only the disk if this build made
+it, otherwise nothing. So it works without a result (a crash lost it), and
+reverting an old build again never deletes the directory or disk of a later
+build of the same instance (same uuid, same paths), which a result saying
+``created_disk`` would have.
 """
 
 from __future__ import annotations
@@ -18,15 +25,28 @@ from taskflow import task
 from spawnflow.flows.context import BuildContext
 
 MARKER = ".spawnflow-build"
+DISK_MARKER = ".spawnflow-disk-build"
 GiB = 1024 ** 3
 
 
-def _made_by(instance_dir: str, build_id: str) -> bool:
+def _marker(path: str) -> str | None:
+    """The build id a marker file holds, or None."""
     try:
-        with open(os.path.join(instance_dir, MARKER), encoding="utf-8") as f:
-            return f.read().strip() == build_id
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
     except OSError:
-        return False
+        return None
+
+
+def _write_marker(path: str, build_id: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(build_id)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _made_by(instance_dir: str, build_id: str) -> bool:
+    return _marker(os.path.join(instance_dir, MARKER)) == build_id
 
 
 class CreateImageTask(task.Task):
@@ -44,25 +64,35 @@ class CreateImageTask(task.Task):
         created_dir = _made_by(instance_dir, ctx.build_id)
         if not os.path.isdir(instance_dir):
             os.makedirs(instance_dir, mode=0o750)
-            with open(os.path.join(instance_dir, MARKER), "w", encoding="utf-8") as f:
-                f.write(ctx.build_id)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_marker(os.path.join(instance_dir, MARKER), ctx.build_id)
             created_dir = True
         disk_path = os.path.join(instance_dir, "disk")
+        disk_marker = os.path.join(instance_dir, DISK_MARKER)
+        if not os.path.exists(disk_path):
+            # Claimed before it exists: a crash right after creating it still
+            # leaves a disk that a re-run adopts and a revert removes.
+            _write_marker(disk_marker, ctx.build_id)
         size = ctx.spec.flavor.root_gb * GiB or None
-        created_disk = ctx.images.create_instance_disk(base.path, disk_path, image.disk_format,
-                                                       size)
+        ctx.images.create_instance_disk(base.path, disk_path, image.disk_format, size)
+        # Ours if this run or an earlier run of this build (cut short) made it.
+        created_disk = _marker(disk_marker) == ctx.build_id
         return {"instance_dir": instance_dir, "created_dir": created_dir,
                 "disk_path": disk_path, "disk_format": image.disk_format,
                 "created_disk": created_disk or created_dir, "base_path": base.path,
                 "console_log": os.path.join(instance_dir, "console.log")}
 
     def revert(self, result: Any = None, **kwargs: Any) -> None:
-        # Without a recorded result (failure, or a crash mid-step) the marker
-        # file is what tells whether this build made the directory.
+        # The markers, not the result, tell what this build made (see the
+        # module docstring): a result may be missing (failure, crash
+        # mid-step) or stale (a later build of this instance owns the paths).
         instance_dir = self.ctx.instance_dir
         if _made_by(instance_dir, self.ctx.build_id):
             shutil.rmtree(instance_dir, ignore_errors=False)
-        elif isinstance(result, dict) and result.get("created_disk"):
-            self.ctx.images.remove_instance_disk(result["disk_path"])
+            return
+        disk_marker = os.path.join(instance_dir, DISK_MARKER)
+        if _marker(disk_marker) == self.ctx.build_id:
+            self.ctx.images.remove_instance_disk(os.path.join(instance_dir, "disk"))
+            try:
+                os.unlink(disk_marker)
+            except FileNotFoundError:
+                pass

@@ -3,8 +3,12 @@
 Events are expected (as nova does) for ports not yet active, when the host can
 start a domain paused, the guest is powered on and vif_plugging_timeout > 0.
 Delivered events are persisted by the agent whenever they arrive, so one that
-comes before the wait begins is not lost. Creates a tap per 'tap' VIF (and a
-missing bridge, which is shared and never removed). Revert unplugs every VIF.
+comes before the wait begins is not lost. Creates a tap per 'tap' VIF, tagged
+with this build's id (and a missing bridge, which is shared and never removed).
+Revert unplugs every VIF as this build: the drivers remove only the taps this
+build made (tap VIFs) or left-over taps nothing uses (bridge VIFs), so it is
+safe with or without a recorded result and after a later build of the same
+instance took over the port.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class PlugVifsTask(task.Task):
         waiting_since = time.time()
         plugged = []
         for spec_vif in self.ctx.spec.vifs:
-            result = get_driver(spec_vif.type).plug(vif_of(spec_vif), self.ctx.instance_uuid)
+            result = get_driver(spec_vif.type).plug(vif_of(spec_vif), self.ctx.instance_uuid,
+                                                    self.ctx.build_id)
             plugged.append(asdict(result))
         return {"expected_events": expected, "waiting_since": waiting_since, "plugged": plugged}
 
@@ -52,4 +57,5 @@ class PlugVifsTask(task.Task):
             # Without a recorded result (crash mid-step) the driver's own
             # ownership check (the tap's alias) decides what is ours.
             plugged = recorded.get(spec_vif.id) or expected_plug(spec_vif.id)
-            get_driver(spec_vif.type).unplug(vif_of(spec_vif), plugged)
+            get_driver(spec_vif.type).unplug(vif_of(spec_vif), plugged, self.ctx.instance_uuid,
+                                             self.ctx.build_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-_BUS_BY_PREFIX = {"vd": "virtio", "sd": "scsi", "hd": "ide", "xvd": "xen"}
+# No 'xvd' (xen): guest_config renders QEMU/KVM guests, which have no xen bus.
+_BUS_BY_PREFIX = {"vd": "virtio", "sd": "scsi", "hd": "ide"}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Instance firewall: libvirt nwfilter (per-instance filter on clean-traffic) or noop.
 
-Each VIF gets a filter named after the instance uuid and MAC, referencing
-libvirt's stock ``clean-traffic`` (no MAC/IP/ARP spoofing); the interface's
-``<filterref>`` passes the port IPs. Names carry the instance uuid, so a filter
-found on re-run after a crash is known to be ours.
+Each VIF gets a filter named after the instance uuid, the MAC and the build
+id, referencing libvirt's stock ``clean-traffic`` (no MAC/IP/ARP spoofing); the
+interface's ``<filterref>`` passes the port IPs. Names carry the build id, so a
+filter found on re-run after a crash is known to be this build's, and a revert
+only ever undefines its own build's filters: a later build of the same
+instance (same uuid, same MACs) defines and uses filters of its own, which an
+old build's revert neither removes nor trips over ("nwfilter is in use").
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from spawnflow.virt.host import Host, error_code
 BASE_FILTER = "clean-traffic"
 
 
-def filter_name(instance_uuid: str, mac: str) -> str:
-    return f"spawnflow-{instance_uuid}-{mac.replace(':', '')}"
+def filter_name(instance_uuid: str, mac: str, build_id: str) -> str:
+    return f"spawnflow-{instance_uuid}-{mac.replace(':', '')}-{build_id}"
 
 
 # Filter uuids derive from the name: redefining after a crash replaces the
@@ -38,10 +41,10 @@ def filter_xml(name: str) -> str:
 class NoopFirewall:
     name = "noop"
 
-    def filter_for(self, instance_uuid: str, mac: str) -> str | None:
+    def filter_for(self, instance_uuid: str, mac: str, build_id: str) -> str | None:
         return None
 
-    def setup(self, instance_uuid: str, macs: list[str]) -> list[str]:
+    def setup(self, instance_uuid: str, macs: list[str], build_id: str) -> list[str]:
         return []
 
     def teardown(self, names: list[str]) -> None:
@@ -57,8 +60,8 @@ class NWFilterFirewall:
     def __init__(self, host: Host):
         self.host = host
 
-    def filter_for(self, instance_uuid: str, mac: str) -> str | None:
-        return filter_name(instance_uuid, mac)
+    def filter_for(self, instance_uuid: str, mac: str, build_id: str) -> str | None:
+        return filter_name(instance_uuid, mac, build_id)
 
     def exists(self, name: str) -> bool:
         try:
@@ -69,7 +72,7 @@ class NWFilterFirewall:
                 return False
             raise FirewallError(f"looking up nwfilter {name}: {exc}") from exc
 
-    def setup(self, instance_uuid: str, macs: list[str]) -> list[str]:
+    def setup(self, instance_uuid: str, macs: list[str], build_id: str) -> list[str]:
         """Define one filter per MAC (redefining is harmless); return the names defined."""
         if not self.host.supports_nwfilter:
             raise NotSupportedByHost(f"libvirt at {self.host.uri} has no nwfilter driver; "
@@ -79,7 +82,7 @@ class NWFilterFirewall:
                                 "(install libvirt-daemon-config-nwfilter)")
         names = []
         for mac in macs:
-            name = filter_name(instance_uuid, mac)
+            name = filter_name(instance_uuid, mac, build_id)
             try:
                 self.host.conn.nwfilterDefineXML(filter_xml(name))
             except libvirt.libvirtError as exc:

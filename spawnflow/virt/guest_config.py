@@ -47,6 +47,11 @@ _LIFECYCLE = frozenset({'destroy', 'restart', 'preserve'})
 _X86 = frozenset({'x86_64', 'i686'})
 
 
+def is_printable(value: str) -> bool:
+    """True if every character of ``value`` can go into a one-line XML field."""
+    return not _BAD_CHARS.search(value)
+
+
 def _choice(name: str, value: object, choices) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f'{name}: {value!r} is not one of {sorted(choices)}')

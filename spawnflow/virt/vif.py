@@ -6,17 +6,23 @@ Two drivers sit behind one plugin boundary (entry point group
 ``bridge`` (:class:`BridgeVifDriver`)
     Ensures the Linux bridge exists and is up. The tap itself is created by
     libvirt when the domain starts (``<interface type='bridge'>``); we give it a
-    fixed name, :func:`tap_name`, so a revert can find it. The bridge is never
-    deleted, even when this driver created it: like os-vif's linux_bridge plugin
-    we treat bridges as shared by every instance on the host, and deleting one
-    could cut off instances that started using it after us.
+    fixed name, :func:`tap_name`, so a revert can find it. libvirt owns that tap
+    and removes it when the domain stops; unplug only removes one left over by
+    a dead domain, i.e. one that no process holds open (a tap QEMU is attached
+    to belongs to a running domain, possibly another build's of the same
+    instance, and is never ours to delete). The bridge is never deleted, even
+    when this driver created it: like os-vif's linux_bridge plugin we treat
+    bridges as shared by every instance on the host, and deleting one could cut
+    off instances that started using it after us.
 
 ``tap`` (:class:`TapVifDriver`)
     Creates a persistent tap that libvirt opens but does not manage
     (``<interface type='ethernet'>`` with ``<target managed='no'/>``). The tap
-    is tagged with an ``ifalias`` naming the instance and port, so a re-run of
-    the plug step after a crash recognises the tap it made before the result
-    was recorded, and never adopts a device that someone else made.
+    is tagged with an ``ifalias`` naming the instance, the port and the build
+    (:func:`tap_alias`), so a re-run of the plug step after a crash recognises
+    the tap it made before the result was recorded, never adopts a device that
+    someone else made, and a revert never removes the tap of another build of
+    the same instance (the tap name only names the port).
 
 All host changes go through netlink (pyroute2), with one ``IPRoute`` socket per
 call rather than a global one: sockets are cheap, and a shared one would need
@@ -89,15 +95,9 @@ def tap_name(vif_id: str) -> str:
     return _TAP_PREFIX + vif_id[:_TAP_ID_CHARS]
 
 
-def tap_alias(instance_uuid: str, vif_id: str) -> str:
-    """The ``ifalias`` that marks a tap as created by spawnflow for this port."""
-    return f"{_ALIAS_PREFIX}:{instance_uuid}:{vif_id}"
-
-
-def _is_our_alias(alias: str | None, vif_id: str) -> bool:
-    # unplug() does not get the instance uuid, so it matches on prefix and port
-    # id; the port id alone already makes the alias unique on the host.
-    return bool(alias) and alias.startswith(_ALIAS_PREFIX + ":") and alias.endswith(":" + vif_id)
+def tap_alias(instance_uuid: str, vif_id: str, build_id: str) -> str:
+    """The ``ifalias`` that marks a tap as created by this build for this port."""
+    return f"{_ALIAS_PREFIX}:{instance_uuid}:{vif_id}:{build_id}"
 
 
 def _check_ifname(name: str, what: str) -> None:
@@ -122,6 +122,15 @@ def _get_link(ipr: IPRoute, name: str) -> Any | None:
 def _link_kind(link: Any) -> str | None:
     info = link.get("IFLA_LINKINFO")
     return info.get("IFLA_INFO_KIND") if info else None
+
+
+def _tap_in_use(link: Any) -> bool:
+    """True if some process holds the tap open (QEMU of a running domain).
+
+    The tun driver turns the carrier on when a file descriptor attaches to the
+    device and off when the last one detaches, whatever the admin state.
+    """
+    return bool(link.get("IFLA_CARRIER"))
 
 
 def _delete_link(ipr: IPRoute, index: int) -> None:
@@ -155,12 +164,16 @@ class VifDriver(ABC):
     """Host-side plumbing for one kind of VIF."""
 
     @abstractmethod
-    def plug(self, vif: Vif, instance_uuid: str) -> PlugResult:
-        """Make the host side exist; safe to call again after a crash."""
+    def plug(self, vif: Vif, instance_uuid: str, build_id: str) -> PlugResult:
+        """Make the host side exist for build ``build_id``; safe to call again after a crash."""
 
     @abstractmethod
-    def unplug(self, vif: Vif, result: PlugResult) -> None:
-        """Remove what ``plug`` created (per ``result``); already gone is fine."""
+    def unplug(self, vif: Vif, result: PlugResult, instance_uuid: str, build_id: str) -> None:
+        """Remove what ``plug`` of build ``build_id`` created (per ``result``).
+
+        Already gone is fine; anything another build (of this or another
+        instance) uses is left alone.
+        """
 
     @abstractmethod
     def guest_interface(
@@ -178,7 +191,7 @@ class BridgeVifDriver(VifDriver):
     ``<mtu>`` element, which libvirt applies when it creates the tap.
     """
 
-    def plug(self, vif: Vif, instance_uuid: str) -> PlugResult:
+    def plug(self, vif: Vif, instance_uuid: str, build_id: str) -> PlugResult:
         if not vif.bridge:
             raise VifError(f"vif {vif.id}: type 'bridge' needs a bridge name")
         _check_ifname(vif.bridge, f"vif {vif.id}: bridge")
@@ -230,11 +243,13 @@ class BridgeVifDriver(VifDriver):
             LOG.info("vif %s: created bridge %s", vif.id, name)
         return created
 
-    def unplug(self, vif: Vif, result: PlugResult) -> None:
-        # libvirt deletes the tap when the domain is destroyed; if the domain
-        # was never started, or libvirtd died mid-way, the tap may be left over.
-        # Only a tun/tap device with the port's name is removed; the bridge
-        # stays (see the module docstring).
+    def unplug(self, vif: Vif, result: PlugResult, instance_uuid: str, build_id: str) -> None:
+        # libvirt deletes the tap when the domain is destroyed; if libvirtd
+        # died mid-way, the tap may be left over. Only a tun/tap device with
+        # the port's name that nothing holds open is removed: the name only
+        # names the port, and a tap in use belongs to a running domain (a later
+        # build of this instance, say) that libvirt manages. The bridge stays
+        # (see the module docstring).
         try:
             with IPRoute() as ipr:
                 link = _get_link(ipr, result.tap)
@@ -244,6 +259,15 @@ class BridgeVifDriver(VifDriver):
                     LOG.warning(
                         "vif %s: %s is not a tap device; not removing it", vif.id, result.tap
                     )
+                    return
+                if _tap_in_use(link):
+                    LOG.info("vif %s: tap %s is in use by a running domain; libvirt owns it, "
+                             "not removing it", vif.id, result.tap)
+                    return
+                if (link.get("IFLA_IFALIAS") or "").startswith(_ALIAS_PREFIX + ":"):
+                    # Made by the tap driver for some build, not by libvirt.
+                    LOG.warning("vif %s: %s is a tap of a 'tap' VIF; not removing it",
+                                vif.id, result.tap)
                     return
                 _delete_link(ipr, link["index"])
                 LOG.info("vif %s: removed left-over tap %s", vif.id, result.tap)
@@ -272,10 +296,10 @@ class TapVifDriver(VifDriver):
     multi-queue tap, which this driver does not create.
     """
 
-    def plug(self, vif: Vif, instance_uuid: str) -> PlugResult:
+    def plug(self, vif: Vif, instance_uuid: str, build_id: str) -> PlugResult:
         tap = tap_name(vif.id)
         _check_ifname(tap, f"vif {vif.id}: tap")
-        alias = tap_alias(instance_uuid, vif.id)
+        alias = tap_alias(instance_uuid, vif.id, build_id)
         try:
             with IPRoute() as ipr:
                 link = _get_link(ipr, tap)
@@ -318,19 +342,21 @@ class TapVifDriver(VifDriver):
                 f"build (alias {found!r}, expected {alias!r}); refusing to use it"
             )
 
-    def unplug(self, vif: Vif, result: PlugResult) -> None:
+    def unplug(self, vif: Vif, result: PlugResult, instance_uuid: str, build_id: str) -> None:
         if not result.created_tap:
             return
+        alias = tap_alias(instance_uuid, vif.id, build_id)
         try:
             with IPRoute() as ipr:
                 link = _get_link(ipr, result.tap)
                 if link is None:
                     return
-                if not _is_our_alias(link.get("IFLA_IFALIAS"), vif.id):
-                    # Ours was removed and someone else made a device with the
-                    # same name since: not ours to delete.
+                if _link_kind(link) != "tun" or link.get("IFLA_IFALIAS") != alias:
+                    # Ours was removed and someone else (another build of this
+                    # instance, say) made a device with the same name since:
+                    # not ours to delete.
                     LOG.warning(
-                        "vif %s: %s no longer carries our alias; not removing it",
+                        "vif %s: %s does not carry this build's alias; not removing it",
                         vif.id, result.tap,
                     )
                     return

@@ -65,6 +65,54 @@ def libvirt_conn(libvirt_uri: str) -> Iterator[object]:
 
 
 @pytest.fixture
+def real_conf(tmp_path: Path, libvirt_uri: str):  # noqa: ANN201
+    """``real_conf(network={...})``: a config for the real libvirtd, state under tmp_path."""
+    from tests.helpers import load_conf
+
+    def make(**groups):  # noqa: ANN001, ANN202
+        base = {"libvirt": {"connection_uri": libvirt_uri, "virt_type": "qemu",
+                            "boot_timeout": 60},
+                "firewall": {"driver": "nwfilter"},
+                "network": {"vif_plugging_timeout": 30}}
+        for group, options in groups.items():
+            base.setdefault(group, {}).update(options)
+        return load_conf(tmp_path, **base)
+    return make
+
+
+@pytest.fixture
+def cleanup(libvirt_conn) -> Iterator[list[str]]:  # noqa: ANN001
+    """Instance uuids whose ACTIVE domain, filters, secrets and taps the test removes after.
+
+    Taps are found by the ``ifalias`` the tap VIF driver tags them with (libvirt
+    removes the taps of bridge VIFs itself when the domain is destroyed).
+    """
+    import libvirt
+    from pyroute2 import IPRoute
+
+    uuids: list[str] = []
+    yield uuids
+    for instance in uuids:
+        try:
+            dom = libvirt_conn.lookupByUUIDString(instance)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+        for flt in libvirt_conn.listAllNWFilters():
+            if instance in flt.name():
+                flt.undefine()
+        for secret in libvirt_conn.listAllSecrets():
+            if instance in (secret.usageID() or ""):
+                secret.undefine()
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                if instance in (link.get("IFLA_IFALIAS") or ""):
+                    ipr.link("del", index=link["index"])
+
+
+@pytest.fixture
 def linux_bridge() -> Iterator[str]:
     """A fresh, up Linux bridge (``sfbr`` + 6 hex digits); deleted afterwards."""
     try:

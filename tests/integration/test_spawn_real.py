@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -18,48 +17,9 @@ import spawnflow.conf
 from spawnflow import Agent
 from spawnflow.history import History
 from spawnflow.virt import qemu_img, vif
-from tests.helpers import bridge_vif, leaks, load_conf, make_spec, new_uuid
+from tests.helpers import bridge_vif, history_of, leaks, make_spec, new_uuid
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def real_conf(tmp_path: Path, libvirt_uri: str):  # noqa: ANN201
-    def make(**groups):  # noqa: ANN001, ANN202
-        base = {"libvirt": {"connection_uri": libvirt_uri, "virt_type": "qemu",
-                            "boot_timeout": 60},
-                "firewall": {"driver": "nwfilter"},
-                "network": {"vif_plugging_timeout": 30}}
-        for group, options in groups.items():
-            base.setdefault(group, {}).update(options)
-        return load_conf(tmp_path, **base)
-    return make
-
-
-@pytest.fixture
-def cleanup(libvirt_conn) -> Iterator[list[str]]:  # noqa: ANN001
-    """Instance uuids whose ACTIVE domain (and filters, secrets) the test removes after."""
-    uuids: list[str] = []
-    yield uuids
-    for instance in uuids:
-        try:
-            dom = libvirt_conn.lookupByUUIDString(instance)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
-        for flt in libvirt_conn.listAllNWFilters():
-            if instance in flt.name():
-                flt.undefine()
-        for secret in libvirt_conn.listAllSecrets():
-            if instance in (secret.usageID() or ""):
-                secret.undefine()
-
-
-def history_of(conf, build_id):  # noqa: ANN001, ANN201
-    with History.open(spawnflow.conf.database_url(conf)) as history:
-        return history.build(build_id)
 
 
 def test_event_delivered_before_the_wait_then_active(real_conf, qcow2_image, linux_bridge,

@@ -1,5 +1,7 @@
 """Build spec validation: every error names its field."""
 
+import copy
+
 import pytest
 
 from spawnflow.exceptions import InvalidSpec
@@ -16,7 +18,8 @@ GOOD = {
          "encryption": {"format": "luks", "key_file": "/etc/spawnflow/keys/v1.key"}},
         {"id": "7f0c0000-0000-4000-8000-000000000002", "driver": "iscsi", "device": "vdc",
          "portal": "10.0.0.9:3260", "iqn": "iqn.2010-10.org.openstack:v2", "lun": 0,
-         "auth_username": "u", "auth_password": "p"},
+         "auth_username": "u", "auth_password": "p",
+         "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff"},
         {"id": "7f0c0000-0000-4000-8000-000000000003", "driver": "rbd", "device": "vdd",
          "pool": "volumes", "image": "v3", "hosts": ["10.0.0.7"]},
     ],
@@ -28,7 +31,6 @@ GOOD = {
 
 
 def with_(path, value):
-    import copy
     spec = copy.deepcopy(GOOD)
     target = spec
     keys = path.split(".")
@@ -72,6 +74,37 @@ def test_good_spec_parses_and_redacts():
     ("vifs.0.ips", ["10.0.0.300"], "vifs.0.ips"),
     ("vifs.0.bridge", None, "vifs.0"),
     ("vifs.0.type", "ovs", "vifs.0.type"),
+    # Values that used to pass here and fail in a later step, after the
+    # instance dir, volume connections, secrets or taps were made:
+    ("volumes.0.device", "xvdb", "volumes.0.device"),          # xen bus: domain_xml
+    ("volumes.0.device", "hde", "volumes.0.device"),           # 1 IDE controller: defineXML
+    ("vifs.0.mac", "01:00:5e:00:00:05", "vifs.0.mac"),         # multicast: domain_xml
+    ("vifs.0.mac", "FB:16:3E:12:34:56", "vifs.0.mac"),         # 0xfb: multicast bit set
+    ("vifs.0.mac", "ff:ff:ff:ff:ff:ff", "vifs.0.mac"),
+    ("vifs.0.mac", "00:00:00:00:00:00", "vifs.0.mac"),
+    ("vifs.0.mtu", 65522, "vifs.0.mtu"),                       # tun max_mtu 65521: vifs/start
+    ("vifs.0.mtu", 67, "vifs.0.mtu"),
+    ("vifs.0.ips", ["fe80::1%eth0"], "vifs.0.ips"),            # '%': FilterRef parameter
+    ("vifs.0.ips", ["10.0.0.5/24"], "vifs.0.ips"),
+    ("vifs.0.ips", ["10.0.0.5", "10.0.0.5"], "vifs.0.ips"),
+    ("vifs.0.bridge", "..", "vifs.0.bridge"),                  # the kernel refuses the name
+    ("instance.name", "vm\nx", "instance.name"),               # GuestMetadata.instance_name
+    ("instance.name", "vm\ufffe", "instance.name"),
+    ("image.source", "file://imagehost/cirros.qcow2", "image.source"),  # remote file://
+    ("image.source", "/images/cirros\x00.qcow2", "image.source"),
+    ("image.source", "https:///cirros.qcow2", "image.source"),
+    ("volumes.0.path", "/srv/v\n1.img", "volumes.0.path"),     # GuestDisk.source_path
+    ("volumes.0.encryption.key_file", "/etc/k\x00", "volumes.0.encryption.key_file"),
+    ("volumes.1.iqn", "iqn.2010-10.org.openstack:v2/1", "volumes.1.iqn"),  # connector
+    ("volumes.1.portal", "10.0.0.9:0", "volumes.1.portal"),
+    ("volumes.1.portal", "[fd00::9", "volumes.1.portal"),
+    ("volumes.1.portal", "portal host", "volumes.1.portal"),   # NetworkDiskHost.name
+    ("volumes.1.auth_username", "chap user", "volumes.1.auth_username"),
+    ("volumes.1.secret_uuid", KeyError, "volumes.1"),          # connector: needs both
+    ("volumes.2.pool", "vol/umes", "volumes.2.pool"),
+    ("volumes.2.image", "v3@snap", "volumes.2.image"),
+    ("volumes.2.hosts", ["10.0.0.7", "mon 2"], "volumes.2.hosts"),
+    ("flavor.vcpus", 256, "flavor.vcpus"),                     # i440fx limit: defineXML
 ])
 def test_bad_field_is_named(path, value, field):
     with pytest.raises(InvalidSpec) as raised:
@@ -86,12 +119,72 @@ def test_duplicate_devices_are_refused():
         parse_spec(spec)
 
 
-def test_files(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("instance: [unclosed")
-    with pytest.raises(InvalidSpec, match="not valid YAML"):
-        parse_spec(str(bad))
-    with pytest.raises(InvalidSpec, match="cannot read"):
-        parse_spec(str(tmp_path / "missing.yaml"))
-    with pytest.raises(InvalidSpec, match="must be a mapping"):
-        parse_spec([1, 2])
+def test_one_local_path_twice_is_refused():
+    # QEMU would refuse to start: 'Failed to get "write" lock'.
+    spec = with_("volumes.1", dict(GOOD["volumes"][0], id="7f0c0000-0000-4000-8000-000000000009",
+                                   device="vdc", path="/srv/./v1.img"))
+    with pytest.raises(InvalidSpec, match="volumes.path: duplicate /srv/v1.img"):
+        parse_spec(spec)
+
+
+def test_ports_that_want_the_same_tap_are_refused():
+    # The tap name keeps 11 characters of the port id: both would be tap2b9e0000-00.
+    spec = copy.deepcopy(GOOD)
+    spec["vifs"].append(dict(GOOD["vifs"][0], id="2b9e0000-0000-4000-8000-000000000002",
+                             mac="fa:16:3e:12:34:57"))
+    with pytest.raises(InvalidSpec, match=r"vifs.id \(tap name\): duplicate tap2b9e0000-00"):
+        parse_spec(spec)
+
+
+def test_a_bridge_named_like_a_ports_tap_is_refused():
+    with pytest.raises(InvalidSpec, match="vifs.bridge: tap2b9e0000-00 is the tap name"):
+        parse_spec(with_("vifs.0.bridge", "tap2b9e0000-00"))
+
+
+@pytest.mark.parametrize("path,value", [
+    ("volumes.0.device", "hdd"), ("volumes.0.device", "sdzz"), ("volumes.0.device", "vdzz"),
+    ("vifs.0.mtu", 65521), ("vifs.0.mtu", 68), ("vifs.0.mac", "02:00:00:00:00:01"),
+    ("vifs.0.ips", ["2001:db8::5", "10.0.0.5"]), ("flavor.vcpus", 255),
+    ("image.source", "file:///images/cirros.qcow2"),
+    ("image.source", "file://localhost/images/cirros.qcow2"),
+    ("volumes.1.portal", "[fd00::9]:3260"), ("instance.name", "vm \u00e9\U0001f600"),
+])
+def test_edges_that_stay_valid(path, value):
+    parse_spec(with_(path, value))
+
+
+def test_the_spec_edges_render_a_domain(tmp_path):
+    """What the spec accepts, the later steps take: disk info, connectors, domain XML."""
+    from types import SimpleNamespace
+
+    from spawnflow.flows.disk_info import DiskInfoTask
+    from spawnflow.flows.domain_xml import BuildDomainXmlTask
+    from spawnflow.flows.volumes import ConnectVolumesTask
+    from spawnflow.virt.firewall import NWFilterFirewall
+
+    local = tmp_path / "v1.img"
+    local.write_bytes(bytes(4096))
+    raw = copy.deepcopy(GOOD)
+    raw["instance"]["name"] = "vm <1> \u00e9 \U0001f600"
+    raw["volumes"][0].update(path=str(local), device="hdd")
+    raw["volumes"][1].update(portal="[fd00::9]:3260")
+    raw["volumes"][2].update(device="sdzz", hosts=["[fd00::7]:6789", "mon-1"])
+    raw["vifs"][0].update(mtu=65521, ips=["10.0.0.5", "2001:db8::5"])
+    raw["vifs"].append({"id": "3c9e0000-0000-4000-8000-000000000002", "mac": "02:00:00:00:00:01",
+                        "type": "tap"})
+    spec = parse_spec(raw)
+    ctx = SimpleNamespace(spec=spec, build_id="0b0b0000-0000-4000-8000-00000000000b",
+                          instance_uuid=spec.instance.uuid, firewall=NWFilterFirewall(None),
+                          conf=SimpleNamespace(libvirt=SimpleNamespace(virt_type="qemu")))
+    disk_info = DiskInfoTask(ctx).execute()
+    volumes = ConnectVolumesTask(ctx).execute()
+    image = {"disk_format": "qcow2", "disk_path": str(tmp_path / "disk"),
+             "console_log": str(tmp_path / "console.log")}
+    xml = BuildDomainXmlTask(ctx).execute(
+        disk_info, image, volumes, {spec.volumes[0].id: "7f0c0000-0000-4000-8000-0000000000aa"})
+    for text in ('<target dev="hdd" bus="ide"/>', '<target dev="sdzz" bus="scsi"/>',
+                 '<host name="fd00::9" port="3260"/>', '<host name="fd00::7" port="6789"/>',
+                 '<parameter name="IP" value="10.0.0.5"/>',
+                 '<parameter name="IPV6" value="2001:db8::5"/>', '<mtu size="65521"/>',
+                 '<target dev="tap3c9e0000-00" managed="no"/>'):
+        assert text in xml, text

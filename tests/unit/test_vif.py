@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 import uuid
 from dataclasses import asdict
 
@@ -30,6 +32,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 MAC = "fa:16:3e:00:00:01"
+BUILD = "0b0b0000-0000-4000-8000-00000000000b"
+OTHER_BUILD = "0b0b0000-0000-4000-8000-00000000000c"
 
 
 def _link(name: str):
@@ -104,7 +108,7 @@ def test_bridge_plug_creates_missing_bridge_up_with_mtu(bridge_name, vif_id, ins
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=1400)
     assert not tap_exists(bridge_name)
 
-    result = BridgeVifDriver().plug(vif, instance_uuid)
+    result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
 
     assert result == PlugResult(vif_id=vif_id, tap=tap_name(vif_id),
                                 created_tap=False, created_bridge=True)
@@ -119,10 +123,10 @@ def test_bridge_plug_creates_missing_bridge_up_with_mtu(bridge_name, vif_id, ins
 def test_bridge_plug_twice_is_idempotent(bridge_name, vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
     driver = BridgeVifDriver()
-    first = driver.plug(vif, instance_uuid)
+    first = driver.plug(vif, instance_uuid, BUILD)
     index = _link(bridge_name)["index"]
 
-    second = driver.plug(vif, instance_uuid)
+    second = driver.plug(vif, instance_uuid, BUILD)
 
     assert first.created_bridge is True
     assert second.created_bridge is False
@@ -137,7 +141,7 @@ def test_bridge_plug_brings_existing_bridge_up_and_keeps_its_mtu(bridge_name, vi
         ipr.link("set", index=ipr.link_lookup(ifname=bridge_name)[0], mtu=1450)
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=9000)
 
-    result = BridgeVifDriver().plug(vif, instance_uuid)
+    result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
 
     assert result.created_bridge is False
     link = _link(bridge_name)
@@ -148,10 +152,10 @@ def test_bridge_plug_brings_existing_bridge_up_and_keeps_its_mtu(bridge_name, vi
 def test_bridge_unplug_leaves_bridge(bridge_name, vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
     driver = BridgeVifDriver()
-    result = driver.plug(vif, instance_uuid)
+    result = driver.plug(vif, instance_uuid, BUILD)
 
-    driver.unplug(vif, result)
-    driver.unplug(vif, result)  # nothing to remove: still fine
+    driver.unplug(vif, result, instance_uuid, BUILD)
+    driver.unplug(vif, result, instance_uuid, BUILD)  # nothing to remove: still fine
 
     assert _kind(_link(bridge_name)) == "bridge"
 
@@ -159,23 +163,57 @@ def test_bridge_unplug_leaves_bridge(bridge_name, vif_id, instance_uuid):
 def test_bridge_unplug_removes_left_over_tap(bridge_name, vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
     driver = BridgeVifDriver()
-    result = driver.plug(vif, instance_uuid)
+    result = driver.plug(vif, instance_uuid, BUILD)
     _make_foreign_tap(result.tap)  # what libvirt leaves behind if it dies mid-destroy
 
-    driver.unplug(vif, result)
+    driver.unplug(vif, result, instance_uuid, BUILD)
 
     assert not tap_exists(result.tap)
     assert tap_exists(bridge_name)
 
 
+def _attach(name: str) -> int:
+    """Open the tap like QEMU does (TUNSETIFF); the returned fd keeps it attached."""
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", name.encode(), 0x0002 | 0x1000))
+    return fd
+
+
+def test_bridge_unplug_keeps_a_tap_in_use(bridge_name, vif_id, instance_uuid):
+    """A tap some process holds open is a running domain's (another build's, say)."""
+    vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
+    driver = BridgeVifDriver()
+    result = driver.plug(vif, instance_uuid, BUILD)
+    _make_foreign_tap(result.tap)
+    fd = _attach(result.tap)
+    try:
+        driver.unplug(vif, result, instance_uuid, BUILD)
+        assert tap_exists(result.tap)
+    finally:
+        os.close(fd)
+    driver.unplug(vif, result, instance_uuid, BUILD)  # no longer attached: a left-over
+    assert not tap_exists(result.tap)
+
+
+def test_bridge_unplug_keeps_a_tap_vif_tap(bridge_name, vif_id, instance_uuid):
+    vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
+    result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
+    TapVifDriver().plug(Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None),
+                        instance_uuid, OTHER_BUILD)
+
+    BridgeVifDriver().unplug(vif, result, instance_uuid, BUILD)
+
+    assert tap_exists(result.tap)
+
+
 def test_bridge_unplug_keeps_a_non_tap_device_with_the_tap_name(devices, bridge_name, vif_id,
                                                                 instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
-    result = BridgeVifDriver().plug(vif, instance_uuid)
+    result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
     with IPRoute() as ipr:  # a bridge that happens to carry the tap's name
         ipr.link("add", ifname=result.tap, kind="bridge")
 
-    BridgeVifDriver().unplug(vif, result)
+    BridgeVifDriver().unplug(vif, result, instance_uuid, BUILD)
 
     assert _kind(_link(result.tap)) == "bridge"
 
@@ -187,17 +225,17 @@ def test_bridge_plug_refuses_a_non_bridge_device(devices, vif_id, instance_uuid)
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=name, mtu=None)
 
     with pytest.raises(VifError, match=f"{name}.*not a bridge"):
-        BridgeVifDriver().plug(vif, instance_uuid)
+        BridgeVifDriver().plug(vif, instance_uuid, BUILD)
 
 
 def test_bridge_plug_rejects_missing_or_long_bridge_name(vif_id, instance_uuid):
     with pytest.raises(VifError, match="needs a bridge name"):
         BridgeVifDriver().plug(Vif(id=vif_id, mac=MAC, type="bridge", bridge=None, mtu=None),
-                               instance_uuid)
+                               instance_uuid, BUILD)
     with pytest.raises(VifError, match="1 to 15 bytes"):
         BridgeVifDriver().plug(
-            Vif(id=vif_id, mac=MAC, type="bridge", bridge="b" * 16, mtu=None), instance_uuid
-        )
+            Vif(id=vif_id, mac=MAC, type="bridge", bridge="b" * 16, mtu=None), instance_uuid,
+            BUILD)
 
 
 def test_bridge_guest_interface(vif_id):
@@ -220,24 +258,24 @@ def test_bridge_guest_interface(vif_id):
 def test_tap_plug_creates_tap_with_mtu_alias_and_up(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1400)
 
-    result = TapVifDriver().plug(vif, instance_uuid)
+    result = TapVifDriver().plug(vif, instance_uuid, BUILD)
 
     assert result == PlugResult(vif_id=vif_id, tap=tap_name(vif_id),
                                 created_tap=True, created_bridge=False)
     link = _link(result.tap)
     assert _kind(link) == "tun"
     assert link.get("IFLA_MTU") == 1400
-    assert link.get("IFLA_IFALIAS") == f"spawnflow:{instance_uuid}:{vif_id}"
+    assert link.get("IFLA_IFALIAS") == f"spawnflow:{instance_uuid}:{vif_id}:{BUILD}"
     assert link["flags"] & 1
 
 
 def test_tap_replug_after_crash_adopts_own_tap(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1400)
     driver = TapVifDriver()
-    driver.plug(vif, instance_uuid)  # "crash": this result is never recorded
+    driver.plug(vif, instance_uuid, BUILD)  # "crash": this result is never recorded
     index = _link(tap_name(vif_id))["index"]
 
-    result = driver.plug(vif, instance_uuid)
+    result = driver.plug(vif, instance_uuid, BUILD)
 
     assert result.created_tap is True  # so a revert will remove it
     assert _link(result.tap)["index"] == index
@@ -246,10 +284,10 @@ def test_tap_replug_after_crash_adopts_own_tap(vif_id, instance_uuid):
 def test_tap_replug_converges_mtu_and_state(vif_id, instance_uuid):
     # Crash after create + tag but before MTU/up: the re-run finishes the job.
     name = tap_name(vif_id)
-    _make_foreign_tap(name, alias=f"spawnflow:{instance_uuid}:{vif_id}")
+    _make_foreign_tap(name, alias=f"spawnflow:{instance_uuid}:{vif_id}:{BUILD}")
 
     TapVifDriver().plug(Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1300),
-                        instance_uuid)
+                        instance_uuid, BUILD)
 
     link = _link(name)
     assert link.get("IFLA_MTU") == 1300
@@ -262,7 +300,7 @@ def test_tap_plug_refuses_foreign_tap_without_alias(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1400)
 
     with pytest.raises(VifError, match=f"{name}.*not created by this build"):
-        TapVifDriver().plug(vif, instance_uuid)
+        TapVifDriver().plug(vif, instance_uuid, BUILD)
 
     link = _link(name)  # untouched
     assert link.get("IFLA_IFALIAS") is None
@@ -271,10 +309,32 @@ def test_tap_plug_refuses_foreign_tap_without_alias(vif_id, instance_uuid):
 
 def test_tap_plug_refuses_tap_of_another_instance(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None)
-    TapVifDriver().plug(vif, str(uuid.uuid4()))
+    TapVifDriver().plug(vif, str(uuid.uuid4()), BUILD)
 
     with pytest.raises(VifError, match="refusing"):
-        TapVifDriver().plug(vif, instance_uuid)
+        TapVifDriver().plug(vif, instance_uuid, BUILD)
+
+
+def test_tap_plug_refuses_tap_of_another_build(vif_id, instance_uuid):
+    vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None)
+    TapVifDriver().plug(vif, instance_uuid, OTHER_BUILD)
+
+    with pytest.raises(VifError, match="not created by this build"):
+        TapVifDriver().plug(vif, instance_uuid, BUILD)
+
+
+def test_tap_unplug_keeps_the_tap_of_another_build(vif_id, instance_uuid):
+    """Build A reverted again after build B of the same instance made the port's tap."""
+    vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None)
+    driver = TapVifDriver()
+    a_result = driver.plug(vif, instance_uuid, BUILD)
+    driver.unplug(vif, a_result, instance_uuid, BUILD)
+    driver.plug(vif, instance_uuid, OTHER_BUILD)
+
+    driver.unplug(vif, a_result, instance_uuid, BUILD)
+
+    assert _link(tap_name(vif_id)).get("IFLA_IFALIAS") == \
+        f"spawnflow:{instance_uuid}:{vif_id}:{OTHER_BUILD}"
 
 
 def test_tap_plug_refuses_non_tap_device(devices, vif_id, instance_uuid):
@@ -283,17 +343,17 @@ def test_tap_plug_refuses_non_tap_device(devices, vif_id, instance_uuid):
 
     with pytest.raises(VifError, match="not a tap"):
         TapVifDriver().plug(Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None),
-                            instance_uuid)
+                            instance_uuid, BUILD)
 
 
 def test_tap_unplug_removes_and_tolerates_already_gone(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None)
     driver = TapVifDriver()
-    result = driver.plug(vif, instance_uuid)
+    result = driver.plug(vif, instance_uuid, BUILD)
 
-    driver.unplug(vif, result)
+    driver.unplug(vif, result, instance_uuid, BUILD)
     assert not tap_exists(result.tap)
-    driver.unplug(vif, result)  # already gone
+    driver.unplug(vif, result, instance_uuid, BUILD)  # already gone
 
 
 def test_tap_unplug_keeps_tap_it_did_not_create(vif_id, instance_uuid):
@@ -302,11 +362,11 @@ def test_tap_unplug_keeps_tap_it_did_not_create(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None)
 
     TapVifDriver().unplug(vif, PlugResult(vif_id, name, created_tap=False,
-                                          created_bridge=False))
+                                          created_bridge=False), instance_uuid, BUILD)
     assert tap_exists(name)
     # created_tap=True but the device there now is not tagged as ours.
     TapVifDriver().unplug(vif, PlugResult(vif_id, name, created_tap=True,
-                                          created_bridge=False))
+                                          created_bridge=False), instance_uuid, BUILD)
     assert tap_exists(name)
 
 
