@@ -63,3 +63,30 @@ def test_unknown_build_is_a_clear_error(tmp_path: Path, image: Path):
     assert result.returncode != 0
     assert "no spawnflow history" in result.stderr or "no build nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_and_current(tmp_path: Path):
+    from spawnflow.persistence import schema
+
+    conf = write_conf(tmp_path / "db.conf", DEFAULT={"state_path": tmp_path / "state"})
+    before = run_cli("--config-file", str(conf), "db", "current")
+    assert before.returncode == 0 and "current empty" in before.stdout
+    upgraded = run_cli("--config-file", str(conf), "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"revision {schema.head_revision()}" in upgraded.stdout
+    after = run_cli("--config-file", str(conf), "db", "current")
+    assert f"current {schema.head_revision()}" in after.stdout
+
+
+def test_db_upgrade_refuses_a_foreign_database(tmp_path: Path):
+    import sqlite3
+
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("create table invoices (id integer primary key)")
+    before = foreign.read_bytes()
+    conf = write_conf(tmp_path / "db.conf", database={"connection": f"sqlite:///{foreign}"})
+    result = run_cli("--config-file", str(conf), "db", "upgrade")
+    assert result.returncode != 0
+    assert "not a spawnflow database" in result.stderr and "Traceback" not in result.stderr
+    assert foreign.read_bytes() == before
