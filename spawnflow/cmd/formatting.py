@@ -14,13 +14,10 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+# clock(ts): HH:MM:SS UTC, the same in tables as in diagnoses.
+from spawnflow.persistence.diagnosis import clock as clock
+
 WIDTH = 80  # operators read this on a console at 3 am
-
-
-def clock(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S")
 
 
 def clock_ms(ts: float | None) -> str:

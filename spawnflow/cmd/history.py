@@ -42,7 +42,6 @@ from spawnflow.persistence.eventlog import EventLog
 STEP_COLUMNS = ("Step", "State", "Start", "Took", "Revert", "Try", "Error")
 STEP_FULL_COLUMNS = ("Step", "State", "Start", "End", "Duration", "Attempts", "Revert Start",
                      "Revert End", "Revert Duration", "Error", "Revert Error")
-WIDTH = 80
 
 
 # -- shared pieces ------------------------------------------------------------------------

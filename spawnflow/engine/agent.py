@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from oslo_config import cfg
+from taskflow import exceptions as tf_exc
 from taskflow.persistence import models
 
 from spawnflow import conf as sf_conf
@@ -63,14 +64,26 @@ def queue_build(eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec,
     """
     existing = eventlog.builds(instance_uuid=spec.instance.uuid, states=UNFINISHED)
     if existing:
+        if existing[-1].host != host:
+            raise SpawnflowError(f"instance {spec.instance.uuid} is being built on host "
+                                 f"{existing[-1].host} (build {existing[-1].build_id})")
         return existing[-1].build_id, False
     build_id = str(uuid.uuid4())
     eventlog.create_build(build_id, instance_uuid=spec.instance.uuid,
                           instance_name=spec.instance.name, host=host, spec=spec.redacted())
-    book = models.LogBook(f"build-{build_id}", uuid=build_id)
-    book.add(models.FlowDetail(FLOW_NAME, uuid=str(uuid.uuid4())))
-    backend.get_connection().save_logbook(book)
+    ensure_logbook(backend, build_id)
     return build_id, True
+
+
+def ensure_logbook(backend: EventLogBackend, build_id: str) -> None:
+    """The build's TaskFlow logbook (uuid = build id), made if a crash came first."""
+    conn = backend.get_connection()
+    try:
+        conn.get_logbook(build_id, lazy=True)
+    except tf_exc.NotFound:
+        book = models.LogBook(f"build-{build_id}", uuid=build_id)
+        book.add(models.FlowDetail(FLOW_NAME, uuid=str(uuid.uuid4())))
+        conn.save_logbook(book)
 
 
 class Agent:
@@ -90,13 +103,29 @@ class Agent:
         """Take the host lease, recover unfinished builds, then accept new ones."""
         conf = self.conf
         self.eventlog = EventLog.open(sf_conf.database_url(conf))
+        self.lease = HostLease(self.eventlog, conf.host, conf.recovery.lease_seconds)
         try:
-            self.lease = HostLease(self.eventlog, conf.host, conf.recovery.lease_seconds)
             self.lease.acquire()
         except Exception:
             self.eventlog.close()
             self.eventlog = None
             raise
+        try:
+            self._start_services()
+            self._recover()
+        except BaseException:
+            # Nothing runs yet: give the host back, or this process would look
+            # like a live owner to the next start.
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self.lease.release()
+            self.eventlog.close()
+            self.eventlog = None
+            raise
+
+    def _start_services(self) -> None:
+        conf = self.conf
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=conf.max_concurrent_builds, thread_name_prefix="spawnflow-build")
         self.backend = EventLogBackend(eventlog=self.eventlog)
         self.host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
         self.instances_path = sf_conf.instances_path(conf)
@@ -109,9 +138,6 @@ class Agent:
         self.firewall = get_firewall(conf.firewall.driver, self.host)
         self.events = EventHub(self.eventlog, cancelled=self._is_cancelled)
         self._stopping.clear()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=conf.max_concurrent_builds, thread_name_prefix="spawnflow-build")
-        self._recover()
 
     def _recover(self) -> None:
         """Decide for every unfinished build first, then start them (decisions are cheap
@@ -126,7 +152,10 @@ class Agent:
                     row.build_id, lifecycle.INTERRUPTED,
                     payload={"reason": f"found {row.state} at agent start (agent died)"})
             flow_detail = next(iter(self.backend.get_connection().get_logbook(row.build_id)))
-            decision = recovery.decide(self.conf, row.created_at, flow_detail)
+            if self.events.cancel_requested(row.build_id):
+                decision = recovery.Decision(recovery.ROLLBACK, "an operator cancelled it")
+            else:
+                decision = recovery.decide(self.conf, row.created_at, flow_detail)
             LOG.info("build %s was interrupted: %s (%s)", row.build_id, decision.action,
                      decision.reason)
             self.recovered[row.build_id] = decision
@@ -140,19 +169,26 @@ class Agent:
         """Stop taking work; running builds stop at their next step boundary.
 
         Builds still inside a step after ``timeout`` seconds (default: [recovery]
-        graceful_stop_timeout) are left as they are, for the next start to recover.
+        graceful_stop_timeout) are left as they are, for the next start to recover:
+        then the host lease is kept (its heartbeat stops and it expires, or the
+        next agent finds this process gone), so no other agent can take over a
+        build that a thread of this one is still running.
         """
         if self.eventlog is None:
             return
         self._stopping.set()
         self.events.close()
         wait = self.conf.recovery.graceful_stop_timeout if timeout is None else timeout
-        futures = list(self._futures.values())
-        concurrent.futures.wait(futures, timeout=wait)
+        _done, running = concurrent.futures.wait(list(self._futures.values()), timeout=wait)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if running:
+            LOG.warning("%d build(s) still inside a step; leaving them for recovery",
+                        len(running))
+            self.lease.abandon()
+            return
+        self.backend.close()  # commits deferred writes before the host is given back
         self.lease.release()
         self.host.close()
-        self.backend.close()
         self.eventlog.close()
         self.eventlog = None
 
@@ -174,7 +210,7 @@ class Agent:
         with self._lock:
             build_id, created = queue_build(log, self.backend, spec, self.conf.host)
             if created or build_id not in self._futures:
-                self._submit(build_id, FRESH)
+                self._submit(build_id, FRESH, spec=spec)
         return build_id
 
     def pick_up_queued(self) -> list[str]:
@@ -188,17 +224,23 @@ class Agent:
                     started.append(row.build_id)
         return started
 
-    def _submit(self, build_id: str, mode: str, reason: str | None = None) -> None:
-        self._futures[build_id] = self._executor.submit(self._run, build_id, mode, reason)
+    def _submit(self, build_id: str, mode: str, reason: str | None = None,
+                spec: BuildSpec | None = None) -> None:
+        self._futures[build_id] = self._executor.submit(self._run, build_id, mode, reason,
+                                                        spec)
 
-    def _run(self, build_id: str, mode: str, reason: str | None) -> str:
+    def _run(self, build_id: str, mode: str, reason: str | None,
+             spec: BuildSpec | None) -> str:
         row = self._log().get_build(build_id)
-        spec = BuildSpec.model_validate(row.spec)
+        # The persisted spec is redacted: a build started by this process keeps
+        # the one it was given (secrets included); a recovered one has only that.
+        spec = spec or BuildSpec.model_validate(row.spec)
+        ensure_logbook(self.backend, build_id)
         ctx = BuildContext(build_id=build_id, spec=spec, conf=self.conf, host=self.host,
                            images=self.images, firewall=self.firewall, events=self.events,
                            instances_path=self.instances_path)
         control = Control(cancelled=lambda: self._is_cancelled(build_id),
-                          stopping=self._stopping.is_set)
+                          stopping=lambda: self._stopping.is_set() or self.lease.lost.is_set())
         if self._is_cancelled(build_id) and row.state == lifecycle.QUEUED:
             self._log().transition_build(build_id, lifecycle.REVERTING)
             self._log().transition_build(build_id, lifecycle.ROLLED_BACK,
@@ -212,6 +254,9 @@ class Agent:
             # build is left unfinished for recovery rather than mislabelled.
             LOG.exception("build %s stopped: %s", build_id, describe(exc))
             raise
+        finally:
+            self.backend.forget(build_id)
+            self._log().forget_build(build_id)
 
     def wait(self, build_id: str, timeout: float | None = None) -> Outcome:
         """Block until the build reaches a final state (or ``timeout`` seconds pass)."""

@@ -87,6 +87,11 @@ class HostLease:
                 self.lost.set()
                 return
 
+    def abandon(self) -> None:
+        """Stop renewing without giving the host back: the lease expires by itself,
+        or the next agent finds this process gone."""
+        self._stop.set()
+
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -120,8 +120,12 @@ class Image(_Strict):
                                  "(file:///path or file://localhost/path)")
             return value
         if scheme in ("http", "https"):
-            if not url.netloc:
+            if not url.hostname:
                 raise ValueError(f"an {scheme}:// URL needs a host")
+            if url.username is not None or url.password is not None:
+                # The spec is kept in the history; a password in it would be too.
+                raise ValueError("credentials in the URL would be stored in the build "
+                                 "history; use a URL without user:password@")
             return value
         if scheme == "" and os.path.isabs(value):
             return value

@@ -15,6 +15,7 @@ processes see the committed log.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -57,7 +58,7 @@ def check_flow_transition(old: str | None, new: str | None) -> None:
 
 # A state change to one of these announces work on the host: it is committed
 # before TaskFlow goes on. Every other save may ride with the next one.
-DURABLE_STATES = frozenset({states.RUNNING, states.REVERTING, states.RESUMING})
+DURABLE_STATES = frozenset({states.RUNNING, states.REVERTING})
 
 
 _INSERT_EVENT = sa.insert(t.events)
@@ -205,9 +206,20 @@ class EventLogConnection(base.Connection):
             else:
                 conn.execute(_UPDATE_ATOM, {"b_uuid": ad.uuid, **row})
             return
-        self._log.defer(book_uuid, event, "atomdetails", row, new=old is None)
+        self._log.defer(book_uuid, event, row)
         if _durable(from_state, ad.state):
-            self._log.flush(book_uuid)
+            with self._forget_on_error(book_uuid):
+                self._log.flush(book_uuid)
+
+    @contextlib.contextmanager
+    def _forget_on_error(self, book_uuid: str) -> Iterator[None]:
+        """The cache runs ahead of the commit; a failed commit must not leave it ahead
+        (the next save would diff against state the log never got, and write nothing)."""
+        try:
+            yield
+        except BaseException:
+            self._backend.forget(book_uuid)
+            raise
 
     def _write_flow(self, conn: sa.Connection, fd: models.FlowDetail,
                     book_uuid: str) -> models.FlowDetail:
@@ -261,13 +273,12 @@ class EventLogConnection(base.Connection):
             row = reader.execute(sa.select(t.flowdetails.c.book_uuid)
                                  .where(t.flowdetails.c.uuid == flow_detail.uuid)).first()
         if row is None:
-            self._log.flush(None)
             raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
-        with self._log.transaction(row.book_uuid) as conn:
+        with self._forget_on_error(row.book_uuid), self._log.transaction(row.book_uuid) as conn:
             return self._write_flow(conn, flow_detail, row.book_uuid)
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
-        with self._log.transaction(book.uuid) as conn:
+        with self._forget_on_error(book.uuid), self._log.transaction(book.uuid) as conn:
             row = conn.execute(sa.select(t.logbooks).where(t.logbooks.c.uuid == book.uuid)).first()
             if row is None:
                 doc = redact(book.to_dict(marshal_time=True))

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from spawnflow.exceptions import UnknownBuild
+from spawnflow.exceptions import SchemaError, UnknownBuild
 from spawnflow.persistence import lifecycle, schema
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.redact import redact
@@ -31,33 +31,26 @@ EXTERNAL = "external"
 
 # Built once: constructing statements costs more than executing them here.
 _INSERT_EVENT = sa.insert(t.events)
-_ROW_TABLES = {"atomdetails": t.atomdetails, "flowdetails": t.flowdetails}
+_UPDATE_ATOM = sa.update(t.atomdetails).where(t.atomdetails.c.uuid == sa.bindparam("b_uuid"))
 
 
 class _Pending:
-    """Deferred writes of one build: events in order, projection rows last-wins."""
+    """Deferred writes of one build: events in order, atom rows last-wins."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self.rows: dict[tuple[str, str], tuple[bool, dict[str, Any]]] = {}
+        self.atoms: dict[str, dict[str, Any]] = {}
 
-    def add(self, event: dict[str, Any], table: str | None, row: dict[str, Any] | None,
-            new: bool) -> None:
+    def add(self, event: dict[str, Any], atom_row: dict[str, Any] | None) -> None:
         self.events.append(event)
-        if table is not None and row is not None:
-            key = (table, row["uuid"])
-            was_new = self.rows.get(key, (False, None))[0]
-            self.rows[key] = (new or was_new, row)  # an unwritten insert stays an insert
+        if atom_row is not None:
+            self.atoms[atom_row["uuid"]] = atom_row
 
     def write(self, conn: sa.Connection) -> None:
         if self.events:
             conn.execute(_INSERT_EVENT, self.events)
-        for (table_name, uuid), (new, row) in self.rows.items():
-            table = _ROW_TABLES[table_name]
-            if new:
-                conn.execute(sa.insert(table), row)
-            else:
-                conn.execute(sa.update(table).where(table.c.uuid == uuid), row)
+        for uuid, row in self.atoms.items():
+            conn.execute(_UPDATE_ATOM, {"b_uuid": uuid, **row})
 
 
 class EventLog:
@@ -79,17 +72,28 @@ class EventLog:
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self._pending: dict[str | None, _Pending] = {}
         self._pending_lock = threading.Lock()
+        # One writer per build at a time: taking a build's deferred writes and
+        # committing them is one step, so no later event of that build can
+        # commit first (PostgreSQL has no global write lock to ensure it).
+        self._build_locks: dict[str | None, threading.Lock] = {}
 
     @classmethod
     def open(cls, url: str, upgrade: bool = True) -> EventLog:
         """Open ``url``; an empty database is upgraded to head, a foreign or newer one refused."""
         if not upgrade and schema.inspect_url(url) is None:
-            raise UnknownBuild(f"{url} holds no spawnflow history (empty or missing database)")
+            shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+            raise SchemaError(f"{shown} holds no spawnflow history (empty or missing database)")
         return cls(schema.open_engine(url, upgrade_schema=upgrade))
 
     def close(self) -> None:
-        self.flush()
+        self.flush(all_builds=True)
         self.engine.dispose()
+
+    def forget_build(self, build_id: str) -> None:
+        """Drop the per-build lock of a finished build (a long-lived agent sees many)."""
+        with self._pending_lock:
+            if build_id not in self._pending:
+                self._build_locks.pop(build_id, None)
 
     @contextlib.contextmanager
     def transaction(self, build_id: str | None = None) -> Iterator[sa.Connection]:
@@ -97,8 +101,9 @@ class EventLog:
 
         The build's deferred writes are written first, in the same transaction.
         """
-        lock = self._write_lock or contextlib.nullcontext()
-        with lock:
+        with self._pending_lock:
+            build_lock = self._build_locks.setdefault(build_id, threading.Lock())
+        with build_lock, self._write_lock or contextlib.nullcontext():
             with self._pending_lock:
                 pending = self._pending.pop(build_id, None)
             try:
@@ -113,19 +118,19 @@ class EventLog:
                         later = self._pending.get(build_id)
                         if later is not None:
                             pending.events += later.events
-                            pending.rows.update(later.rows)
+                            pending.atoms.update(later.atoms)
                         self._pending[build_id] = pending
                 raise
 
-    def defer(self, build_id: str | None, event: dict[str, Any], table: str | None = None,
-              row: dict[str, Any] | None = None, new: bool = False) -> None:
-        """Queue an event (and the projection row it changes) that announces no side effect.
+    def defer(self, build_id: str | None, event: dict[str, Any],
+              atom_row: dict[str, Any] | None = None) -> None:
+        """Queue an event (and the atom row it changes) that announces no side effect.
 
-        ``event`` holds the columns of an events row; ``row`` the full projection
-        row of ``table`` (``new``: insert it, else update it by uuid).
+        ``event`` holds the columns of an events row; ``atom_row`` the full,
+        already existing ``atomdetails`` row it updates.
         """
         with self._pending_lock:
-            self._pending.setdefault(build_id, _Pending()).add(event, table, row, new)
+            self._pending.setdefault(build_id, _Pending()).add(event, atom_row)
 
     def flush(self, build_id: str | None = None, *, all_builds: bool = False) -> None:
         """Commit deferred writes now: of one build, or of every build."""
@@ -162,6 +167,7 @@ class EventLog:
         with self.transaction(build_id) as conn:
             seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
                               name=instance_name, to_state=lifecycle.QUEUED, ts=now,
+                              redacted=True,
                               payload={"spec": spec, "host": host,
                                        "instance_uuid": instance_uuid})
             conn.execute(sa.insert(t.builds).values(

@@ -194,8 +194,29 @@ class AgentLease:
     heartbeat_at: float
 
 
+class _BuildTiming:
+    """``is_final``, ``finished_at`` and ``duration`` of a build (a final build's row
+    changes no more, so its ``updated_at`` is when it finished)."""
+
+    state: str
+    created_at: float
+    updated_at: float
+
+    @property
+    def is_final(self) -> bool:
+        return lifecycle.is_final(self.state)
+
+    @property
+    def finished_at(self) -> float | None:
+        return self.updated_at if self.is_final else None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.created_at
+
+
 @dataclass
-class BuildHistory:
+class BuildHistory(_BuildTiming):
     build_id: str
     instance_uuid: str
     instance_name: str
@@ -212,18 +233,6 @@ class BuildHistory:
     spec: dict[str, Any] | None = None
     last_event_at: float | None = None
     agent: AgentLease | None = None  # the owner of the build's host, if the database has one
-
-    @property
-    def is_final(self) -> bool:
-        return lifecycle.is_final(self.state)
-
-    @property
-    def finished_at(self) -> float | None:
-        return self.updated_at if self.is_final else None
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.finished_at is None else self.finished_at - self.created_at
 
     @property
     def failed_step(self) -> str | None:
@@ -272,7 +281,7 @@ class Diagnosis:
 
 
 @dataclass(frozen=True)
-class BuildSummary:
+class BuildSummary(_BuildTiming):
     """One row of ``History.builds``."""
 
     build_id: str
@@ -284,18 +293,6 @@ class BuildSummary:
     updated_at: float
     error: str | None
     failed_step: str | None
-
-    @property
-    def is_final(self) -> bool:
-        return lifecycle.is_final(self.state)
-
-    @property
-    def finished_at(self) -> float | None:
-        return self.updated_at if self.is_final else None
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.finished_at is None else self.finished_at - self.created_at
 
 
 @dataclass(frozen=True)
@@ -717,22 +714,13 @@ class History:
         last build id of the previous page; ``limit``: page size (None: all).
         """
         b, e = t.builds.c, t.events.c
-        query = sa.select(t.builds.c.build_id, b.instance_uuid, b.instance_name, b.host,
-                          b.state, b.created_at, b.updated_at, b.error)
-        states = _states(state)
-        if states:
-            query = query.where(b.state.in_(states))
+        query = (sa.select(b.build_id, b.instance_uuid, b.instance_name, b.host, b.state,
+                           b.created_at, b.updated_at, b.error)
+                 .where(*_build_filters(state=state, host=host, since=since, until=until)))
         if instance:
             # A uuid is looked up by the indexed column only; anything else is a name.
             query = query.where(b.instance_uuid == instance.lower() if _is_uuid(instance)
                                 else b.instance_name == instance)
-        if host:
-            query = query.where(b.host == host)
-        start, end = parse_time(since), parse_time(until)
-        if start is not None:
-            query = query.where(b.created_at >= start)
-        if end is not None:
-            query = query.where(b.created_at < end)
         if failed_step:
             query = query.where(b.build_id.in_(
                 _failures().with_only_columns(e.build_id).where(e.name == failed_step)))
@@ -775,17 +763,7 @@ class History:
         ``since``/``until``/``host``/``state`` on a large log.
         """
         b, e = t.builds.c, t.events.c
-        where = []
-        states = _states(state)
-        if states:
-            where.append(b.state.in_(states))
-        if host:
-            where.append(b.host == host)
-        start, end = parse_time(since), parse_time(until)
-        if start is not None:
-            where.append(b.created_at >= start)
-        if end is not None:
-            where.append(b.created_at < end)
+        where = _build_filters(state=state, host=host, since=since, until=until)
         counts_q = sa.select(b.state, sa.func.count()).where(*where).group_by(b.state)
         steps_q = (sa.select(e.subject, e.name, e.from_state, e.to_state, e.ts)
                    .where(e.kind == ATOM,
@@ -830,6 +808,24 @@ class History:
                 revert_p50=percentile(back, 50), revert_p95=percentile(back, 95)))
         ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         return Stats(builds=ordered, steps=steps)
+
+
+def _build_filters(*, state: str | Iterable[str] | None, host: str | None, since: Any,
+                   until: Any) -> list[sa.ColumnElement[bool]]:
+    """The ``builds`` terms shared by ``History.builds`` and ``History.stats``."""
+    b = t.builds.c
+    where = []
+    states = _states(state)
+    if states:
+        where.append(b.state.in_(states))
+    if host:
+        where.append(b.host == host)
+    start, end = parse_time(since), parse_time(until)
+    if start is not None:
+        where.append(b.created_at >= start)
+    if end is not None:
+        where.append(b.created_at < end)
+    return where
 
 
 def _failures() -> sa.Select:

@@ -24,7 +24,8 @@ _KEYS = {"builds": "build_id", "logbooks": "uuid", "flowdetails": "uuid", "atomd
 
 
 def _apply_doc(old: dict[str, Any] | None, payload: dict[str, Any]) -> dict[str, Any]:
-    doc = dict(old or {})
+    """The ``doc`` of projected row ``old`` (None: a new row) after the event's set/unset."""
+    doc = dict(old["doc"] if old else {})
     doc.update(payload.get("set", {}))
     for key in payload.get("unset", []):
         doc.pop(key, None)
@@ -72,20 +73,19 @@ def replay_events(events: Iterable[Any]) -> Projections:
             elif event.to_state == "DESTROYED":
                 _drop_book(result, event.subject)
             else:
-                old = result["logbooks"].get(event.subject, {}).get("doc")
-                doc = _apply_doc(old, payload)
+                doc = _apply_doc(result["logbooks"].get(event.subject), payload)
                 result["logbooks"][event.subject] = {"uuid": event.subject,
                                                      "name": doc.get("name"), "doc": doc}
         elif event.kind == FLOW:
             old = result["flowdetails"].get(event.subject)
-            doc = _apply_doc(old and old["doc"], payload)
+            doc = _apply_doc(old, payload)
             result["flowdetails"][event.subject] = {
                 "uuid": event.subject,
                 "book_uuid": old["book_uuid"] if old else payload["parent"],
                 "name": doc.get("name"), "state": doc.get("state"), "doc": doc}
         elif event.kind == ATOM:
             old = result["atomdetails"].get(event.subject)
-            doc = _apply_doc(old and old["doc"], payload)
+            doc = _apply_doc(old, payload)
             result["atomdetails"][event.subject] = {
                 "uuid": event.subject,
                 "flow_uuid": old["flow_uuid"] if old else payload["parent"],
@@ -119,8 +119,9 @@ def current(log: EventLog) -> Projections:
 def rebuild(log: EventLog) -> Projections:
     """Rewrite every projection from the events, in one transaction."""
     log.flush(all_builds=True)
-    projections = replay(log)
     with log.transaction() as conn:
+        # Read inside the write transaction: no event can land in between.
+        projections = replay_events(conn.execute(sa.select(t.events).order_by(t.events.c.seq)))
         for name, table in _TABLES.items():
             conn.execute(sa.delete(table))
             rows = list(projections[name].values())

@@ -20,9 +20,9 @@ from lxml import etree
 
 import spawnflow.conf
 from spawnflow import Agent
-from spawnflow.cmd.formatting import clock
 from spawnflow.history import History
 from spawnflow.persistence import schema
+from spawnflow.persistence.diagnosis import clock
 from spawnflow.persistence.eventlog import EventLog
 from tests.helpers import bridge_vif, load_conf, make_spec
 
@@ -59,6 +59,12 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> str:
     for word in words:
         assert word in message, message
     return message
+
+
+def diagnosis_text(out: str) -> str:
+    """The ``diagnosis`` paragraph of ``history show --diagnose`` (table output), one line."""
+    return " ".join(line[10:].strip() for line in out.splitlines()
+                    if line.startswith(("diagnosis", "          ")))
 
 
 def destroy(conn: libvirt.virConnect, instance_uuid: str) -> None:
@@ -118,8 +124,7 @@ def test_show_with_diagnosis_and_revert_column(builds):
     out = fits(ok(cli(conf, "history", "show", builds["rolled_back"][:8], "--diagnose")))
     assert f"build     {builds['rolled_back']}" in out
     assert "state     ROLLED_BACK  (QUEUED -> RUNNING -> REVERTING -> ROLLED_BACK)" in out
-    diagnosis = " ".join(line[10:].strip() for line in out.splitlines()
-                         if line.startswith(("diagnosis", "          ")))
+    diagnosis = diagnosis_text(out)
     assert diagnosis.startswith("failed at step image: ImageChecksumMismatch:")
     assert diagnosis.endswith("rolled back: 2 steps reverted")
     header = next(line for line in out.splitlines() if line.startswith("| Step "))
@@ -302,9 +307,10 @@ def wait_for_step(url: str, build_id: str, step: str, state: str = "RUNNING") ->
     raise AssertionError(f"step {step} of {build_id} never reached {state}")
 
 
-def test_waiting_build_is_diagnosed_then_unblocked_by_event_deliver(waiting_agent, image,
-                                                                     bridge, test_conn,
-                                                                     tmp_path):
+@pytest.fixture
+def waiting_build(waiting_agent, image, bridge, test_conn):  # noqa: ANN001, ANN201
+    """A build with one inactive bridge VIF, waiting at step resume for its event:
+    (agent, conf_file, url, build_id, instance, port)."""
     agent, conf, conf_file = waiting_agent
     url = spawnflow.conf.database_url(conf)
     spec = make_spec(image, vifs=[bridge_vif(bridge, active=False)])
@@ -312,48 +318,44 @@ def test_waiting_build_is_diagnosed_then_unblocked_by_event_deliver(waiting_agen
     build_id = agent.start_build(spec)
     try:
         wait_for_step(url, build_id, "resume")
-        with History.open(url) as history:
-            since = history.build(build_id).waits[0].since
-        out = fits(ok(cli(conf_file, "history", "show", build_id, "--diagnose")))
-        text = " ".join(line[10:].strip() for line in out.splitlines()
-                        if line.startswith(("diagnosis", "          ")))
-        assert text.startswith(f"waiting for network-vif-plugged for port {port} since "
-                               f"{clock(since)}, deadline {clock(since + 120)}"), text
-        assert "step resume running since" in text
-        svg_file = tmp_path / "waiting.svg"
-        ok(cli(conf_file, "history", "timeline", build_id, "-o", str(svg_file)))
-        svg = etree.parse(str(svg_file)).getroot()
-        assert [r for r in svg.iter(f"{SVG}rect") if r.get("class") == "wait"]
-        assert [r for r in svg.iter(f"{SVG}line") if r.get("class") == "deadline"]
-
-        delivered = ok(cli(conf_file, "event", "deliver", instance, "network-vif-plugged", port))
-        assert f"to build {build_id}" in delivered
-        outcome = agent.wait(build_id, timeout=60)
-        assert (outcome.state, outcome.error) == ("ACTIVE", None)
-        with History.open(url) as history:
-            build = history.build(build_id)
-        assert build.waits[0].outstanding == [] and build.external_events[0].tag == port
-        assert "ACTIVE: all 10 steps succeeded" in build.diagnose().text
+        yield agent, conf_file, url, build_id, instance, port
     finally:
         destroy(test_conn, instance)
 
 
-def test_failed_vif_event_rolls_back_at_resume(waiting_agent, image, bridge, test_conn):
-    agent, conf, conf_file = waiting_agent
-    url = spawnflow.conf.database_url(conf)
-    spec = make_spec(image, vifs=[bridge_vif(bridge, active=False)])
-    port, instance = spec["vifs"][0]["id"], spec["instance"]["uuid"]
-    build_id = agent.start_build(spec)
-    try:
-        wait_for_step(url, build_id, "resume")
-        ok(cli(conf_file, "event", "deliver", instance, "network-vif-plugged", port,
-               "--status", "failed"))
-        outcome = agent.wait(build_id, timeout=60)
-        assert outcome.state == "ROLLED_BACK" and "VifPlugFailed" in outcome.error
-        out = fits(ok(cli(conf_file, "history", "show", build_id, "--diagnose")))
-        assert "diagnosis failed at step resume: VifPlugFailed: network-vif-plugged" in out
-        rows = json.loads(ok(cli(conf_file, "history", "list", "--failed-step", "resume",
-                                 "-f", "json")))
-        assert [r["Build"] for r in rows] == [build_id]
-    finally:
-        destroy(test_conn, instance)
+def test_waiting_build_is_diagnosed_then_unblocked_by_event_deliver(waiting_build, tmp_path):
+    agent, conf_file, url, build_id, instance, port = waiting_build
+    with History.open(url) as history:
+        since = history.build(build_id).waits[0].since
+    out = fits(ok(cli(conf_file, "history", "show", build_id, "--diagnose")))
+    text = diagnosis_text(out)
+    assert text.startswith(f"waiting for network-vif-plugged for port {port} since "
+                           f"{clock(since)}, deadline {clock(since + 120)}"), text
+    assert "step resume running since" in text
+    svg_file = tmp_path / "waiting.svg"
+    ok(cli(conf_file, "history", "timeline", build_id, "-o", str(svg_file)))
+    svg = etree.parse(str(svg_file)).getroot()
+    assert [r for r in svg.iter(f"{SVG}rect") if r.get("class") == "wait"]
+    assert [r for r in svg.iter(f"{SVG}line") if r.get("class") == "deadline"]
+
+    delivered = ok(cli(conf_file, "event", "deliver", instance, "network-vif-plugged", port))
+    assert f"to build {build_id}" in delivered
+    outcome = agent.wait(build_id, timeout=60)
+    assert (outcome.state, outcome.error) == ("ACTIVE", None)
+    with History.open(url) as history:
+        build = history.build(build_id)
+    assert build.waits[0].outstanding == [] and build.external_events[0].tag == port
+    assert "ACTIVE: all 10 steps succeeded" in build.diagnose().text
+
+
+def test_failed_vif_event_rolls_back_at_resume(waiting_build):
+    agent, conf_file, _url, build_id, instance, port = waiting_build
+    ok(cli(conf_file, "event", "deliver", instance, "network-vif-plugged", port,
+           "--status", "failed"))
+    outcome = agent.wait(build_id, timeout=60)
+    assert outcome.state == "ROLLED_BACK" and "VifPlugFailed" in outcome.error
+    out = fits(ok(cli(conf_file, "history", "show", build_id, "--diagnose")))
+    assert "diagnosis failed at step resume: VifPlugFailed: network-vif-plugged" in out
+    rows = json.loads(ok(cli(conf_file, "history", "list", "--failed-step", "resume",
+                             "-f", "json")))
+    assert [r["Build"] for r in rows] == [build_id]

@@ -1,8 +1,8 @@
 """The history read API on real event logs written by TaskFlow through our backend.
 
-``run_build`` below plays the agent's runner with plain TaskFlow tasks (no
-libvirt): the log holds exactly the events a real build writes, so listing,
-pagination, failed steps, spans and stats are checked on the real shapes.
+The builds come from ``run_build`` (tests/unit/conftest.py), which plays the
+agent's runner with plain TaskFlow tasks: listing, pagination, failed steps,
+spans and stats are checked on the shapes a real build writes.
 """
 
 from __future__ import annotations
@@ -11,123 +11,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import taskflow.engines
-from taskflow import states as tf_states
-from taskflow import task
-from taskflow.patterns import linear_flow
-from taskflow.persistence import models
 
-from spawnflow.exceptions import (
-    FirewallError,
-    ImageChecksumMismatch,
-    PersistenceError,
-    SchemaError,
-    UnknownBuild,
-)
+from spawnflow.exceptions import PersistenceError, SchemaError, UnknownBuild
 from spawnflow.history import History, parse_time
-from spawnflow.persistence import lifecycle, schema
-from spawnflow.persistence.backend import EventLogBackend
-from spawnflow.persistence.eventlog import EventLog
-
-STEPS = ["disk_info", "image", "volumes", "vifs", "firewall", "resume"]
-
-
-class Step(task.Task):
-    """A step that returns ``result``, or fails, or fails its revert; ``hook`` runs inside."""
-
-    def __init__(self, name: str, *, fail: bool = False, revert_fail: bool = False,
-                 result: Any = None, hook: Callable[[], None] | None = None):
-        super().__init__(name=name)
-        self.fail, self.revert_fail, self.result, self.hook = fail, revert_fail, result, hook
-
-    def execute(self) -> Any:
-        if self.hook is not None:
-            self.hook()
-        if self.fail:
-            raise ImageChecksumMismatch(f"{self.name}: sha256 abc does not match def")
-        return self.result if self.result is not None else {"step": self.name}
-
-    def revert(self, *args: Any, **kwargs: Any) -> None:
-        if self.revert_fail:
-            raise FirewallError(f"cannot undefine filter of {self.name}")
-
-
-def new_build(log: EventLog, *, host: str = "cmp-1", instance: str | None = None,
-              name: str | None = None) -> str:
-    """Record a QUEUED build with its (empty) logbook, as the agent does."""
-    build_id = str(uuid.uuid4())
-    instance = instance or str(uuid.uuid4())
-    log.create_build(build_id, instance_uuid=instance, instance_name=name or f"vm-{instance[:4]}",
-                     host=host, spec={"instance": {"uuid": instance, "name": name or "vm"},
-                                      "flavor": {"vcpus": 1, "memory_mb": 64}})
-    book = models.LogBook(f"build-{build_id}", uuid=build_id)
-    book.add(models.FlowDetail("spawn", uuid=str(uuid.uuid4())))
-    EventLogBackend(eventlog=log).get_connection().save_logbook(book)
-    return build_id
-
-
-def run_flow(log: EventLog, build_id: str, tasks: list[task.Task]) -> str:
-    """Run the flow of ``build_id`` like the agent's runner; return the final state."""
-    backend = EventLogBackend(eventlog=log)
-    book = backend.get_connection().get_logbook(build_id)
-    flow_detail = next(iter(book))
-    engine = taskflow.engines.load(linear_flow.Flow("spawn").add(*tasks), flow_detail=flow_detail,
-                                   book=book, backend=backend, engine="serial")
-
-    def to(state: str, **kwargs: Any) -> None:
-        if log.get_build(build_id).state != state:
-            log.transition_build(build_id, state, **kwargs)
-
-    engine.notifier.register(tf_states.REVERTING, lambda *_: to(lifecycle.REVERTING))
-    to(lifecycle.RUNNING)
-    try:
-        engine.run()
-    except Exception as exc:  # noqa: BLE001 - like the runner
-        names = getattr(exc, "exception_type_names", None) or [type(exc).__name__]
-        final = (lifecycle.ROLLED_BACK if engine.storage.get_flow_state() == tf_states.REVERTED
-                 else lifecycle.FAILED)
-        to(lifecycle.REVERTING)
-        to(final, error=f"{names[0].rsplit('.', 1)[-1]}: {getattr(exc, 'exception_str', exc)}")
-        return final
-    to(lifecycle.ACTIVE)
-    return lifecycle.ACTIVE
-
-
-def run_build(log: EventLog, *, fail_at: str | None = None, revert_fail_at: str | None = None,
-              steps: list[str] = STEPS, results: dict[str, Any] | None = None,
-              hooks: dict[str, Callable[[], None]] | None = None, **build: Any) -> str:
-    build_id = new_build(log, **build)
-    run_flow(log, build_id, [Step(n, fail=n == fail_at, revert_fail=n == revert_fail_at,
-                                  result=(results or {}).get(n), hook=(hooks or {}).get(n))
-                             for n in steps])
-    return build_id
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/log.sqlite"
-
-
-@pytest.fixture
-def log(url: str):  # noqa: ANN201
-    eventlog = EventLog.open(url)
-    yield eventlog
-    eventlog.close()
-
-
-def set_created(url: str, build_id: str, created_at: float) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("update builds set created_at = :c, updated_at = :c + 10 "
-                             "where build_id = :b"), {"c": created_at, "b": build_id})
-    engine.dispose()
-
+from spawnflow.persistence import schema
+from tests.unit.conftest import STEPS, backdate, new_build, run_build
 
 # -- one build ----------------------------------------------------------------------------
 
@@ -226,7 +118,7 @@ def test_filters(log, url):
     c = run_build(log, fail_at="firewall", host="cmp-2", name="db-2")
     d = new_build(log, host="cmp-3")  # still QUEUED
     now = time.time()
-    set_created(url, a, now - 10 * 86400)
+    backdate(url, a, now - 10 * 86400)
     with History.open(url) as history:
         def ids(**kw: Any) -> set[str]:
             return {r.build_id for r in history.builds(**kw)}
@@ -251,7 +143,7 @@ def test_pagination_is_stable_with_equal_creation_times(log, url):
     ids = [run_build(log, steps=["disk_info"]) for _ in range(7)]
     same = time.time() - 100
     for build_id in ids[2:6]:  # four builds created at the very same time
-        set_created(url, build_id, same)
+        backdate(url, build_id, same)
     with History.open(url) as history:
         everything = [r.build_id for r in history.builds(limit=None)]
         pages, marker = [], None

@@ -14,27 +14,15 @@ import taskflow.engines
 from taskflow import states as tf_states
 from taskflow.patterns import linear_flow
 
-from spawnflow.cmd.formatting import clock
 from spawnflow.history import History
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.backend import EventLogBackend
+from spawnflow.persistence.diagnosis import clock
 from spawnflow.persistence.eventlog import EventLog
-from tests.unit.test_history_api import STEPS, Step, run_build, run_flow
+from tests.unit.conftest import STEPS, Step, run_build, run_flow
 
 PORT_A, PORT_B = str(uuid.uuid4()), str(uuid.uuid4())
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/log.sqlite"
-
-
-@pytest.fixture
-def log(url: str):  # noqa: ANN201
-    eventlog = EventLog.open(url)
-    yield eventlog
-    eventlog.close()
 
 
 def history(url: str, build_id: str):  # noqa: ANN201

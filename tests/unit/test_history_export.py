@@ -14,7 +14,7 @@ from spawnflow.exceptions import PersistenceError, SchemaError
 from spawnflow.history import DuplicateBuild, History, InvalidExport, import_document
 from spawnflow.persistence import export, replay, schema
 from spawnflow.persistence.eventlog import EventLog
-from tests.unit.test_history_api import new_build, run_build
+from tests.unit.conftest import new_build, run_build
 
 
 @pytest.fixture

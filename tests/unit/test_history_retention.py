@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,30 +11,14 @@ import sqlalchemy as sa
 from spawnflow.history import History
 from spawnflow.persistence import replay, retention
 from spawnflow.persistence.eventlog import EventLog
-from tests.unit.test_history_api import new_build, run_build
+from tests.unit.conftest import backdate, new_build, run_build
 
 DAY = 86400
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/log.sqlite"
-
-
-@pytest.fixture
-def log(url: str):  # noqa: ANN201
-    eventlog = EventLog.open(url)
-    yield eventlog
-    eventlog.close()
-
-
 def age(url: str, build_id: str, days: float) -> None:
     """Pretend the build finished ``days`` ago."""
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("update builds set updated_at = :t, created_at = :t - 60 "
-                             "where build_id = :b"), {"t": time.time() - days * DAY, "b": build_id})
-    engine.dispose()
+    backdate(url, build_id, time.time() - days * DAY - 60, took=60)
 
 
 def counts(url: str, build_id: str) -> dict[str, int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lxml.html
 import pytest
 from lxml import etree
@@ -20,16 +18,11 @@ from spawnflow.history import (
     Transition,
 )
 from spawnflow.persistence.eventlog import EventLog
-from tests.unit.test_history_api import run_build
+from tests.unit.conftest import run_build
 
 SVG = "{http://www.w3.org/2000/svg}"
 ODD = "fire<wall>&'q\""
 STEPS = ["disk_info", "image", ODD, "volumes", "resume"]
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/log.sqlite"
 
 
 @pytest.fixture

@@ -188,3 +188,10 @@ def test_the_spec_edges_render_a_domain(tmp_path):
                  '<parameter name="IPV6" value="2001:db8::5"/>', '<mtu size="65521"/>',
                  '<target dev="tap3c9e0000-00" managed="no"/>'):
         assert text in xml, text
+
+
+def test_credentials_in_an_image_url_are_refused_and_not_echoed():
+    spec = with_("image.source", "https://admin:s3cr3t-pw@images.example/x.qcow2")
+    with pytest.raises(InvalidSpec, match="image.source: .*credentials") as raised:
+        parse_spec(spec)
+    assert "s3cr3t-pw" not in str(raised.value)
