@@ -101,6 +101,18 @@ class _Cached:
         return models.atom_detail_class(self.atom_type).from_dict(copy.deepcopy(self.doc))
 
 
+def _merged(old: _Cached, incoming: models.AtomDetail) -> models.AtomDetail:
+    """``old`` merged with ``incoming``, as TaskFlow's own backends do.
+
+    A TaskDetail's merge overwrites every persisted field with the incoming
+    one, so the incoming detail *is* the merge (and rebuilding the old one from
+    the cache would only cost a deep copy); retries merge their history.
+    """
+    if old.atom_type == models.atom_detail_type(incoming) == "TASK_DETAIL":
+        return incoming
+    return old.detail().merge(incoming)
+
+
 class EventLogBackend(base.Backend):
     """``taskflow.persistence.base.Backend`` whose truth is the spawnflow event log."""
 
@@ -248,7 +260,7 @@ class EventLogConnection(base.Connection):
         known = {ad.uuid for ad in fd}
         for ad in fd:
             old = self._cached_atom(conn, ad.uuid)
-            atom = old.detail().merge(ad) if old is not None else ad
+            atom = _merged(old, ad) if old is not None else ad
             self._save_atom(atom, fd.uuid, book_uuid, old, conn)
             merged.add(atom)
         # Atoms saved earlier but absent from this (partial) flow detail.
@@ -264,7 +276,7 @@ class EventLogConnection(base.Connection):
         old = self._cached_atom(None, atom_detail.uuid)
         if old is None:
             raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
-        merged = old.detail().merge(atom_detail)
+        merged = _merged(old, atom_detail)
         self._save_atom(merged, old.flow_uuid, old.book_uuid, old)
         return merged
 
