@@ -1,8 +1,10 @@
 """``python -m bench``: every benchmark, figures as ratios against a same-run baseline."""
 
-from bench import history, persistence
+from bench import agent, history, persistence
 
 if __name__ == "__main__":
     persistence.main()
     print()
     history.main([])
+    print()
+    agent.main()
