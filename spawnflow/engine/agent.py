@@ -226,8 +226,18 @@ class Agent:
 
     def _submit(self, build_id: str, mode: str, reason: str | None = None,
                 spec: BuildSpec | None = None) -> None:
-        self._futures[build_id] = self._executor.submit(self._run, build_id, mode, reason,
-                                                        spec)
+        future = self._executor.submit(self._run, build_id, mode, reason, spec)
+        self._futures[build_id] = future
+
+        def forget_if_final(done: concurrent.futures.Future) -> None:
+            # A long-lived agent sees many builds: forget the finished ones
+            # (wait() then reads their final state from the log).
+            if not done.cancelled() and done.exception() is None \
+                    and lifecycle.is_final(done.result()) \
+                    and self._futures.get(build_id) is done:
+                self._futures.pop(build_id, None)
+
+        future.add_done_callback(forget_if_final)
 
     def _run(self, build_id: str, mode: str, reason: str | None,
              spec: BuildSpec | None) -> str:

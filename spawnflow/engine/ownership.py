@@ -46,6 +46,18 @@ class HostLease:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
+        try:
+            self._take()
+        except sa.exc.IntegrityError:
+            # Two agents started at the same instant (PostgreSQL locks no row
+            # that does not exist yet): the other one inserted first.
+            raise HostOwned(f"another spawnflow agent is starting for host {self.host!r} in "
+                            "this database; refusing to start") from None
+        self._thread = threading.Thread(target=self._heartbeat, name="spawnflow-lease",
+                                        daemon=True)
+        self._thread.start()
+
+    def _take(self) -> None:
         now = time.time()
         with self.log.transaction() as conn:
             query = sa.select(t.agents).where(t.agents.c.host == self.host)
@@ -67,9 +79,6 @@ class HostLease:
                             name=self.host, to_state="STARTED",
                             payload={"pid": os.getpid(),
                                      "took_over_from": owner.agent_id if owner else None})
-        self._thread = threading.Thread(target=self._heartbeat, name="spawnflow-lease",
-                                        daemon=True)
-        self._thread.start()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
