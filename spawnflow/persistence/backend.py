@@ -1,26 +1,24 @@
 """TaskFlow persistence backend on the event log.
 
 TaskFlow saves logbooks, flow details and atom details through this backend;
-each save becomes one event (with the changed fields) plus a projection row,
-in one transaction. Atom and flow state changes are checked against
-TaskFlow's transition rules (plus the ones recovery needs) before anything is
-written. The logbook uuid is the build id, so every event of a build carries it.
+each save becomes one event (with the changed fields) plus a projection row.
+Atom and flow state changes are checked against TaskFlow's transition rules
+(plus the ones recovery needs) before anything is written, and a save is
+staged whole before any of it is queued, so an illegal one writes nothing.
+The logbook uuid is the build id, so every event of a build carries it.
 
-Only saves that announce a side effect (an atom or flow going RUNNING or
-REVERTING) are committed on the spot; the rest are deferred to the build's
-next commit (see ``EventLog``). The backend keeps the atoms it wrote in a
-cache so that a save costs no read; reads from other connections or
-processes see the committed log.
+Only saves that announce a side effect (an atom going RUNNING or REVERTING)
+or end a run (a flow going SUCCESS, FAILURE, REVERTED or SUSPENDED), and
+logbook saves, are committed on the spot; the rest are deferred to the
+build's next commit (see ``EventLog``). The backend keeps what it wrote in a
+``ProjectionCache`` so that a save costs no read; reads from other
+connections or processes see the committed log.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +28,8 @@ from taskflow.persistence import base, models
 
 from spawnflow.exceptions import IllegalTransition
 from spawnflow.persistence import tables as t
+from spawnflow.persistence.batch import Batch
+from spawnflow.persistence.cache import CachedAtom, CachedFlow, ProjectionCache
 from spawnflow.persistence.eventlog import ATOM, FLOW, LOGBOOK, EventLog
 from spawnflow.persistence.redact import redact
 
@@ -56,18 +56,13 @@ def check_flow_transition(old: str | None, new: str | None) -> None:
         raise IllegalTransition(str(exc)) from None
 
 
-# A state change to one of these announces work on the host: it is committed
-# before TaskFlow goes on. Every other save may ride with the next one.
+# An atom going to one of these announces work on the host: it is committed
+# before TaskFlow goes on. A flow going to one of the others ends a run, and
+# whoever ran it may act on that (or exit). Every other save may ride with the
+# next commit: it announces nothing a crash could leave half-done.
 DURABLE_STATES = frozenset({states.RUNNING, states.REVERTING})
-
-
-_INSERT_EVENT = sa.insert(t.events)
-_INSERT_ATOM = sa.insert(t.atomdetails)
-_UPDATE_ATOM = sa.update(t.atomdetails).where(t.atomdetails.c.uuid == sa.bindparam("b_uuid"))
-
-
-def _durable(old_state: str | None, new_state: str | None) -> bool:
-    return new_state != old_state and new_state in DURABLE_STATES
+FLOW_DURABLE_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVERTED,
+                                 states.SUSPENDED})
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -81,27 +76,7 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _atom_doc(ad: models.AtomDetail) -> dict[str, Any]:
-    return redact(ad.to_dict())
-
-
-@dataclass
-class _Cached:
-    """The projection row of an atom as last written (or deferred) by this process."""
-
-    atom_type: str
-    flow_uuid: str
-    book_uuid: str
-    state: str | None
-    doc: dict[str, Any]
-
-    def detail(self) -> models.AtomDetail:
-        # A copy: TaskFlow's merge mutates nested dicts (meta) in place, and the
-        # cached doc must stay what was written, or the next diff misses changes.
-        return models.atom_detail_class(self.atom_type).from_dict(copy.deepcopy(self.doc))
-
-
-def _merged(old: _Cached, incoming: models.AtomDetail) -> models.AtomDetail:
+def _merged(old: CachedAtom, incoming: models.AtomDetail) -> models.AtomDetail:
     """``old`` merged with ``incoming``, as TaskFlow's own backends do.
 
     A TaskDetail's merge overwrites every persisted field with the incoming
@@ -113,6 +88,23 @@ def _merged(old: _Cached, incoming: models.AtomDetail) -> models.AtomDetail:
     return old.detail().merge(incoming)
 
 
+class _Changes:
+    """One save, staged: its events, projection rows and cache entries."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.rows: list[tuple[str, bool, dict[str, Any]]] = []
+        self.atoms: dict[str, CachedAtom] = {}
+        self.flows: dict[str, CachedFlow] = {}
+        self.durable = False
+
+    def event(self, *, kind: str, build_id: str, subject: str, name: str | None,
+              from_state: str | None, to_state: str | None, payload: Any) -> None:
+        self.events.append({"build_id": build_id, "ts": time.time(), "kind": kind,
+                            "subject": subject, "name": name, "from_state": from_state,
+                            "to_state": to_state, "payload": payload})
+
+
 class EventLogBackend(base.Backend):
     """``taskflow.persistence.base.Backend`` whose truth is the spawnflow event log."""
 
@@ -120,20 +112,14 @@ class EventLogBackend(base.Backend):
         super().__init__(conf or {})
         self.eventlog = eventlog or EventLog.open(self._conf["connection"])
         self._owns_log = eventlog is None
-        self.atoms: dict[str, _Cached] = {}
-        self.cache_lock = threading.Lock()
+        self.cache = ProjectionCache()
 
     def get_connection(self) -> EventLogConnection:
         return EventLogConnection(self)
 
     def forget(self, book_uuid: str | None = None) -> None:
-        """Drop cached atoms (of one book, or all): the next save reads the log."""
-        with self.cache_lock:
-            if book_uuid is None:
-                self.atoms.clear()
-            else:
-                for uuid in [u for u, c in self.atoms.items() if c.book_uuid == book_uuid]:
-                    del self.atoms[uuid]
+        """Drop cached flows and atoms (of one book, or all): the next save reads the log."""
+        self.cache.forget(book_uuid)
 
     def close(self) -> None:
         self.eventlog.flush(all_builds=True)
@@ -145,6 +131,7 @@ class EventLogConnection(base.Connection):
     def __init__(self, backend: EventLogBackend):
         self._backend = backend
         self._log = backend.eventlog
+        self._cache = backend.cache
 
     @property
     def backend(self) -> EventLogBackend:
@@ -170,28 +157,50 @@ class EventLogConnection(base.Connection):
                              to_state="CLEARED")
         self._backend.forget()
 
-    # -- writes -------------------------------------------------------------------
+    # -- what was written: the cache, else the log ---------------------------------
 
-    def _cached_atom(self, conn: sa.Connection | None, uuid: str) -> _Cached | None:
-        cached = self._backend.atoms.get(uuid)
+    def _load(self, where: sa.ColumnElement[bool]) -> dict[str, CachedAtom]:
+        """Read atoms from the log (after committing every deferred write) into the cache."""
+        self._log.flush(all_builds=True)
+        with self._log.engine.connect() as conn:
+            rows = list(conn.execute(sa.select(t.atomdetails).where(where)))
+        loaded = {row.uuid: CachedAtom(row.atom_type, row.flow_uuid, row.book_uuid, row.state,
+                                       row.doc) for row in rows}
+        with self._cache.lock:
+            self._cache.atoms.update(loaded)
+        return loaded
+
+    def _known_atom(self, uuid: str) -> CachedAtom | None:
+        cached = self._cache.atoms.get(uuid)
         if cached is not None:
             return cached
-        query = sa.select(t.atomdetails).where(t.atomdetails.c.uuid == uuid)
-        if conn is None:
-            with self._log.engine.connect() as reader:
-                row = reader.execute(query).first()
-        else:
-            row = conn.execute(query).first()
+        self._load(t.atomdetails.c.uuid == uuid)
+        return self._cache.atoms.get(uuid)
+
+    def _known_flow(self, uuid: str) -> CachedFlow | None:
+        cached = self._cache.flows.get(uuid)
+        if cached is not None:
+            return cached
+        atoms = self._load(t.atomdetails.c.flow_uuid == uuid)  # flushes first
+        with self._log.engine.connect() as conn:
+            row = conn.execute(sa.select(t.flowdetails)
+                               .where(t.flowdetails.c.uuid == uuid)).first()
         if row is None:
             return None
-        return _Cached(row.atom_type, row.flow_uuid, row.book_uuid, row.state, row.doc)
+        cached = CachedFlow(row.book_uuid, row.state, row.doc, set(atoms))
+        with self._cache.lock:
+            self._cache.flows[uuid] = cached
+        return cached
 
-    def _save_atom(self, ad: models.AtomDetail, flow_uuid: str, book_uuid: str,
-                   old: _Cached | None, conn: sa.Connection | None = None) -> None:
-        """Write one atom: inside ``conn`` if given, else deferred (and committed at once
-        when the change is a durability point)."""
+    # -- writes: stage the whole save, then queue it (and commit if durable) -----------
+
+    def _stage_atom(self, changes: _Changes, ad: models.AtomDetail, flow_uuid: str,
+                    book_uuid: str, old: CachedAtom | None) -> None:
         atom_type = models.atom_detail_type(ad)
-        doc = _atom_doc(ad)
+        raw = ad.to_dict()
+        if old is not None and raw == old.doc:
+            return  # unchanged (a redacted doc only equals a raw one without secrets)
+        doc = redact(raw)
         if old is None:
             check_atom_transition(atom_type, None, ad.state)
             payload = {"parent": flow_uuid, "type": atom_type, "set": doc}
@@ -202,115 +211,127 @@ class EventLogConnection(base.Connection):
             if not payload:
                 return
             from_state = old.state
-        event = {"build_id": book_uuid, "ts": time.time(), "kind": ATOM, "subject": ad.uuid,
-                 "name": ad.name, "from_state": from_state, "to_state": ad.state,
-                 "payload": payload}
-        row = {"uuid": ad.uuid, "flow_uuid": flow_uuid, "book_uuid": book_uuid,
-               "name": ad.name, "atom_type": atom_type, "state": ad.state,
-               "intention": ad.intention, "doc": doc}
-        with self._backend.cache_lock:
-            self._backend.atoms[ad.uuid] = _Cached(atom_type, flow_uuid, book_uuid, ad.state,
-                                                   doc)
-        if conn is not None:
-            conn.execute(_INSERT_EVENT, event)
-            if old is None:
-                conn.execute(_INSERT_ATOM, row)
-            else:
-                conn.execute(_UPDATE_ATOM, {"b_uuid": ad.uuid, **row})
-            return
-        self._log.defer(book_uuid, event, row)
-        if _durable(from_state, ad.state):
-            with self._forget_on_error(book_uuid):
-                self._log.flush(book_uuid)
+        changes.event(kind=ATOM, build_id=book_uuid, subject=ad.uuid, name=ad.name,
+                      from_state=from_state, to_state=ad.state, payload=payload)
+        changes.rows.append(("atomdetails", old is None, {
+            "uuid": ad.uuid, "flow_uuid": flow_uuid, "book_uuid": book_uuid,
+            "name": ad.name, "atom_type": atom_type, "state": ad.state,
+            "intention": ad.intention, "doc": doc}))
+        changes.atoms[ad.uuid] = CachedAtom(atom_type, flow_uuid, book_uuid, ad.state, doc)
+        if ad.state != from_state and ad.state in DURABLE_STATES:
+            changes.durable = True
 
-    @contextlib.contextmanager
-    def _forget_on_error(self, book_uuid: str) -> Iterator[None]:
-        """The cache runs ahead of the commit; a failed commit must not leave it ahead
-        (the next save would diff against state the log never got, and write nothing)."""
-        try:
-            yield
-        except BaseException:
-            self._backend.forget(book_uuid)
-            raise
-
-    def _write_flow(self, conn: sa.Connection, fd: models.FlowDetail,
-                    book_uuid: str) -> models.FlowDetail:
-        """Write a flow detail and its atoms inside ``conn``; return the merged flow."""
-        row = conn.execute(sa.select(t.flowdetails).where(t.flowdetails.c.uuid == fd.uuid)).first()
-        if row is None:
-            merged = fd.copy(retain_contents=False)
-            doc = redact(merged.to_dict())
-            self._log.append(conn, kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
-                             to_state=fd.state, payload={"parent": book_uuid, "set": doc},
-                             redacted=True)
-            conn.execute(sa.insert(t.flowdetails).values(
-                uuid=fd.uuid, book_uuid=book_uuid, name=fd.name, state=fd.state, doc=doc))
+    def _stage_flow(self, changes: _Changes, fd: models.FlowDetail, book_uuid: str,
+                    old: CachedFlow | None) -> models.FlowDetail:
+        """Stage a flow detail and its atoms; return the merged flow (with every atom)."""
+        merged = fd.copy(retain_contents=False)
+        doc = redact(merged.to_dict())
+        if old is None:
+            changes.event(kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
+                          from_state=None, to_state=fd.state,
+                          payload={"parent": book_uuid, "set": doc})
+            changes.rows.append(("flowdetails", True, {
+                "uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name, "state": fd.state,
+                "doc": doc}))
+            atoms: set[str] = set()
         else:
-            merged = models.FlowDetail.from_dict(row.doc)
-            check_flow_transition(merged.state, fd.state)
-            merged.merge(fd)
-            doc = redact(merged.to_dict())
-            change = _diff(row.doc, doc)
+            check_flow_transition(old.state, fd.state)
+            change = _diff(old.doc, doc)
             if change:
-                self._log.append(conn, kind=FLOW, build_id=book_uuid, subject=fd.uuid,
-                                 name=merged.name, from_state=row.state, to_state=merged.state,
-                                 payload=change, redacted=True)
-                conn.execute(sa.update(t.flowdetails).where(t.flowdetails.c.uuid == fd.uuid)
-                             .values(name=merged.name, state=merged.state, doc=doc))
-        known = {ad.uuid for ad in fd}
+                changes.event(kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
+                              from_state=old.state, to_state=fd.state, payload=change)
+                changes.rows.append(("flowdetails", False, {
+                    "uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name,
+                    "state": fd.state, "doc": doc}))
+                if fd.state != old.state and fd.state in FLOW_DURABLE_STATES:
+                    changes.durable = True
+            atoms = set(old.atoms)
         for ad in fd:
-            old = self._cached_atom(conn, ad.uuid)
-            atom = _merged(old, ad) if old is not None else ad
-            self._save_atom(atom, fd.uuid, book_uuid, old, conn)
+            # An atom the flow never had is new: no need to look for it.
+            old_atom = self._known_atom(ad.uuid) if ad.uuid in atoms else None
+            atom = _merged(old_atom, ad) if old_atom is not None else ad
+            self._stage_atom(changes, atom, fd.uuid, book_uuid, old_atom)
             merged.add(atom)
         # Atoms saved earlier but absent from this (partial) flow detail.
-        query = sa.select(t.atomdetails).where(t.atomdetails.c.flow_uuid == fd.uuid)
-        if len(known) != conn.execute(sa.select(sa.func.count()).select_from(query.subquery()))\
-                .scalar():
-            for extra in self._atoms(conn, fd.uuid):
-                if extra.uuid not in known:
-                    merged.add(extra)
+        for uuid in atoms.difference(ad.uuid for ad in fd):
+            cached = self._known_atom(uuid)
+            if cached is not None:
+                merged.add(cached.detail())
+        changes.flows[fd.uuid] = CachedFlow(book_uuid, fd.state, doc,
+                                            atoms.union(ad.uuid for ad in fd))
         return merged
 
+    def _apply(self, changes: _Changes, book_uuid: str, *, commit: bool = False) -> None:
+        """Write a staged save: committed now if it must be, else queued.
+
+        The cache takes the save only once it is committed or queued, so it
+        never runs ahead of the log: a failed commit drops the save whole.
+        """
+        if commit or changes.durable:
+            batch = Batch()
+            batch.add(changes.events, changes.rows)
+            self._log.commit(book_uuid, batch)
+        elif changes.events or changes.rows:
+            self._log.defer(book_uuid, changes.events, changes.rows)
+        with self._cache.lock:
+            self._cache.atoms.update(changes.atoms)
+            self._cache.flows.update(changes.flows)
+
     def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
-        old = self._cached_atom(None, atom_detail.uuid)
+        old = self._known_atom(atom_detail.uuid)
         if old is None:
             raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         merged = _merged(old, atom_detail)
-        self._save_atom(merged, old.flow_uuid, old.book_uuid, old)
+        changes = _Changes()
+        self._stage_atom(changes, merged, old.flow_uuid, old.book_uuid, old)
+        self._apply(changes, old.book_uuid)
         return merged
 
     def update_flow_details(self, flow_detail: models.FlowDetail) -> models.FlowDetail:
-        with self._log.engine.connect() as reader:
-            row = reader.execute(sa.select(t.flowdetails.c.book_uuid)
-                                 .where(t.flowdetails.c.uuid == flow_detail.uuid)).first()
-        if row is None:
+        old = self._known_flow(flow_detail.uuid)
+        if old is None:
             raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
-        with self._forget_on_error(row.book_uuid), self._log.transaction(row.book_uuid) as conn:
-            return self._write_flow(conn, flow_detail, row.book_uuid)
+        changes = _Changes()
+        merged = self._stage_flow(changes, flow_detail, old.book_uuid, old)
+        self._apply(changes, old.book_uuid)
+        return merged
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
-        with self._forget_on_error(book.uuid), self._log.transaction(book.uuid) as conn:
+        """Save a logbook and its flows, committed at once (others may look for it)."""
+        with self._log.engine.connect() as conn:
             row = conn.execute(sa.select(t.logbooks).where(t.logbooks.c.uuid == book.uuid)).first()
-            if row is None:
-                doc = redact(book.to_dict(marshal_time=True))
-                self._log.append(conn, kind=LOGBOOK, build_id=book.uuid, subject=book.uuid,
-                                 name=book.name, payload={"set": doc})
-                conn.execute(sa.insert(t.logbooks).values(uuid=book.uuid, name=book.name,
-                                                          doc=doc))
-            else:
-                existing = models.LogBook.from_dict(row.doc, unmarshal_time=True)
-                existing.merge(book)
-                doc = redact(existing.to_dict(marshal_time=True))
-                change = _diff(row.doc, doc)
-                if change:
-                    self._log.append(conn, kind=LOGBOOK, build_id=book.uuid, subject=book.uuid,
-                                     name=existing.name, payload=change)
-                    conn.execute(sa.update(t.logbooks).where(t.logbooks.c.uuid == book.uuid)
-                                 .values(name=existing.name, doc=doc))
-            for fd in book:
-                self._write_flow(conn, fd, book.uuid)
-            return self._book(conn, book.uuid, lazy=False)
+        changes = _Changes()
+        if row is None:
+            doc = redact(book.to_dict(marshal_time=True))
+            changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid, name=book.name,
+                          from_state=None, to_state=None, payload={"set": doc})
+            changes.rows.append(("logbooks", True, {"uuid": book.uuid, "name": book.name,
+                                                    "doc": doc}))
+        else:
+            existing = models.LogBook.from_dict(row.doc, unmarshal_time=True)
+            existing.merge(book)
+            doc = redact(existing.to_dict(marshal_time=True))
+            change = _diff(row.doc, doc)
+            if change:
+                changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid,
+                              name=existing.name, from_state=None, to_state=None,
+                              payload=change)
+                changes.rows.append(("logbooks", False, {"uuid": book.uuid,
+                                                         "name": existing.name, "doc": doc}))
+        flows = []
+        for fd in book:
+            # A new book's flows are new (flows are only ever created with their book).
+            old = self._known_flow(fd.uuid) if row is not None else None
+            if old is not None and old.book_uuid != book.uuid:
+                raise tf_exc.Duplicate(f"flow {fd.uuid} belongs to logbook {old.book_uuid}")
+            flows.append(self._stage_flow(changes, fd, book.uuid, old))
+        self._apply(changes, book.uuid, commit=True)
+        if row is not None:
+            return self.get_logbook(book.uuid)  # flows saved by others belong to it too
+        saved = models.LogBook.from_dict(doc, unmarshal_time=True)
+        for flow in flows:
+            saved.add(flow)
+        return saved
 
     def destroy_logbook(self, book_uuid: str) -> None:
         with self._log.transaction(book_uuid) as conn:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from spawnflow.exceptions import SchemaError, UnknownBuild
 from spawnflow.persistence import lifecycle, schema
 from spawnflow.persistence import tables as t
+from spawnflow.persistence.batch import Batch, Statements
 from spawnflow.persistence.redact import redact
 
 # Event kinds.
@@ -31,26 +32,6 @@ EXTERNAL = "external"
 
 # Built once: constructing statements costs more than executing them here.
 _INSERT_EVENT = sa.insert(t.events)
-_UPDATE_ATOM = sa.update(t.atomdetails).where(t.atomdetails.c.uuid == sa.bindparam("b_uuid"))
-
-
-class _Pending:
-    """Deferred writes of one build: events in order, atom rows last-wins."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.atoms: dict[str, dict[str, Any]] = {}
-
-    def add(self, event: dict[str, Any], atom_row: dict[str, Any] | None) -> None:
-        self.events.append(event)
-        if atom_row is not None:
-            self.atoms[atom_row["uuid"]] = atom_row
-
-    def write(self, conn: sa.Connection) -> None:
-        if self.events:
-            conn.execute(_INSERT_EVENT, self.events)
-        for uuid, row in self.atoms.items():
-            conn.execute(_UPDATE_ATOM, {"b_uuid": uuid, **row})
 
 
 class EventLog:
@@ -67,10 +48,14 @@ class EventLog:
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
+        self._sql = Statements(engine.dialect)
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._pipeline = engine.dialect.driver == "psycopg"
+        self._writer: Any = None  # SQLite: the DBAPI connection kept for ``_commit``
         # SQLite allows one writer; serialising our own threads here is cheaper
         # than letting them spin on the busy timeout.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
-        self._pending: dict[str | None, _Pending] = {}
+        self._pending: dict[str | None, Batch] = {}
         self._pending_lock = threading.Lock()
         # One writer per build at a time: taking a build's deferred writes and
         # committing them is one step, so no later event of that build can
@@ -87,6 +72,9 @@ class EventLog:
 
     def close(self) -> None:
         self.flush(all_builds=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.engine.dispose()
 
     def forget_build(self, build_id: str) -> None:
@@ -95,51 +83,125 @@ class EventLog:
             if build_id not in self._pending:
                 self._build_locks.pop(build_id, None)
 
+    def _build_lock(self, build_id: str | None) -> threading.Lock:
+        with self._pending_lock:
+            return self._build_locks.setdefault(build_id, threading.Lock())
+
+    def _take(self, build_id: str | None) -> Batch | None:
+        with self._pending_lock:
+            return self._pending.pop(build_id, None)
+
+    def _give_back(self, build_id: str | None, batch: Batch) -> None:
+        """Return a batch whose commit failed: it goes first at the next attempt."""
+        with self._pending_lock:
+            later = self._pending.get(build_id)
+            if later is not None:
+                batch.extend(later)
+            self._pending[build_id] = batch
+
     @contextlib.contextmanager
     def transaction(self, build_id: str | None = None) -> Iterator[sa.Connection]:
         """A write transaction for one build; committed (and fsynced) when the block ends.
 
         The build's deferred writes are written first, in the same transaction.
         """
-        with self._pending_lock:
-            build_lock = self._build_locks.setdefault(build_id, threading.Lock())
-        with build_lock, self._write_lock or contextlib.nullcontext():
-            with self._pending_lock:
-                pending = self._pending.pop(build_id, None)
+        with self._build_lock(build_id), self._write_lock or contextlib.nullcontext():
+            batch = self._take(build_id)
             try:
                 with self.engine.connect() as conn, \
                         conn.execution_options(write=True).begin():
-                    if pending is not None:
-                        pending.write(conn)
+                    if batch is not None:
+                        cursor = conn.connection.cursor()
+                        try:
+                            batch.write(cursor, self._sql)
+                        finally:
+                            cursor.close()
                     yield conn
             except BaseException:
-                if pending is not None:
-                    with self._pending_lock:  # keep them for the next attempt
-                        later = self._pending.get(build_id)
-                        if later is not None:
-                            pending.events += later.events
-                            pending.atoms.update(later.atoms)
-                        self._pending[build_id] = pending
+                if batch is not None:
+                    self._give_back(build_id, batch)
                 raise
 
-    def defer(self, build_id: str | None, event: dict[str, Any],
-              atom_row: dict[str, Any] | None = None) -> None:
-        """Queue an event (and the atom row it changes) that announces no side effect.
+    def defer(self, build_id: str | None, events: list[dict[str, Any]],
+              rows: list[tuple[str, bool, dict[str, Any]]]) -> None:
+        """Queue events (and the projection rows they change) that announce no side effect.
 
-        ``event`` holds the columns of an events row; ``atom_row`` the full,
-        already existing ``atomdetails`` row it updates.
+        ``events`` hold the columns of events rows (payloads already redacted);
+        ``rows`` are ``(table name, is insert, full row)`` of a projection.
         """
         with self._pending_lock:
-            self._pending.setdefault(build_id, _Pending()).add(event, atom_row)
+            self._pending.setdefault(build_id, Batch()).add(events, rows)
+
+    def pending(self, build_id: str | None) -> bool:
+        """Whether ``build_id`` has deferred writes not committed yet."""
+        with self._pending_lock:
+            return build_id in self._pending
 
     def flush(self, build_id: str | None = None, *, all_builds: bool = False) -> None:
         """Commit deferred writes now: of one build, or of every build."""
         with self._pending_lock:
             keys = list(self._pending) if all_builds else [build_id]
         for key in keys:
-            if key in self._pending:
-                with self.transaction(key):
-                    pass
+            self._commit(key)
+
+    def commit(self, build_id: str | None, batch: Batch) -> None:
+        """Commit ``batch`` now, after the build's deferred writes, in one transaction.
+
+        If the commit fails, the deferred writes stay queued and ``batch`` is
+        dropped: the caller's save did not happen.
+        """
+        self._commit(build_id, batch)
+
+    def _commit(self, build_id: str | None, extra: Batch | None = None) -> None:
+        """Commit one build's deferred writes (and ``extra``) in a transaction of their own.
+
+        The hot path (every step's RUNNING ends here): straight on the DBAPI
+        connection, no statement compiling, one fsync.
+        """
+        with self._build_lock(build_id), self._write_lock or contextlib.nullcontext():
+            batch = self._take(build_id)
+            if batch is None and extra is None:
+                return
+            try:
+                raw = self._writer or self.engine.raw_connection()
+                try:
+                    cursor = raw.cursor()
+                    if self._sqlite:
+                        cursor.execute("BEGIN IMMEDIATE")
+                    # psycopg's pipeline sends the batch in one round trip, not one each.
+                    with (raw.driver_connection.pipeline() if self._pipeline
+                          else contextlib.nullcontext()):
+                        if batch is not None:
+                            batch.write(cursor, self._sql)
+                        if extra is not None:
+                            extra.write(cursor, self._sql)
+                    cursor.close()
+                    raw.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        raw.rollback()
+                    # A connection in an unknown state is not kept for the next commit.
+                    if raw is self._writer:
+                        self._writer = None
+                    raw.invalidate()
+                    raise
+                if self._sqlite:
+                    # The write lock makes this process's SQLite writer one at a
+                    # time, so one connection is kept for it (no pool round trip).
+                    self._writer = raw
+                else:
+                    raw.close()
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                if batch is not None:
+                    self._give_back(build_id, batch)
+                # The same exception types as every other write (callers catch those).
+                raise sa.exc.DBAPIError.instance(
+                    "deferred writes", None, exc, self.engine.dialect.loaded_dbapi.Error,
+                    hide_parameters=True, dialect=self.engine.dialect) from exc
+            except BaseException:
+                if batch is not None:
+                    self._give_back(build_id, batch)
+                raise
 
     @staticmethod
     def append(conn: sa.Connection, *, kind: str, build_id: str | None, subject: str | None,

@@ -14,11 +14,28 @@ MASK = "***"
 _SECRET_KEY = re.compile(r"(password|passphrase|passwd|secret_value|private_key|token)$", re.I)
 
 
+def _secret(key: object, known: dict[str, bool] = {}) -> bool:  # noqa: B006 - a memo
+    """Whether ``key`` names a secret (memoised: saves are hot and keys repeat)."""
+    if not isinstance(key, str):
+        return False
+    found = known.get(key)
+    if found is None:
+        found = _SECRET_KEY.search(key) is not None
+        if len(known) < 4096:  # task results may bring any key; keep the memo small
+            known[key] = found
+    return found
+
+
 def redact(value: Any) -> Any:
-    """Return a copy of ``value`` with every secret-named key masked."""
+    """Return a copy of ``value`` with every secret-named key masked.
+
+    Dicts and lists are copied all the way down, so the copy never changes
+    when the original is later changed in place.
+    """
     if isinstance(value, dict):
-        return {k: (MASK if isinstance(k, str) and _SECRET_KEY.search(k) and v is not None
-                    else redact(v)) for k, v in value.items()}
+        return {k: (MASK if v is not None and _secret(k)
+                    else redact(v) if isinstance(v, (dict, list, tuple)) else v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
+        return [redact(v) if isinstance(v, (dict, list, tuple)) else v for v in value]
     return value

@@ -8,10 +8,19 @@ events alone (see ``replay``). Schema changes go through alembic migrations in
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
 from oslo_serialization import jsonutils
+
+# What jsonutils.dumps(value, sort_keys=True) builds on every call, built once.
+_ENCODER = json.JSONEncoder(sort_keys=True, default=jsonutils.to_primitive)
+
+
+def dump_json(value: Any) -> str | None:
+    """The stored text of a JSON column (None stays NULL)."""
+    return None if value is None else _ENCODER.encode(value)
 
 
 class JsonText(sa.types.TypeDecorator):
@@ -21,7 +30,7 @@ class JsonText(sa.types.TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
-        return None if value is None else jsonutils.dumps(value, sort_keys=True)
+        return dump_json(value)
 
     def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
         return None if value is None else jsonutils.loads(value)
