@@ -298,20 +298,19 @@ class EventLogConnection(base.Connection):
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
         """Save a logbook and its flows, committed at once (others may look for it)."""
-        with self._log.engine.connect() as conn:
-            row = conn.execute(sa.select(t.logbooks).where(t.logbooks.c.uuid == book.uuid)).first()
+        stored = self._log.projection_doc("logbooks", book.uuid)
         changes = _Changes()
-        if row is None:
+        if stored is None:
             doc = redact(book.to_dict(marshal_time=True))
             changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid, name=book.name,
                           from_state=None, to_state=None, payload={"set": doc})
             changes.rows.append(("logbooks", True, {"uuid": book.uuid, "name": book.name,
                                                     "doc": doc}))
         else:
-            existing = models.LogBook.from_dict(row.doc, unmarshal_time=True)
+            existing = models.LogBook.from_dict(stored, unmarshal_time=True)
             existing.merge(book)
             doc = redact(existing.to_dict(marshal_time=True))
-            change = _diff(row.doc, doc)
+            change = _diff(stored, doc)
             if change:
                 changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid,
                               name=existing.name, from_state=None, to_state=None,
@@ -321,12 +320,12 @@ class EventLogConnection(base.Connection):
         flows = []
         for fd in book:
             # A new book's flows are new (flows are only ever created with their book).
-            old = self._known_flow(fd.uuid) if row is not None else None
+            old = self._known_flow(fd.uuid) if stored is not None else None
             if old is not None and old.book_uuid != book.uuid:
                 raise tf_exc.Duplicate(f"flow {fd.uuid} belongs to logbook {old.book_uuid}")
             flows.append(self._stage_flow(changes, fd, book.uuid, old))
         self._apply(changes, book.uuid, commit=True)
-        if row is not None:
+        if stored is not None:
             return self.get_logbook(book.uuid)  # flows saved by others belong to it too
         saved = models.LogBook.from_dict(doc, unmarshal_time=True)
         for flow in flows:

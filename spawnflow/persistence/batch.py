@@ -52,8 +52,11 @@ class Statements:
         self.insert_event = _Statement(sa.insert(t.events), dialect, event_columns)
         self.insert: dict[str, _Statement] = {}
         self.update: dict[str, _Statement] = {}
+        self.select_doc: dict[str, str] = {}
         for name, table in PROJECTIONS.items():
             columns = [c.name for c in table.columns]
+            self.select_doc[name] = str(sa.select(table.c.doc).where(
+                table.c.uuid == sa.bindparam("uuid")).compile(dialect=dialect))
             self.insert[name] = _Statement(sa.insert(table), dialect, columns)
             # An update sets what a save can change, never the keys a row is
             # indexed by (rewriting those would rewrite index pages for nothing).

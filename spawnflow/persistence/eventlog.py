@@ -144,6 +144,22 @@ class EventLog:
         for key in keys:
             self._commit(key)
 
+    def projection_doc(self, table: str, uuid: str) -> dict[str, Any] | None:
+        """The committed ``doc`` of one projection row (None: no such row).
+
+        A plain DBAPI read: the backend asks this once per logbook save.
+        """
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(self._sql.select_doc[table], {"uuid": uuid})
+            row = cursor.fetchone()
+            cursor.close()
+            raw.rollback()  # end the read (PostgreSQL opened a transaction)
+        finally:
+            raw.close()
+        return None if row is None else t.load_json(row[0])
+
     def commit(self, build_id: str | None, batch: Batch) -> None:
         """Commit ``batch`` now, after the build's deferred writes, in one transaction.
 

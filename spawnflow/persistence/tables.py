@@ -23,6 +23,11 @@ def dump_json(value: Any) -> str | None:
     return None if value is None else _ENCODER.encode(value)
 
 
+def load_json(text: str | None) -> Any:
+    """The value of a JSON column's stored text."""
+    return None if text is None else jsonutils.loads(text)
+
+
 class JsonText(sa.types.TypeDecorator):
     """JSON stored as text: the same bytes on SQLite and PostgreSQL."""
 
@@ -33,7 +38,7 @@ class JsonText(sa.types.TypeDecorator):
         return dump_json(value)
 
     def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
-        return None if value is None else jsonutils.loads(value)
+        return load_json(value)
 
 
 # SQLite only turns INTEGER PRIMARY KEY into the autoincrementing rowid.
