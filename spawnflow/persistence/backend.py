@@ -298,6 +298,14 @@ class EventLogConnection(base.Connection):
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
         """Save a logbook and its flows, committed at once (others may look for it)."""
+        try:
+            return self._save_logbook(book)
+        except sa.exc.IntegrityError:
+            # Someone else created the same new logbook between our read and our
+            # commit (our save was dropped whole): save again, as an update.
+            return self._save_logbook(book)
+
+    def _save_logbook(self, book: models.LogBook) -> models.LogBook:
         stored = self._log.projection_doc("logbooks", book.uuid)
         changes = _Changes()
         if stored is None:

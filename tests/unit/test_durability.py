@@ -182,3 +182,42 @@ def test_an_illegal_transition_in_a_flow_save_writes_nothing(db, backend):
             ("first", states.RUNNING), ("second", states.PENDING)]
         with pytest.raises(IllegalTransition, match="RUNNING -> PENDING"):
             conn.update_atom_details(first)  # still PENDING: back from RUNNING
+
+
+def test_two_threads_saving_the_same_new_logbook_both_succeed(db, backend):
+    import threading
+
+    new_book(backend)  # warm up; the race is on a second book
+    twin = models.LogBook("twin")
+    twin.add(models.FlowDetail("flow", uuid=models.uuidutils.generate_uuid()))
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    read = backend.eventlog.projection_doc
+
+    first_reads = [1, 1]
+
+    def slow_read(table: str, uuid: str) -> object:
+        doc = read(table, uuid)
+        if table == "logbooks" and uuid == twin.uuid and first_reads:
+            first_reads.pop()
+            barrier.wait(timeout=5)  # both saw "no such logbook" before either commits
+        return doc
+
+    backend.eventlog.projection_doc = slow_read
+
+    def save() -> None:
+        try:
+            with contextlib.closing(backend.get_connection()) as conn:
+                conn.save_logbook(twin)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    backend.eventlog.projection_doc = read
+    assert errors == []
+    assert committed(db, "SELECT count(*) FROM logbooks WHERE uuid = ?", twin.uuid) == [(1,)]
+    assert replay.replay(backend.eventlog) == replay.current(backend.eventlog)
