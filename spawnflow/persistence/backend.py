@@ -28,7 +28,7 @@ from taskflow.persistence import base, models
 
 from spawnflow.exceptions import IllegalTransition
 from spawnflow.persistence import tables as t
-from spawnflow.persistence.batch import Batch
+from spawnflow.persistence.batch import PROJECTIONS, Batch, encode
 from spawnflow.persistence.cache import CachedAtom, CachedFlow, ProjectionCache
 from spawnflow.persistence.eventlog import ATOM, FLOW, LOGBOOK, EventLog
 from spawnflow.persistence.redact import redact
@@ -100,9 +100,13 @@ class _Changes:
 
     def event(self, *, kind: str, build_id: str, subject: str, name: str | None,
               from_state: str | None, to_state: str | None, payload: Any) -> None:
+        # Encoded now: a value that cannot be stored fails this save, not a later commit.
         self.events.append({"build_id": build_id, "ts": time.time(), "kind": kind,
                             "subject": subject, "name": name, "from_state": from_state,
-                            "to_state": to_state, "payload": payload})
+                            "to_state": to_state, "payload": t.dump_json(payload)})
+
+    def row(self, table: str, insert: bool, row: dict[str, Any]) -> None:
+        self.rows.append((table, insert, encode(row, PROJECTIONS[table])))
 
 
 class EventLogBackend(base.Backend):
@@ -213,10 +217,10 @@ class EventLogConnection(base.Connection):
             from_state = old.state
         changes.event(kind=ATOM, build_id=book_uuid, subject=ad.uuid, name=ad.name,
                       from_state=from_state, to_state=ad.state, payload=payload)
-        changes.rows.append(("atomdetails", old is None, {
+        changes.row("atomdetails", old is None, {
             "uuid": ad.uuid, "flow_uuid": flow_uuid, "book_uuid": book_uuid,
             "name": ad.name, "atom_type": atom_type, "state": ad.state,
-            "intention": ad.intention, "doc": doc}))
+            "intention": ad.intention, "doc": doc})
         changes.atoms[ad.uuid] = CachedAtom(atom_type, flow_uuid, book_uuid, ad.state, doc)
         if ad.state != from_state and ad.state in DURABLE_STATES:
             changes.durable = True
@@ -230,19 +234,21 @@ class EventLogConnection(base.Connection):
             changes.event(kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
                           from_state=None, to_state=fd.state,
                           payload={"parent": book_uuid, "set": doc})
-            changes.rows.append(("flowdetails", True, {
+            changes.row("flowdetails", True, {
                 "uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name, "state": fd.state,
-                "doc": doc}))
+                "doc": doc})
             atoms: set[str] = set()
         else:
             check_flow_transition(old.state, fd.state)
-            change = _diff(old.doc, doc)
-            if change:
+            if _diff(old.doc, doc):
+                # The whole doc, not the change: the row is rewritten whole, and if
+                # another writer changed the flow since this process saw it, the
+                # log must still say what the row now holds.
                 changes.event(kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
-                              from_state=old.state, to_state=fd.state, payload=change)
-                changes.rows.append(("flowdetails", False, {
+                              from_state=old.state, to_state=fd.state, payload={"set": doc})
+                changes.row("flowdetails", False, {
                     "uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name,
-                    "state": fd.state, "doc": doc}))
+                    "state": fd.state, "doc": doc})
                 if fd.state != old.state and fd.state in FLOW_DURABLE_STATES:
                     changes.durable = True
             atoms = set(old.atoms)
@@ -312,19 +318,19 @@ class EventLogConnection(base.Connection):
             doc = redact(book.to_dict(marshal_time=True))
             changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid, name=book.name,
                           from_state=None, to_state=None, payload={"set": doc})
-            changes.rows.append(("logbooks", True, {"uuid": book.uuid, "name": book.name,
-                                                    "doc": doc}))
+            changes.row("logbooks", True, {"uuid": book.uuid, "name": book.name, "doc": doc})
         else:
             existing = models.LogBook.from_dict(stored, unmarshal_time=True)
             existing.merge(book)
             doc = redact(existing.to_dict(marshal_time=True))
-            change = _diff(stored, doc)
-            if change:
+            if _diff(stored, doc):
+                # The whole doc (as for flows): two savers racing still leave the
+                # row and the replayed log equal, whichever commits last.
                 changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid,
                               name=existing.name, from_state=None, to_state=None,
-                              payload=change)
-                changes.rows.append(("logbooks", False, {"uuid": book.uuid,
-                                                         "name": existing.name, "doc": doc}))
+                              payload={"set": doc})
+                changes.row("logbooks", False, {"uuid": book.uuid, "name": existing.name,
+                                                "doc": doc})
         flows = []
         for fd in book:
             # A new book's flows are new (flows are only ever created with their book).

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 from spawnflow.persistence import tables as t
 
@@ -23,22 +23,27 @@ _FIXED = frozenset({"uuid", "book_uuid", "flow_uuid", "atom_type"})
 
 
 class _Statement:
-    """One compiled statement and how to bind a row (a dict by column name) to it."""
+    """One compiled statement; rows bind to it by column name, JSON already encoded."""
 
     def __init__(self, statement: sa.sql.expression.UpdateBase, dialect: sa.Dialect,
                  columns: list[str]):
-        compiled = statement.compile(dialect=dialect, column_keys=columns)
-        self.sql = str(compiled)
-        self._json = [c.name for c in statement.table.columns
-                      if c.name in columns and isinstance(c.type, t.JsonText)]
+        self.sql = str(statement.compile(dialect=dialect, column_keys=columns))
 
-    def params(self, row: dict[str, Any]) -> dict[str, Any]:
-        if not self._json:
-            return row
-        bound = dict(row)
-        for name in self._json:
-            bound[name] = t.dump_json(bound[name])
-        return bound
+
+def _upsert(table: sa.Table, dialect: sa.Dialect) -> sa.sql.expression.Insert:
+    """INSERT that updates the row if it exists (another writer, or a stale cache, made
+    it): a row queued as new can never fail its build's every later commit."""
+    insert = (sqlite.insert if dialect.name == "sqlite" else postgresql.insert)(table)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.uuid],
+        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in _FIXED})
+
+
+def encode(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
+    """``row`` with its JSON columns encoded: done when a save is staged, so a value
+    that cannot be stored fails that save, not a later commit."""
+    return {k: t.dump_json(v) if isinstance(table.c[k].type, t.JsonText) else v
+            for k, v in row.items()}
 
 
 class Statements:
@@ -49,7 +54,8 @@ class Statements:
             # The sqlite3 driver takes :name parameters as well as its default ?.
             dialect = sqlite.dialect(paramstyle="named")
         event_columns = [c.name for c in t.events.columns if c.name != "seq"]
-        self.insert_event = _Statement(sa.insert(t.events), dialect, event_columns)
+        # inline(): no RETURNING of the new seq (PostgreSQL would fetch it per row).
+        self.insert_event = _Statement(sa.insert(t.events).inline(), dialect, event_columns)
         self.insert: dict[str, _Statement] = {}
         self.update: dict[str, _Statement] = {}
         self.select_doc: dict[str, str] = {}
@@ -57,7 +63,7 @@ class Statements:
             columns = [c.name for c in table.columns]
             self.select_doc[name] = str(sa.select(table.c.doc).where(
                 table.c.uuid == sa.bindparam("uuid")).compile(dialect=dialect))
-            self.insert[name] = _Statement(sa.insert(table), dialect, columns)
+            self.insert[name] = _Statement(_upsert(table, dialect), dialect, columns)
             # An update sets what a save can change, never the keys a row is
             # indexed by (rewriting those would rewrite index pages for nothing).
             self.update[name] = _Statement(
@@ -79,6 +85,7 @@ class Batch:
 
     def add(self, events: list[dict[str, Any]],
             rows: list[tuple[str, bool, dict[str, Any]]]) -> None:
+        """Queue events and ``(table name, is insert, row)``; JSON columns encoded."""
         self.events.extend(events)
         for table, insert, row in rows:
             key = (table, row["uuid"])
@@ -94,12 +101,9 @@ class Batch:
     def write(self, cursor: Any, sql: Statements) -> None:
         """Run the batch on a DBAPI cursor inside the caller's transaction."""
         if self.events:
-            cursor.executemany(sql.insert_event.sql,
-                               [sql.insert_event.params(e) for e in self.events])
+            cursor.executemany(sql.insert_event.sql, self.events)
         for (table, uuid), (insert, row) in self.rows.items():
             if insert:
-                statement = sql.insert[table]
-                cursor.execute(statement.sql, statement.params(row))
+                cursor.execute(sql.insert[table].sql, row)
             else:
-                statement = sql.update[table]
-                cursor.execute(statement.sql, statement.params({**row, "b_uuid": uuid}))
+                cursor.execute(sql.update[table].sql, {**row, "b_uuid": uuid})

@@ -126,8 +126,9 @@ class EventLog:
               rows: list[tuple[str, bool, dict[str, Any]]]) -> None:
         """Queue events (and the projection rows they change) that announce no side effect.
 
-        ``events`` hold the columns of events rows (payloads already redacted);
-        ``rows`` are ``(table name, is insert, full row)`` of a projection.
+        ``events`` hold the columns of events rows (payloads redacted, JSON-encoded);
+        ``rows`` are ``(table name, is insert, full row)`` of a projection, encoded the
+        same way (``batch.encode``).
         """
         with self._pending_lock:
             self._pending.setdefault(build_id, Batch()).add(events, rows)

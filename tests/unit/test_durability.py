@@ -221,3 +221,42 @@ def test_two_threads_saving_the_same_new_logbook_both_succeed(db, backend):
     assert errors == []
     assert committed(db, "SELECT count(*) FROM logbooks WHERE uuid = ?", twin.uuid) == [(1,)]
     assert replay.replay(backend.eventlog) == replay.current(backend.eventlog)
+
+
+def test_a_row_another_writer_made_is_updated_not_inserted_twice(db, backend):
+    """Another process added an atom this backend's cache never saw: saving the flow
+    again must not queue a duplicate insert that would fail every later commit."""
+    other = open_backend(f"sqlite:///{db}")
+    try:
+        book, flow_detail = new_book(backend)
+        theirs = other.get_connection().get_flow_details(flow_detail.uuid)
+        theirs.add(models.TaskDetail("x", models.uuidutils.generate_uuid()))
+        theirs.meta = {"by": "other"}
+        other.get_connection().update_flow_details(theirs)
+        other.eventlog.flush(all_builds=True)
+
+        ours = backend.get_connection().get_flow_details(flow_detail.uuid)
+        ours.meta = {"by": "us"}
+        backend.get_connection().update_flow_details(ours)
+        backend.eventlog.flush(all_builds=True)  # would raise IntegrityError forever
+        assert committed(db, "SELECT count(*) FROM atomdetails") == [(1,)]
+        assert replay.replay(backend.eventlog) == replay.current(backend.eventlog)
+    finally:
+        other.close()
+
+
+class Unstorable(task.Task):
+    def execute(self) -> object:
+        return {"handle": object()}  # nothing JSON can hold
+
+
+def test_a_result_that_cannot_be_stored_fails_its_own_build_only(db, backend):
+    book, flow_detail = new_book(backend)
+    with pytest.raises(ValueError):
+        load(linear_flow.Flow("f").add(Unstorable("u")), backend, book, flow_detail).run()
+    # Nothing unstorable was queued: other builds still run and the log closes.
+    book2, flow2 = new_book(backend)
+    load(linear_flow.Flow("g").add(SeesItself("fine", db, {})), backend, book2, flow2).run()
+    assert committed(db, "SELECT state FROM flowdetails WHERE uuid = ?", flow2.uuid) == [
+        (states.SUCCESS,)]
+    backend.eventlog.flush(all_builds=True)
