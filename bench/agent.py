@@ -37,7 +37,7 @@ from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
 from spawnflow.virt.firewall import NoopFirewall
 from spawnflow.virt.host import Host
-from spawnflow.virt.images import ImageCache
+from spawnflow.virt.images import CachePolicy, ImageCache
 
 
 def make_conf(root: Path, workers: int = 10):  # noqa: ANN201
@@ -45,7 +45,8 @@ def make_conf(root: Path, workers: int = 10):  # noqa: ANN201
     path.write_text(f"[DEFAULT]\nstate_path = {root}/state\nhost = bench\n"
                     f"max_concurrent_builds = {workers}\n"
                     "[libvirt]\nconnection_uri = test:///default\nvirt_type = test\n"
-                    "[firewall]\ndriver = noop\n[recovery]\npolicy = resume\n")
+                    "[firewall]\ndriver = noop\n[recovery]\npolicy = resume\n"
+                    f"[images]\nallowed_sources = {root}\n")
     return spawnflow.conf.load(["--config-file", str(path)])
 
 
@@ -85,7 +86,8 @@ def in_memory_per_build(conf, image: Path, runs: int = 20) -> float:  # noqa: AN
     """Seconds per build of the same spawn flow on TaskFlow's in-memory backend."""
     host = Host("test:///default", "test")
     instances = Path(conf.state_path) / "mem-instances"
-    images = ImageCache(str(instances / "_base"), str(Path(conf.state_path) / "mem-locks"))
+    images = ImageCache(str(instances / "_base"), str(Path(conf.state_path) / "mem-locks"),
+                        CachePolicy.from_conf(conf))
     times = []
     for _ in range(runs):
         spec = parse_spec(spec_for(image))

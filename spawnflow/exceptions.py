@@ -108,3 +108,12 @@ class AgentStopping(BaseException):  # noqa: N818 - a signal, like KeyboardInter
 
 class UnknownBuild(SpawnflowError):
     """No build with this id exists in the database."""
+
+
+class ImageSourceRefused(ImageError):
+    """The image source, a redirect it sends, or an address its host resolves to, is
+    outside ``[images] allowed_sources``; nothing was fetched from there."""
+
+
+class ImageFetchInterrupted(ImageError):
+    """A fetch stopped because the build was cancelled or the agent is stopping."""

@@ -18,7 +18,12 @@ from typing import Any
 
 from spawnflow.persistence.diagnosis import diagnose
 from spawnflow.persistence.eventlog import EventLog
-from spawnflow.persistence.export import DuplicateBuild, InvalidExport, import_build
+from spawnflow.persistence.export import (
+    DuplicateBuild,
+    InvalidExport,
+    check_document,
+    import_build,
+)
 from spawnflow.persistence.history import (
     BuildHistory,
     BuildSummary,
@@ -43,7 +48,10 @@ def import_document(db_url: str, document: dict[str, Any], *,
     """Import an export document into the database at ``db_url``; return the build id.
 
     The database must be a spawnflow one (an empty one is created/upgraded).
+    A malformed document is refused (InvalidExport) before the database is
+    even opened, so a refused import never creates one either.
     """
+    check_document(document)
     eventlog = EventLog.open(db_url)
     try:
         return import_build(eventlog, document, allow_unfinished=allow_unfinished)

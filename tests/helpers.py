@@ -24,7 +24,9 @@ def write_conf(path: Path, **groups: dict[str, Any]) -> Path:
 
 
 def load_conf(tmp_path: Path, **groups: dict[str, Any]):  # noqa: ANN201
-    merged: dict[str, dict[str, Any]] = {"DEFAULT": {"state_path": tmp_path / "state"}}
+    # Test images are made under tmp_path: allow it as an image source.
+    merged: dict[str, dict[str, Any]] = {"DEFAULT": {"state_path": tmp_path / "state"},
+                                         "images": {"allowed_sources": tmp_path}}
     for group, options in groups.items():
         merged.setdefault(group, {}).update(options)
     path = write_conf(tmp_path / "spawnflow.conf", **merged)

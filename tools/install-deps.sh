@@ -29,6 +29,8 @@ PACKAGES=(
     iptables ebtables iproute2
     # PostgreSQL 15 server and client
     postgresql
+    # openssl: the image-fetch tests make a self-signed certificate for HTTPS
+    openssl
 )
 
 if [[ "${1:-}" == "demo" ]]; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cliff.command import Command
 
 from spawnflow import conf as sf_conf
+from spawnflow.cmd.formatting import safe
 from spawnflow.engine.events import request_cancel
 from spawnflow.exceptions import SpawnflowError
 from spawnflow.persistence import lifecycle
@@ -29,4 +30,4 @@ class BuildCancel(Command):
         finally:
             log.close()
         self.app.stdout.write(f"cancel of build {row.build_id} requested; the agent of host "
-                              f"{row.host} rolls it back at the next step boundary\n")
+                              f"{safe(row.host)} rolls it back at the next step boundary\n")

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 from cliff.command import Command
@@ -26,6 +27,7 @@ from spawnflow.cmd.formatting import (
     human,
     iso,
     rounded,
+    safe,
     short_stamp,
     shorten,
     stamp,
@@ -96,10 +98,14 @@ class _HistoryCommand(Lister):
         return History.open(db_url(parsed_args.db, self.app.conf))
 
     def produce_output(self, parsed_args, column_names, data):  # noqa: ANN001
+        if not wants_objects(parsed_args):
+            # table, csv and value print strings as they are; json and yaml escape
+            # every control and non-ASCII character themselves.
+            data = [tuple(safe(v) if isinstance(v, str) else v for v in row) for row in data]
         result = super().produce_output(parsed_args, column_names, data)
         footer = getattr(self, "_footer", None)
         if footer and is_table(parsed_args):
-            self.app.stdout.write(footer + "\n")
+            self.app.stdout.write(safe(footer) + "\n")
         return result
 
 
@@ -156,7 +162,7 @@ def summary(build: BuildHistory, width: int | None = None, brief: bool = False) 
     for name in build.revert_failed_steps:
         lines += wrap("revert", f"{name}: {build.step(name).revert_error}", width)
     lines += _recovery_lines(build, width)
-    return "\n".join(lines)
+    return "\n".join(safe(line) for line in lines)
 
 
 def diagnosis_of(build: BuildHistory, conf: Any) -> str:
@@ -192,7 +198,7 @@ class HistoryShow(_HistoryCommand):
                 self.app.stdout.write("\n".join(wrap("diagnosis", text, width)) + "\n")
             return STEP_COLUMNS, step_rows(build, width)
         if text:
-            self.app.stderr.write(text + "\n")
+            self.app.stderr.write(safe(text) + "\n")
         return STEP_FULL_COLUMNS, step_full_rows(build)
 
 
@@ -258,8 +264,9 @@ _QUIET_KEYS = {"state", "uuid", "name", "version", "parent", "type", "tag", "sta
 
 
 def _brief(value: Any) -> str:
-    if isinstance(value, dict) and "exc_type_names" in value:
-        return value["exc_type_names"][0].rsplit(".", 1)[-1]
+    names = value.get("exc_type_names") if isinstance(value, dict) else None
+    if isinstance(names, list) and names:
+        return str(names[0]).rsplit(".", 1)[-1]
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return str(value)
@@ -270,21 +277,31 @@ def payload_summary(event: Event) -> str:
     payload = event.payload
     if not isinstance(payload, dict):
         return "" if payload is None else _brief(payload)
-    fields = dict(payload.get("set") or {}) if "set" in payload else dict(payload)
+    # An older or damaged row may hold any JSON where an object belongs.
+    if "set" in payload:
+        fields = dict(payload["set"]) if isinstance(payload["set"], dict) else {}
+    else:
+        fields = dict(payload)
     if "spec" in fields:
-        spec = fields.pop("spec") or {}
-        flavor = spec.get("flavor") or {}
+        spec = fields.pop("spec")
+        spec = spec if isinstance(spec, dict) else {}
+        flavor = spec.get("flavor") if isinstance(spec.get("flavor"), dict) else {}
         fields["spec"] = (f"{flavor.get('vcpus', '?')}vcpu/{flavor.get('memory_mb', '?')}MB "
-                          f"{len(spec.get('vifs') or [])}vif {len(spec.get('volumes') or [])}vol")
+                          f"{_count(spec.get('vifs'))}vif {_count(spec.get('volumes'))}vol")
     if isinstance(fields.get("meta"), dict) and set(fields["meta"]) == {"progress"}:
         fields["progress"] = fields.pop("meta")["progress"]
     if event.kind in ("atom", "flow") and event.from_state is None:
         return "created"
     parts = [f"{key}={_brief(value)}" for key, value in sorted(fields.items())
              if key not in _QUIET_KEYS and value is not None]
-    for key in payload.get("unset") or []:
+    unset = payload.get("unset")
+    for key in unset if isinstance(unset, list) else []:
         parts.append(f"-{key}")
     return ", ".join(parts)
+
+
+def _count(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 0
 
 
 class HistoryEvents(_HistoryCommand):
@@ -338,22 +355,35 @@ class HistoryExport(Command):
             self.app.stdout.write(text)
             return 0
         _write_atomically(parsed_args.output, text.encode())
-        self.app.stderr.write(f"exported build {doc['build']['build_id']} "
+        self.app.stderr.write(f"exported build {safe(doc['build']['build_id'])} "
                               f"({len(doc['events'])} events) to {parsed_args.output}\n")
         return 0
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Write ``data`` to ``path`` readable by its owner only (0600), all or nothing.
+
+    An export holds a build's spec, errors and host layout. The bytes go to a
+    new file made by ``mkstemp`` beside ``path`` (O_CREAT|O_EXCL|O_NOFOLLOW,
+    mode 0600, an unguessable name: no symlink planted in advance is followed),
+    which then replaces ``path`` by rename. A rename replaces a symlink at
+    ``path`` itself, so the file a link points to is never written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
     try:
-        with open(tmp, "wb") as out:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                   suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # mkstemp's mode, made explicit
             out.write(data)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise PersistenceError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -376,10 +406,13 @@ class HistoryImport(Command):
     def take_action(self, parsed_args):  # noqa: ANN001
         source = parsed_args.file
         try:
-            raw = sys.stdin.buffer.read() if source == "-" else open(source, "rb").read()
+            if source == "-":
+                doc = sf_export.read(sys.stdin.buffer, "stdin")
+            else:
+                with open(source, "rb") as stream:
+                    doc = sf_export.read(stream, source)  # checked before the target opens
         except OSError as exc:
             raise PersistenceError(f"cannot read {source}: {exc.strerror or exc}") from None
-        doc = sf_export.loads(raw, source="stdin" if source == "-" else source)
         url = db_url(parsed_args.db, self.app.conf)
         eventlog = EventLog.open(url)
         try:
@@ -387,8 +420,9 @@ class HistoryImport(Command):
                                               allow_unfinished=parsed_args.allow_unfinished)
         finally:
             eventlog.close()
-        self.app.stdout.write(f"imported build {build_id} ({doc['build'].get('state')}, "
-                              f"{len(doc['events'])} events)\n")
+        self.app.stdout.write(f"imported build {safe(build_id)} "
+                              f"({safe(doc['build'].get('state'))}, {len(doc['events'])} "
+                              "events)\n")
         return 0
 
 

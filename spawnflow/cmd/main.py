@@ -9,7 +9,9 @@ traceback.
 from __future__ import annotations
 
 import functools
+import re
 import sys
+from typing import NoReturn
 
 import sqlalchemy as sa
 from cliff.app import App
@@ -17,17 +19,34 @@ from cliff.commandmanager import CommandManager
 from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
+from spawnflow.cmd.formatting import safe
 from spawnflow.exceptions import ConfigError, PersistenceError, SpawnflowError
+from spawnflow.persistence.redact import mask_url
+
+# Anything shaped like scheme://...: a database or image URL inside an error message.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _mask_urls(text: str) -> str:
+    """``text`` with the password, query and fragment of every URL in it masked.
+
+    The last guard before stderr: whatever library wrote the message (SQLAlchemy,
+    a DBAPI driver, oslo.config), no database password or URL token is shown.
+    """
+    return _URL.sub(lambda found: mask_url(found.group()), text)
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    # Escaped too (safe): messages quote stored names and errors, which must not
+    # drive the operator's terminal.
+    return safe(_mask_urls(" ".join(str(text).split())))
 
 
 def _database_error(exc: sa.exc.SQLAlchemyError) -> PersistenceError:
     orig = getattr(exc, "orig", None) or exc
     lines = [line for line in str(orig).splitlines() if line.strip()]
-    return PersistenceError(f"database error: {lines[0] if lines else type(orig).__name__}")
+    return PersistenceError(
+        f"database error: {safe(_mask_urls(lines[0])) if lines else type(orig).__name__}")
 
 
 def _guarded(take_action):  # noqa: ANN001, ANN202 - wraps a cliff command method
@@ -50,7 +69,29 @@ def _guarded(take_action):  # noqa: ANN001, ANN202 - wraps a cliff command metho
             raise _database_error(exc) from exc
         except cfg.Error as exc:
             raise ConfigError(_one_line(str(exc))) from exc
+        except Exception as exc:
+            # Even an unexpected error is printed as one line of escaped text.
+            message = _one_line(str(exc))
+            if message == str(exc):
+                raise
+            raise SpawnflowError(f"{type(exc).__name__}: {message}") from exc
     return run
+
+
+def _one_line_usage_errors(get_parser):  # noqa: ANN001, ANN202 - wraps a cliff method
+    """A bad argument is refused in one line, like every other error (argparse would
+    print the whole usage first); ``--help`` still shows it."""
+
+    @functools.wraps(get_parser)
+    def make(prog_name: str):  # noqa: ANN202 - an argparse parser
+        parser = get_parser(prog_name)
+
+        def error(message: str) -> NoReturn:
+            parser.exit(2, f"{prog_name}: {_one_line(message)} (see {prog_name} --help)\n")
+
+        parser.error = error
+        return parser
+    return make
 
 
 class SpawnflowApp(App):
@@ -78,6 +119,7 @@ class SpawnflowApp(App):
 
     def prepare_to_run_command(self, cmd):  # noqa: ANN001 - cliff hook
         cmd.take_action = _guarded(cmd.take_action)
+        cmd.get_parser = _one_line_usage_errors(cmd.get_parser)
 
     def clean_up(self, cmd, result, err):  # noqa: ANN001 - cliff hook
         # cliff has printed str(err) (one line, see _guarded) and returns 1;

@@ -8,11 +8,13 @@ from cliff.formatters.table import TableFormatter
 from spawnflow import conf as sf_conf
 from spawnflow.cmd.history import STEP_COLUMNS, step_rows, summary
 from spawnflow.engine.agent import Agent, queue_build
+from spawnflow.flows.policy import check_queueable, check_spec
 from spawnflow.flows.spec import parse_spec
 from spawnflow.history import History
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
+from spawnflow.virt.host import Host
 
 
 class Spawn(Command):
@@ -38,7 +40,9 @@ class Spawn(Command):
             return self._queue(conf, parsed_args.spec)
         with Agent(conf, progress=self._progress) as agent:
             build_id = agent.start_build(parsed_args.spec)
-            self.app.stdout.write(f"build {build_id} queued\n")
+            # Not "queued": a retry of an ACTIVE instance returns its build,
+            # whose state the summary below shows.
+            self.app.stdout.write(f"build {build_id}\n")
             outcome = agent.wait(build_id, timeout=parsed_args.timeout)
         with History.open(sf_conf.database_url(conf)) as history:
             build = history.build(build_id)
@@ -51,15 +55,26 @@ class Spawn(Command):
 
     def _queue(self, conf, spec_path: str) -> int:  # noqa: ANN001
         spec = parse_spec(spec_path)  # validated before anything is written
+        host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
+        try:
+            check_spec(spec, conf, host)
+        finally:
+            host.close()
+        check_queueable(spec, conf)
         log = EventLog.open(sf_conf.database_url(conf))
         backend = EventLogBackend(eventlog=log)
         try:
             build_id, created = queue_build(log, backend, spec, conf.host)
+            state = None if created else log.get_build(build_id).state
         finally:
             backend.close()
             log.close()
-        state = "queued for" if created else "already queued/running on"
-        self.app.stdout.write(f"build {build_id} {state} the agent of host {conf.host}\n")
+        if state == lifecycle.ACTIVE:
+            self.app.stdout.write(f"build {build_id} of instance {spec.instance.uuid} is "
+                                  f"already ACTIVE on host {conf.host}; nothing queued\n")
+            return 0
+        doing = "queued for" if created else "already queued/running on"
+        self.app.stdout.write(f"build {build_id} {doing} the agent of host {conf.host}\n")
         return 0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from lxml import etree
 
-from spawnflow.cmd.formatting import clock, clock_ms, human, seconds, stamp, took
+from spawnflow.cmd.formatting import clock, clock_ms, human, safe, seconds, stamp, took
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.history import (
     FORWARD,
@@ -149,18 +149,20 @@ def _offset(delta: float) -> str:
 
 
 def _el(parent: etree._Element, tag: str, text: str | None = None, **attrs: Any) -> Any:
+    # Stored names and errors are escaped (safe): XML cannot carry most control
+    # characters at all, and bidi or invisible ones would disguise the text.
     node = etree.SubElement(parent, f"{{{SVG_NS}}}{tag}",
                             {k.rstrip("_").replace("__", ":").replace("_", "-"): _num(v)
                              for k, v in attrs.items() if v is not None})
     if text is not None:
-        node.text = text
+        node.text = safe(text, keep="\n\t")
     return node
 
 
 def _num(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}".rstrip("0").rstrip(".")
-    return str(value)
+    return safe(value, keep="\n\t")
 
 
 def _span_title(step: StepHistory, span: Span) -> str:
@@ -390,9 +392,10 @@ tr.failure td, tr.revert_failure td { background: #ffebee; }
 
 
 def _h(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> Any:
-    node = etree.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    node = etree.SubElement(parent, tag,
+                            {k.rstrip("_"): safe(v, keep="\n\t") for k, v in attrs.items()})
     if text is not None:
-        node.text = text
+        node.text = safe(text, keep="\n\t")
     return node
 
 

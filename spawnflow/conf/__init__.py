@@ -10,9 +10,19 @@ import os
 
 from oslo_config import cfg
 
-from spawnflow.conf import database, default, firewall, libvirt, network, recovery
+from spawnflow.conf import (
+    database,
+    default,
+    encryption,
+    firewall,
+    images,
+    libvirt,
+    network,
+    recovery,
+    volumes,
+)
 
-_MODULES = (default, database, libvirt, network, firewall, recovery)
+_MODULES = (default, database, libvirt, network, firewall, recovery, images, volumes, encryption)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

@@ -8,7 +8,8 @@
 
 A spec is validated before anything is written; the build's first event
 carries the redacted spec; starting the same instance again while its build is
-unfinished returns that build (a retry never makes a second VM). Builds run
+unfinished, or after it went ACTIVE, returns that build (a retry never makes a
+second VM; the database allows one unfinished build per instance). Builds run
 concurrently up to max_concurrent_builds, one TaskFlow engine each.
 """
 
@@ -22,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from oslo_config import cfg
 from taskflow import exceptions as tf_exc
 from taskflow.persistence import models
@@ -42,6 +44,7 @@ from spawnflow.engine.runner import (
 )
 from spawnflow.exceptions import SpawnflowError, UnknownBuild
 from spawnflow.flows.context import BuildContext
+from spawnflow.flows.policy import check_spec
 from spawnflow.flows.spawn import FLOW_NAME
 from spawnflow.flows.spec import BuildSpec, parse_spec
 from spawnflow.persistence import lifecycle
@@ -49,7 +52,7 @@ from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
 from spawnflow.virt.firewall import get_firewall
 from spawnflow.virt.host import Host
-from spawnflow.virt.images import ImageCache
+from spawnflow.virt.images import CachePolicy, ImageCache
 
 LOG = logging.getLogger(__name__)
 UNFINISHED = lifecycle.STATES - lifecycle.FINAL
@@ -59,20 +62,53 @@ def queue_build(eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec,
                 host: str) -> tuple[str, bool]:
     """Record a build as QUEUED for ``host`` (its logbook too); return (id, created).
 
-    An unfinished build of the same instance is returned instead of a new one.
+    A retry never makes a second VM: the instance's unfinished build is returned
+    instead of a new one, and so is its latest build when that one is ACTIVE (the
+    VM exists; a second build would only fail at domain_create). A latest build
+    that ROLLED_BACK or FAILED allows a new one. An unfinished or ACTIVE build
+    on another host is an error. The database allows one unfinished build per
+    instance (a partial unique index), so of several processes starting one
+    instance at once, one inserts and every other gets the winner's build.
     Used by ``Agent.start_build`` and by ``spawnflow spawn --no-wait``.
     """
-    existing = eventlog.builds(instance_uuid=spec.instance.uuid, states=UNFINISHED)
-    if existing:
-        if existing[-1].host != host:
-            raise SpawnflowError(f"instance {spec.instance.uuid} is being built on host "
-                                 f"{existing[-1].host} (build {existing[-1].build_id})")
-        return existing[-1].build_id, False
-    build_id = str(uuid.uuid4())
-    eventlog.create_build(build_id, instance_uuid=spec.instance.uuid,
-                          instance_name=spec.instance.name, host=host, spec=spec.redacted())
-    ensure_logbook(backend, build_id)
-    return build_id, True
+    instance = spec.instance.uuid
+    for _attempt in range(5):
+        existing = _current_build(eventlog, instance)
+        if existing is not None:
+            if existing.host != host:
+                doing = ("is being built" if existing.state in UNFINISHED
+                         else f"is {existing.state}")
+                raise SpawnflowError(f"instance {instance} {doing} on host {existing.host} "
+                                     f"(build {existing.build_id})")
+            return existing.build_id, False
+        build_id = str(uuid.uuid4())
+        try:
+            eventlog.create_build(build_id, instance_uuid=instance,
+                                  instance_name=spec.instance.name, host=host,
+                                  spec=spec.redacted())
+        except sa.exc.IntegrityError:
+            # Another process inserted this instance's unfinished build first:
+            # look again (it may even have finished meanwhile).
+            eventlog.forget_build(build_id)
+            continue
+        ensure_logbook(backend, build_id)
+        return build_id, True
+    raise SpawnflowError(f"instance {instance}: could not record a build (its builds kept "
+                         "changing under concurrent starts); try again")
+
+
+def _current_build(eventlog: EventLog, instance_uuid: str) -> Any:
+    """The build a start of ``instance_uuid`` must return: its unfinished one, else its
+    latest when that is ACTIVE; None when a new build may start."""
+    builds = eventlog.builds(instance_uuid=instance_uuid)
+    unfinished = [row for row in builds if row.state in UNFINISHED]
+    if unfinished:
+        return unfinished[-1]
+    if builds:
+        latest = max(builds, key=lambda row: (row.created_at, row.build_id))
+        if latest.state == lifecycle.ACTIVE:
+            return latest
+    return None
 
 
 def ensure_logbook(backend: EventLogBackend, build_id: str) -> None:
@@ -131,7 +167,8 @@ class Agent:
         self.instances_path = sf_conf.instances_path(conf)
         os.makedirs(self.instances_path, exist_ok=True)
         self.images = ImageCache(os.path.join(self.instances_path, "_base"),
-                                 os.path.join(conf.state_path, "locks"))
+                                 os.path.join(conf.state_path, "locks"),
+                                 CachePolicy.from_conf(conf))
         removed = self.images.clean_partial()
         if removed:
             LOG.info("removed partial image downloads left by a crash: %s", removed)
@@ -202,14 +239,22 @@ class Agent:
     # -- builds ---------------------------------------------------------------------------
 
     def start_build(self, spec: BuildSpec | dict | str | os.PathLike) -> str:
-        """Validate, record and queue a build; return its id at once."""
+        """Validate, record and queue a build; return its id at once.
+
+        A retry gets the instance's unfinished build, or its ACTIVE one (which
+        is not run again), instead of a new build (see ``queue_build``).
+        """
         log = self._log()
         if self._stopping.is_set():
             raise SpawnflowError("agent is stopping; no new builds are accepted")
         spec = parse_spec(spec)
+        check_spec(spec, self.conf, self.host)
         with self._lock:
             build_id, created = queue_build(log, self.backend, spec, self.conf.host)
-            if created or build_id not in self._futures:
+            # Not created: an unfinished build (submitted unless already running
+            # here) or the instance's ACTIVE build (returned as it is).
+            if created or (build_id not in self._futures
+                           and not lifecycle.is_final(log.get_build(build_id).state)):
                 self._submit(build_id, FRESH, spec=spec)
         return build_id
 
@@ -246,11 +291,12 @@ class Agent:
         # the one it was given (secrets included); a recovered one has only that.
         spec = spec or BuildSpec.model_validate(row.spec)
         ensure_logbook(self.backend, build_id)
-        ctx = BuildContext(build_id=build_id, spec=spec, conf=self.conf, host=self.host,
-                           images=self.images, firewall=self.firewall, events=self.events,
-                           instances_path=self.instances_path)
         control = Control(cancelled=lambda: self._is_cancelled(build_id),
                           stopping=lambda: self._stopping.is_set() or self.lease.lost.is_set())
+        ctx = BuildContext(build_id=build_id, spec=spec, conf=self.conf, host=self.host,
+                           images=self.images, firewall=self.firewall, events=self.events,
+                           instances_path=self.instances_path,
+                           cancelled=control.cancelled, stopping=control.stopping)
         if self._is_cancelled(build_id) and row.state == lifecycle.QUEUED:
             self._log().transition_build(build_id, lifecycle.REVERTING)
             self._log().transition_build(build_id, lifecycle.ROLLED_BACK,

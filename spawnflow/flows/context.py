@@ -7,7 +7,8 @@ from the persisted (redacted) spec and the same configuration.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from oslo_config import cfg
@@ -39,6 +40,14 @@ class BuildContext:
     firewall: NoopFirewall | NWFilterFirewall
     events: EventWaiter
     instances_path: str
+    # The runner's Control, for steps that block outside the event waiter (an
+    # image fetch polls them to stop within a second). Default: never.
+    cancelled: Callable[[], bool] = field(default=lambda: False)
+    stopping: Callable[[], bool] = field(default=lambda: False)
+
+    def should_stop(self) -> bool:
+        """Whether a long step must give up now (build cancelled or agent stopping)."""
+        return self.cancelled() or self.stopping()
 
     @property
     def instance_uuid(self) -> str:

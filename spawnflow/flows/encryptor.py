@@ -32,7 +32,10 @@ class AttachEncryptorsTask(task.Task):
             if volume.encryption is None:
                 continue
             usage = secrets.usage_id(self.ctx.instance_uuid, volume.id, self.ctx.build_id)
-            key = secrets.read_key_file(volume.encryption.key_file)
+            # Read beneath [encryption] key_dir again: the spec check may be
+            # long past (a queued or recovered build) and the file replaced.
+            key = secrets.read_key_file(volume.encryption.key_file,
+                                        self.ctx.conf.encryption.key_dir)
             if secrets.find(self.ctx.host, usage) is None:
                 uuid = secrets.define(
                     self.ctx.host, usage, key,

@@ -22,7 +22,15 @@ from typing import Any
 
 from taskflow import task
 
+from spawnflow.exceptions import (
+    AgentStopping,
+    BuildCancelled,
+    ImageFetchInterrupted,
+    ImageUnreachable,
+)
 from spawnflow.flows.context import BuildContext
+from spawnflow.virt.image_sources import is_masked
+from spawnflow.virt.images import FetchResult, group_id
 
 MARKER = ".spawnflow-build"
 DISK_MARKER = ".spawnflow-disk-build"
@@ -57,13 +65,46 @@ class CreateImageTask(task.Task):
         super().__init__(name=self.step)
         self.ctx = ctx
 
+    def _fetch(self) -> FetchResult:
+        """The base image's cache entry (by content digest), fetched if need be."""
+        ctx, image = self.ctx, self.ctx.spec.image
+        if is_masked(image.source):
+            # A recovered build has only the persisted (redacted) spec: the
+            # URL's token is gone. The entry may still be cached by checksum.
+            found = ctx.images.lookup(image.sha256, image.disk_format, image.label) \
+                if image.sha256 else None
+            if found is None:
+                raise ImageUnreachable(
+                    f"image source {image.source!r}: the URL's query, fragment or "
+                    "credentials were not persisted (they may hold a token), so the image "
+                    "cannot be fetched after a restart and is not cached by checksum; "
+                    "start the build again")
+            return found
+        try:
+            return ctx.images.fetch(image.source, image.sha256, image.disk_format,
+                                    label=image.label, should_stop=ctx.should_stop)
+        except ImageFetchInterrupted:
+            # Which interruption decides the outcome: SIGTERM leaves the step to
+            # be re-run by the next agent; a cancel rolls the build back.
+            if ctx.stopping():
+                raise AgentStopping(f"agent stopping while build {ctx.build_id} "
+                                    "fetches its image") from None
+            raise BuildCancelled("cancelled by operator while fetching the image") from None
+
     def execute(self) -> dict[str, Any]:
         ctx, image = self.ctx, self.ctx.spec.image
-        base = ctx.images.fetch(image.cache_id, image.source, image.sha256, image.disk_format)
+        base = self._fetch()
         instance_dir = ctx.instance_dir
         created_dir = _made_by(instance_dir, ctx.build_id)
         if not os.path.isdir(instance_dir):
-            os.makedirs(instance_dir, mode=0o750)
+            # Root only, plus the group libvirt runs guests as when it exists
+            # (what the image cache uses): other users never read a guest's disk.
+            gid = group_id(ctx.conf.images.cache_group)
+            os.makedirs(instance_dir, mode=0o700)
+            if gid is not None and os.geteuid() == 0:
+                os.chown(instance_dir, 0, gid)
+                # Group only, not others: QEMU (that group) must reach the disk.
+                os.chmod(instance_dir, 0o750)  # noqa: S103
             _write_marker(os.path.join(instance_dir, MARKER), ctx.build_id)
             created_dir = True
         disk_path = os.path.join(instance_dir, "disk")

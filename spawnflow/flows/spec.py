@@ -8,10 +8,10 @@ persisted or logged.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
+import unicodedata
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from spawnflow.exceptions import InvalidSpec, VolumeError
+from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import guest_config as gc
 from spawnflow.virt.volumes.base import parse_host_port
 
@@ -77,10 +78,26 @@ Mac = Annotated[
 # default x86 machine (i440fx) has one IDE controller: hda-hdd, and defineXML
 # refuses hde+ with "Only 1 IDE controller is supported".
 Device = Annotated[str, StringConstraints(pattern=r"^(vd[a-z]{1,2}|sd[a-z]{1,2}|hd[a-d])$")]
+
+
+def _plain_text(value: str) -> str:
+    """Refuse invisible formatting characters (Unicode category Cf: bidi overrides,
+    zero-width spaces and joiners, BOM) and C1 controls.
+
+    A name is read by operators in a terminal and in listings: a right-to-left
+    override or a zero-width space makes two different names look alike, or
+    one name read as another.
+    """
+    for char in value:
+        if unicodedata.category(char) in ("Cf", "Cc"):
+            raise ValueError(f"contains the invisible or control character U+{ord(char):04X}")
+    return value
+
+
 # Instance names end up in domain metadata, logs and file listings: printable, no '/'.
 InstanceName = Annotated[
     str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^/\x00-\x1f\x7f]+$"),
-    AfterValidator(_printable),
+    AfterValidator(_printable), AfterValidator(_plain_text),
 ]
 # A tun/tap device takes at most MAX_MTU - ETH_HLEN = 65535 - 14 (the kernel's
 # tun max_mtu; setting 65522 gives EINVAL), and every VIF ends in a tap.
@@ -132,9 +149,10 @@ class Image(_Strict):
         raise ValueError("must be an absolute path, a file:// URL or an http(s):// URL")
 
     @property
-    def cache_id(self) -> str:
-        """Key of the _base cache: the image id, else a digest of the source."""
-        return self.id or "src-" + hashlib.sha256(self.source.encode()).hexdigest()[:32]
+    def label(self) -> str:
+        """How errors name this image: its id (a label only, never a cache key), else
+        the masked source."""
+        return self.id or repr(mask_url(self.source))
 
     @property
     def sha256(self) -> str | None:
@@ -165,6 +183,8 @@ class Volume(_Strict):
     lun: int | None = Field(default=None, ge=0)
     # libvirt's genericName: the <auth username> of a network disk.
     auth_username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+-]+$")] | None = None
+    # Refused when given (see _no_auth_password); kept as a field so the
+    # refusal names it instead of pydantic's "Extra inputs" echoing the value.
     auth_password: SecretStr | None = None
     # '/' would make libvirt read an rbd namespace, '@' a snapshot.
     pool: Annotated[Text, StringConstraints(pattern=r"^[^/@]+$")] | None = None
@@ -172,6 +192,26 @@ class Volume(_Strict):
     hosts: list[str] = Field(default_factory=list)
     secret_uuid: Uuid | None = None
     encryption: Encryption | None = None
+
+    @field_validator("auth_password", mode="before")
+    @classmethod
+    def _no_auth_password(cls, value: Any) -> None:
+        # No step would use it: qemu takes CHAP/cephx credentials from a libvirt
+        # secret only, and an accepted-and-ignored password is a trap. The
+        # message never includes the value (pydantic's own would echo it).
+        if value is not None:
+            raise ValueError(
+                "not accepted: give secret_uuid of a libvirt secret (usage allowed by "
+                "[volumes] allowed_secret_usages) holding the CHAP/cephx password instead")
+        return None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        # A field validator, so the refusal names volumes.N.path itself.
+        if value is not None and not os.path.isabs(value):
+            raise ValueError("must be an absolute path")
+        return value
 
     @field_validator("portal")
     @classmethod
@@ -188,8 +228,6 @@ class Volume(_Strict):
         missing = [f for f in VOLUME_FIELDS[self.driver] if getattr(self, f) is None]
         if missing:
             raise ValueError(f"driver {self.driver!r} needs {', '.join(missing)}")
-        if self.path is not None and not os.path.isabs(self.path):
-            raise ValueError("path must be absolute")
         # The connectors refuse one without the other (CHAP/cephx need both the
         # user and the libvirt secret holding its password).
         if self.driver in ("iscsi", "rbd") and \
@@ -245,7 +283,19 @@ class BuildSpec(_Strict):
     volumes: list[Volume] = Field(default_factory=list)
     vifs: list[Vif] = Field(default_factory=list)
     power_on: bool = True
+    # Refused when given (see _no_admin_password), never accepted and ignored.
     admin_password: SecretStr | None = None
+
+    @field_validator("admin_password", mode="before")
+    @classmethod
+    def _no_admin_password(cls, value: Any) -> None:
+        # The message never includes the value (pydantic's own would echo it).
+        if value is not None:
+            raise ValueError(
+                "not supported: spawnflow has no config drive or guest agent to set it; "
+                "put credentials in the image or inject them with cloud-init from a "
+                "metadata service, and leave admin_password out")
+        return None
 
     @model_validator(mode="after")
     def _unique(self) -> BuildSpec:
@@ -274,8 +324,14 @@ class BuildSpec(_Strict):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """JSON-ready dict with every secret replaced; the only persisted form."""
-        return self.model_dump(mode="json")
+        """JSON-ready dict with every secret replaced; the only persisted form.
+
+        ``image.source`` loses its query, fragment and userinfo (``mask_url``):
+        a presigned URL's token must not reach the event log.
+        """
+        data = self.model_dump(mode="json")
+        data["image"]["source"] = mask_url(data["image"]["source"])
+        return data
 
     @property
     def domain_name(self) -> str:
@@ -299,25 +355,55 @@ def _format_errors(error: ValidationError) -> str:
         lines.append(f"{where}: {item['msg']}")
     return "invalid build spec: " + "; ".join(lines)
 
+# A spec is a few hundred bytes; a caller's megabytes are a mistake or an attack.
+MAX_SPEC_BYTES = 1024 * 1024
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML without aliases: ``&a [*a, *a, ...]`` nested a few levels deep expands
+    to billions of nodes when validated (a "billion laughs"); a spec never needs one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a build spec", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _read_spec_file(source: str | os.PathLike) -> Any:
+    name = os.fspath(source)
+    try:
+        with open(source, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise InvalidSpec(f"cannot read build spec {name!r}: {exc.strerror}") from exc
+    if len(data) > MAX_SPEC_BYTES:
+        raise InvalidSpec(f"build spec {name!r} is larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+        if name.endswith(".json"):
+            return json.loads(text)
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise InvalidSpec(f"build spec {name!r} is nested too deeply") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        # One line: YAML errors span several (context, marks).
+        reason = " ".join(str(exc).split())
+        raise InvalidSpec(f"build spec {name!r} is not valid YAML/JSON: {reason}") from None
+
+
 def parse_spec(source: BuildSpec | dict | str | os.PathLike) -> BuildSpec:
     """Accept a spec object, a dict, or a path to a YAML/JSON file."""
     if isinstance(source, BuildSpec):
         return source
     if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise InvalidSpec(f"cannot read build spec {os.fspath(source)!r}: {exc}") from exc
-        try:
-            source = json.loads(text) if str(source).endswith(".json") else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise InvalidSpec(f"build spec {os.fspath(source)!r} is not valid YAML/JSON: {exc}")\
-                from exc
+        source = _read_spec_file(source)
     if not isinstance(source, dict):
         raise InvalidSpec("invalid build spec: spec: must be a mapping")
     try:
         return BuildSpec.model_validate(source)
     except ValidationError as exc:
         raise InvalidSpec(_format_errors(exc)) from None
-
+    except RecursionError:
+        raise InvalidSpec("invalid build spec: spec: nested too deeply") from None

@@ -32,7 +32,10 @@ DEFAULT_LEASE = 30.0  # [recovery] lease_seconds default
 def clock(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S")
+    try:
+        return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts:.6g}"  # a stored time no date can show (an older or damaged row)
 
 
 def age(seconds: float) -> str:

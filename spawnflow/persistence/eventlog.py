@@ -16,11 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from spawnflow.exceptions import SchemaError, UnknownBuild
+from spawnflow.exceptions import PersistenceError, SchemaError, UnknownBuild
 from spawnflow.persistence import lifecycle, schema
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.batch import Batch, Statements
-from spawnflow.persistence.redact import redact
+from spawnflow.persistence.redact import mask_url, redact
 
 # Event kinds.
 BUILD = "build"
@@ -64,11 +64,17 @@ class EventLog:
 
     @classmethod
     def open(cls, url: str, upgrade: bool = True) -> EventLog:
-        """Open ``url``; an empty database is upgraded to head, a foreign or newer one refused."""
-        if not upgrade and schema.inspect_url(url) is None:
-            shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-            raise SchemaError(f"{shown} holds no spawnflow history (empty or missing database)")
-        return cls(schema.open_engine(url, upgrade_schema=upgrade))
+        """Open ``url``; an empty database is upgraded to head, a foreign or newer one refused.
+
+        A malformed URL is a PersistenceError showing it masked (no password).
+        """
+        try:
+            if not upgrade and schema.inspect_url(url) is None:
+                raise SchemaError(
+                    f"{mask_url(url)} holds no spawnflow history (empty or missing database)")
+            return cls(schema.open_engine(url, upgrade_schema=upgrade))
+        except sa.exc.ArgumentError as exc:
+            raise PersistenceError(f"not a database URL: {mask_url(url)} ({exc})") from None
 
     def close(self) -> None:
         self.flush(all_builds=True)

@@ -34,6 +34,7 @@ from spawnflow.exceptions import PersistenceError, SchemaError, UnknownBuild
 from spawnflow.persistence import lifecycle, schema
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import ATOM, BUILD, EXTERNAL, EventLog
+from spawnflow.persistence.redact import mask_url
 
 FORWARD = "forward"
 REVERT = "revert"
@@ -324,11 +325,22 @@ class Stats:
 
 
 def failure_text(failure: dict[str, Any] | None) -> str | None:
-    """``Type: message`` from a TaskFlow failure dict as stored in the log."""
+    """``Type: message`` from a TaskFlow failure dict as stored in the log.
+
+    A failure that is not such a dict (an older or damaged row) is shown as it is.
+    """
     if not failure:
         return None
-    names = failure.get("exc_type_names") or ["Error"]
-    return f"{names[0].rsplit('.', 1)[-1]}: {failure.get('exception_str', '')}"
+    if not isinstance(failure, dict):
+        return str(failure)
+    names = failure.get("exc_type_names")
+    name = names[0] if isinstance(names, list) and names else "Error"
+    return f"{str(name).rsplit('.', 1)[-1]}: {failure.get('exception_str', '')}"
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A payload (or its ``set``) as a dict: an older or damaged row may hold anything."""
+    return value if isinstance(value, dict) else {}
 
 
 class _Folder:
@@ -353,9 +365,10 @@ class _Folder:
         self.last_ts = event.ts
 
     def _build(self, event: Any) -> None:
-        payload = event.payload or {}
-        if event.from_state is None and self.result.spec is None:
-            self.result.spec = payload.get("spec")
+        payload = _object(event.payload)
+        if event.from_state is None and self.result.spec is None \
+                and isinstance(payload.get("spec"), dict):
+            self.result.spec = payload["spec"]
         detail = {k: v for k, v in payload.items() if k != "spec"}
         self.result.lifecycle.append(Transition(event.ts, event.from_state, event.to_state,
                                                 detail or None))
@@ -406,7 +419,7 @@ class _Folder:
 
     def _atom(self, step: StepHistory, event: Any) -> None:
         new = event.to_state or step.state
-        changes = (event.payload or {}).get("set", {}) or {}
+        changes = _object(_object(event.payload).get("set"))
         moved = event.from_state != new  # progress/meta/intention events keep the state
         span = step.open_span
         if new == _RUNNING and (span is None or span.phase != FORWARD):
@@ -535,10 +548,8 @@ def percentile(ordered: list[float], q: float) -> float | None:
 
 
 def shown_url(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
+    """``url`` as messages show it: password, query and fragment masked."""
+    return mask_url(url)
 
 
 def read_engine(url: str) -> sa.Engine:
@@ -554,7 +565,7 @@ def read_engine(url: str) -> sa.Engine:
     except SchemaError:
         raise
     except sa.exc.ArgumentError as exc:
-        raise PersistenceError(f"not a database URL: {url!r} ({exc})") from None
+        raise PersistenceError(f"not a database URL: {shown_url(url)} ({exc})") from None
     except sa.exc.SQLAlchemyError as exc:
         raise PersistenceError(f"cannot read {shown_url(url)}: {_first_line(exc)}") from None
     if revision is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 
 import sqlalchemy as sa
 from alembic import command
@@ -17,11 +18,27 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from spawnflow.exceptions import SchemaError
+from spawnflow.persistence.redact import mask_url
 
+LOG = logging.getLogger(__name__)
 VERSION_TABLE = "spawnflow_alembic_version"
 # alembic narrates every migration at INFO; operators only need to hear of problems.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 _MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+
+
+def parse_url(url: str) -> sa.engine.URL:
+    """``url`` parsed by SQLAlchemy; any malformed URL is an ``ArgumentError`` that
+    does not repeat the URL (it may carry a password: callers show ``mask_url``).
+
+    (SQLAlchemy raises a bare ValueError for a port that is not a number.)
+    """
+    try:
+        return sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise sa.exc.ArgumentError("cannot parse it as a SQLAlchemy URL") from None
+    except ValueError:
+        raise sa.exc.ArgumentError("its port is not a number") from None
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -31,13 +48,15 @@ def make_engine(url: str) -> sa.Engine:
     timeout for other processes, and BEGIN IMMEDIATE for write transactions
     (execution option ``write=True``, see ``EventLog.transaction``) so that two
     writers never deadlock upgrading a read lock; reads stay deferred snapshots
-    that never wait for a writer.
+    that never wait for a writer. The file and its ``-wal``/``-shm`` are the
+    owner's only (``prepare_sqlite_file``).
     """
+    parsed = parse_url(url)
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True, future=True)
-    path = sa.engine.make_url(url).database
-    if path and path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, future=True)
+    path = parsed.database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        prepare_sqlite_file(path)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
@@ -55,6 +74,44 @@ def make_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def prepare_sqlite_file(path: str) -> None:
+    """Make the SQLite file at ``path`` readable by its owner only, before SQLite opens it.
+
+    The log holds every build's spec, errors and host layout; other users of
+    the host must not read it. A missing file is created empty with mode 0600
+    (SQLite takes a zero-length file as a new database), so there is no moment
+    when it exists with the umask's mode; SQLite then creates ``-wal`` and
+    ``-shm`` with the main file's mode, whatever the umask. A missing directory
+    is created 0711: others cannot list it, but QEMU (not root under
+    ``qemu:///system``) must still pass through ``state_path`` to the instance
+    directories below it. An existing file (and ``-wal``/``-shm``) of ours with
+    group or other bits is tightened to 0600, with a warning; a file another
+    user owns is left alone (we only write to it).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o711, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask took away
+        finally:
+            os.close(fd)
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            info = os.stat(name)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(name, mode & 0o700)
+            LOG.warning("%s was readable by other users (mode %04o); changed it to %04o",
+                        name, mode, mode & 0o700)
 
 
 def _alembic_config(connection: sa.Connection) -> Config:
@@ -81,8 +138,9 @@ def check(engine: sa.Engine) -> str | None:
     if not names:
         return None
     if VERSION_TABLE not in names:
+        shown = mask_url(engine.url.render_as_string(hide_password=True))
         raise SchemaError(
-            f"{engine.url.render_as_string(hide_password=True)} is not a spawnflow database "
+            f"{shown} is not a spawnflow database "
             f"(tables {', '.join(sorted(names)[:5])}...); refusing to touch it")
     revision = current_revision(engine)
     known = {s.revision for s in ScriptDirectory(_MIGRATIONS).walk_revisions()}
@@ -99,11 +157,12 @@ def inspect_url(url: str) -> str | None:
     (Switching a SQLite file to WAL rewrites its header, so a foreign database
     must be refused before the durable engine ever connects.)
     """
+    parsed = parse_url(url)
     if url.startswith("sqlite"):
-        path = sa.engine.make_url(url).database
+        path = parsed.database
         if path and path != ":memory:" and not os.path.exists(path):
             return None
-    probe = sa.create_engine(url)
+    probe = sa.create_engine(parsed)
     try:
         return check(probe)
     finally:

@@ -14,6 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from oslo_serialization import jsonutils
 
+from spawnflow.persistence import lifecycle
+
 # What jsonutils.dumps(value, sort_keys=True) builds on every call, built once.
 _ENCODER = json.JSONEncoder(sort_keys=True, default=jsonutils.to_primitive)
 
@@ -39,6 +41,17 @@ class JsonText(sa.types.TypeDecorator):
 
     def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
         return load_json(value)
+
+
+def unfinished_clause() -> str:
+    """The SQL condition "this build's state is not final", from the lifecycle table.
+
+    It is the WHERE clause of the partial unique index that allows one
+    unfinished build per instance (migration 0005 spells the same text; a test
+    keeps the two equal).
+    """
+    finals = ", ".join(f"'{state}'" for state in sorted(lifecycle.FINAL))
+    return f"state NOT IN ({finals})"
 
 
 # SQLite only turns INTEGER PRIMARY KEY into the autoincrementing rowid.
@@ -77,6 +90,11 @@ builds = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=False),
     sa.Index("ix_builds_created_at", "created_at"),
     sa.Index("ix_builds_state_updated_at", "state", "updated_at"),
+    # One unfinished build per instance, whoever inserts it: two concurrent
+    # starts of one instance (several processes, several hosts) give one build.
+    sa.Index("ux_builds_unfinished_instance", "instance_uuid", unique=True,
+             sqlite_where=sa.text(unfinished_clause()),
+             postgresql_where=sa.text(unfinished_clause())),
 )
 
 logbooks = sa.Table(

@@ -1,55 +1,124 @@
-"""Crash-safe image cache (nova's ``_base`` directory) and instance disk creation.
+"""Content-addressed image cache (nova's ``_base`` directory) and instance disks.
 
-Cached images live at ``base_dir/<sha1(image_id)>``. A download streams into
-``<cache>.part`` next to it, is checked (sha256, then format with qemu-img) and
-only then fsynced and atomically renamed into place, so the final name always
-holds a complete, verified image. A ``<cache>.sha256`` sidecar records the
-digest of what was downloaded: a later fetch that names a checksum compares it
-with the sidecar instead of re-hashing a multi-GB file. A cached image is never
-replaced, because running instances may use it as their backing file.
+An entry is named by the sha256 of its content: ``base_dir/<sha256>``. The
+spec's ``image.id`` is a label for messages only, so no build can choose the
+name another build's image is found under, and an image re-published at the
+same URL simply becomes a new entry. A fetch streams into a ``.part`` file
+(mode 0600 from its creation), hashes while streaming, checks the digest (when
+the spec gives one) and the format (qemu-img), sets the entry's final owner
+and mode, fsyncs, and only then renames it to its digest: a name that is a
+digest always holds a complete, verified image, so a reuse trusts the name
+and re-checks only the format (cheap), never re-hashes. A cached entry is
+never replaced, because running instances may use it as their backing file.
 
-One ``fcntl.flock`` per image (``lock_dir/<sha1>.lock``) serialises fetches
-across threads and processes (each call opens its own file description, so
-threads of one process exclude each other too). Lock files are never deleted:
-unlinking a lock file another process is waiting on would let two holders in.
+- With a checksum, the entry with that digest is reused without fetching.
+- Without one, the source is fetched (there is no other way to know what it
+  holds now), and if an entry with the resulting digest exists the new copy is
+  dropped and that entry is used.
+
+Entries are readable by root and ``[images] cache_group`` (0640, directory
+0750) when that group exists, else by root only (0600, directory 0700).
+
+One ``fcntl.flock`` per key (``lock_dir/<key>.lock``; the key is the digest,
+or ``src-<hash of the masked source>`` while a fetch without checksum runs)
+serialises fetches across threads and processes (each call opens its own file
+description, so threads of one process exclude each other too). Lock files
+are never deleted: unlinking a lock file another process is waiting on would
+let two holders in. Sources are read by ``image_fetch`` within the limits of
+``[images]``; what may be read at all is ``image_sources.AllowedSources``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import hashlib
-import http.client
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+from oslo_config import cfg
+
+from spawnflow import conf as sf_conf
 from spawnflow.exceptions import (
     HostError,
     ImageChecksumMismatch,
     ImageError,
+    ImageSourceRefused,
     ImageUnacceptable,
-    ImageUnreachable,
 )
+from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import qemu_img
+from spawnflow.virt.image_fetch import FetchLimits, read_http, read_local
+from spawnflow.virt.image_sources import AllowedSources, SourceRefused
 
-_CHUNK = 1024 * 1024
 _FORMATS = ("qcow2", "raw")
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+_SPACE_CHECK_EVERY = 64 * MiB  # statvfs while streaming, every this many bytes
 
 
 @dataclass(frozen=True)
 class FetchResult:
     path: str
-    downloaded: bool  # False when the image was already cached
+    downloaded: bool  # False when an existing entry was used (nothing new written)
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """What a fetch may read and how far it may go (``[images]``)."""
+
+    allowed: AllowedSources = field(default_factory=lambda: AllowedSources([]))
+    limits: FetchLimits = FetchLimits()
+    max_bytes: int = 50 * GiB
+    reserved_bytes: int = 1024 * MiB
+    cache_group: str | None = None
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts) -> CachePolicy:
+        opts = conf.images
+        return cls(
+            allowed=allowed_sources(conf),
+            limits=FetchLimits(fetch_timeout=float(opts.fetch_timeout),
+                               stall_timeout=float(opts.stall_timeout),
+                               retries=opts.fetch_retries, ca_file=opts.ca_file or None),
+            max_bytes=int(opts.max_size_gb * GiB),
+            reserved_bytes=opts.reserved_disk_mb * MiB,
+            cache_group=opts.cache_group or None,
+        )
+
+
+def allowed_sources(conf: cfg.ConfigOpts) -> AllowedSources:
+    """``[images] allowed_sources``, with spawnflow's own state refused whatever it says.
+
+    Instance disks, the cache itself and the SQLite event log are never an
+    image source: a build could otherwise hand another instance's disk or the
+    database to its guest.
+    """
+    never = [sf_conf.instances_path(conf)]
+    url = sf_conf.database_url(conf)
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///"):].split("?", 1)[0]
+        never += [db, db + "-wal", db + "-shm", db + "-journal"]
+    return AllowedSources(conf.images.allowed_sources, never=never)
+
+
+def group_id(name: str | None) -> int | None:
+    """The gid of group ``name``, or None when it is unset or does not exist."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
 
 
 @contextlib.contextmanager
 def _flock(path: str, blocking: bool = True) -> Iterator[None]:
     """Hold an exclusive flock on ``path``; BlockingIOError if non-blocking and held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         yield
@@ -79,139 +148,210 @@ def _check_disk_format(what: str, disk_format: str) -> None:
         raise ImageUnacceptable(f"{what}: disk_format {disk_format!r} is not qcow2 or raw")
 
 
-class ImageCache:
-    """Download-once cache of base images plus creation of per-instance disks."""
+class _PartWriter:
+    """The ``Sink`` of a fetch: writes the ``.part`` file, hashes, bounds size and space."""
 
-    def __init__(self, base_dir: str, lock_dir: str, http_timeout: float = 60.0) -> None:
+    def __init__(self, fd: int, label: str, policy: CachePolicy, base_dir: str) -> None:
+        self.fd = fd
+        self.label = label
+        self.policy = policy
+        self.base_dir = base_dir
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self._next_space_check = _SPACE_CHECK_EVERY
+
+    def _too_big(self, size: int) -> ImageUnacceptable:
+        return ImageUnacceptable(
+            f"image {self.label} is {'at least ' if size == self.written else ''}{size} "
+            f"bytes, more than [images] max_size_gb ({self.policy.max_bytes / GiB:g} GiB)")
+
+    def _check_space(self, needed: int) -> None:
+        st = os.statvfs(self.base_dir)
+        free = st.f_bavail * st.f_frsize
+        if free - needed < self.policy.reserved_bytes:
+            raise ImageError(
+                f"not enough free space for image {self.label} in {self.base_dir}: "
+                f"{free // MiB} MiB free, {needed // MiB} MiB more needed, and [images] "
+                f"reserved_disk_mb keeps {self.policy.reserved_bytes // MiB} MiB free")
+
+    def begin(self, length: int | None) -> None:
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self._next_space_check = _SPACE_CHECK_EVERY
+        if length is not None and length > self.policy.max_bytes:
+            raise self._too_big(length)
+        self._check_space(length or 0)
+
+    def write(self, chunk: bytes) -> None:
+        self.written += len(chunk)
+        if self.written > self.policy.max_bytes:
+            raise self._too_big(self.written)
+        if self.written >= self._next_space_check:
+            self._next_space_check += _SPACE_CHECK_EVERY
+            self._check_space(0)
+        self.digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+
+class ImageCache:
+    """Content-addressed cache of base images plus creation of per-instance disks."""
+
+    def __init__(self, base_dir: str, lock_dir: str, policy: CachePolicy | None = None) -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.lock_dir = os.path.abspath(lock_dir)
-        self.http_timeout = http_timeout
+        self.policy = policy or CachePolicy()
+        self._gid = group_id(self.policy.cache_group)
 
-    def cache_path(self, image_id: str) -> str:
-        return os.path.join(self.base_dir, hashlib.sha1(image_id.encode()).hexdigest())
+    @property
+    def file_mode(self) -> int:
+        return 0o640 if self._gid is not None else 0o600
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o750 if self._gid is not None else 0o700
+
+    def entry_path(self, sha256: str) -> str:
+        """Where the entry with content digest ``sha256`` (bare hex) lives."""
+        return os.path.join(self.base_dir, sha256.lower())
 
     def _lock_path(self, key: str) -> str:
         return os.path.join(self.lock_dir, key + ".lock")
 
-    def fetch(
-        self, image_id: str, source: str, expected_sha256: str | None, disk_format: str
-    ) -> FetchResult:
-        """Return the cached copy of ``image_id``, downloading it from ``source`` if absent.
-
-        ``source`` is a local path, ``file://`` or ``http(s)://`` URL;
-        ``expected_sha256`` is bare hex (no ``sha256:`` prefix) or None.
-        """
-        _check_disk_format(f"image {image_id}", disk_format)
-        expected = expected_sha256.strip().lower() if expected_sha256 else None
+    def _ensure_dirs(self) -> None:
+        """Create the cache and lock directories, never readable by other users."""
         os.makedirs(self.base_dir, exist_ok=True)
-        os.makedirs(self.lock_dir, exist_ok=True)
-        final = self.cache_path(image_id)
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(self.base_dir, 0, self._gid if self._gid is not None else 0)
+        os.chmod(self.base_dir, self.dir_mode)  # also tightens a cache made 0755 before
+
+    def lookup(self, expected_sha256: str, disk_format: str, label: str = "") -> FetchResult | None:
+        """The entry with this digest, format-checked, or None when it is not cached."""
+        final = self.entry_path(expected_sha256.strip())
+        if not os.path.isdir(self.base_dir):
+            return None
+        self._ensure_dirs()
         with _flock(self._lock_path(os.path.basename(final))):
-            # Re-checked under the lock: another thread or process may just have
-            # finished downloading the same image while we waited.
-            if os.path.exists(final):
-                self._check_cached(image_id, final, expected, disk_format)
-                return FetchResult(final, False)
-            part = final + ".part"
+            if not os.path.lexists(final):
+                return None
+            self._check_cached(label or os.path.basename(final), final, disk_format)
+            return FetchResult(final, False)
+
+    def fetch(self, source: str, expected_sha256: str | None, disk_format: str, *,
+              label: str | None = None,
+              should_stop: Callable[[], bool] | None = None) -> FetchResult:
+        """The cache entry holding ``source``'s content, fetching it unless cached.
+
+        ``source`` is a local path, ``file://`` or ``http(s)://`` URL inside
+        ``[images] allowed_sources``; ``expected_sha256`` is bare hex (no
+        ``sha256:`` prefix) or None; ``label`` names the image in errors (the
+        masked source by default); ``should_stop`` is polled while fetching
+        and ends the fetch (``ImageFetchInterrupted``) when it returns True.
+        """
+        label = label or repr(mask_url(source))
+        _check_disk_format(f"image {label}", disk_format)
+        expected = expected_sha256.strip().lower() if expected_sha256 else None
+        try:
+            local = self.policy.allowed.check(source, resolver=None)
+        except SourceRefused as exc:
+            raise ImageSourceRefused(f"image source {exc}") from None
+        self._ensure_dirs()
+        if expected is not None:
+            with _flock(self._lock_path(expected)):
+                # Re-checked under the lock: another thread or process may just
+                # have finished fetching the same image while we waited.
+                final = self.entry_path(expected)
+                if os.path.lexists(final):
+                    self._check_cached(label, final, disk_format)
+                    return FetchResult(final, False)
+                part = final + ".part"
+                return self._fetch_into(part, source, local, expected, disk_format, label,
+                                        should_stop)
+        key = "src-" + hashlib.sha256(mask_url(source).encode()).hexdigest()[:32]
+        with _flock(self._lock_path(key)):
+            part = os.path.join(self.base_dir, key + ".part")
+            return self._fetch_into(part, source, local, None, disk_format, label, should_stop)
+
+    def _fetch_into(self, part: str, source: str, local: tuple[str, str] | None,
+                    expected: str | None, disk_format: str, label: str,
+                    should_stop: Callable[[], bool] | None) -> FetchResult:
+        """Fetch into ``part`` (whose lock the caller holds), verify, publish by digest."""
+        _unlink(part)  # a leftover of a crash; the lock says no one is writing it
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise HostError(f"cannot create image cache file {part}: {exc.strerror}") from exc
+        try:
             try:
-                actual = self._download(source, part)
+                writer = _PartWriter(fd, label, self.policy, self.base_dir)
+                if local is not None:
+                    read_local(*local, writer, limits=self.policy.limits,
+                               should_stop=should_stop)
+                else:
+                    read_http(source, writer, self.policy.allowed, limits=self.policy.limits,
+                              should_stop=should_stop)
+                actual = writer.digest.hexdigest()
                 if expected is not None and actual != expected:
                     raise ImageChecksumMismatch(
-                        f"image {image_id} from {source} has sha256 {actual} "
-                        f"but the spec expects sha256 {expected}"
-                    )
-                self._check_format(image_id, part, disk_format)
-                self._write_sidecar(final, actual)
-                _fsync(part)
+                        f"image {label} from {mask_url(source)!r} has sha256 {actual} "
+                        f"but the spec expects sha256 {expected}")
+                self._check_format(label, part, disk_format)
+                if os.geteuid() == 0:
+                    os.fchown(fd, 0, self._gid if self._gid is not None else 0)
+                os.fchmod(fd, self.file_mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if expected is not None:
+                os.rename(part, self.entry_path(actual))
+                _fsync(self.base_dir)
+                return FetchResult(self.entry_path(actual), True)
+            with _flock(self._lock_path(actual)):
+                final = self.entry_path(actual)
+                if os.path.lexists(final):
+                    _unlink(part)  # same content cached already: that entry is the one
+                    self._check_cached(label, final, disk_format)
+                    return FetchResult(final, False)
                 os.rename(part, final)
-            except BaseException:
-                _unlink(part)
-                raise
-            _fsync(self.base_dir)
-            return FetchResult(final, True)
-
-    def _download(self, source: str, part: str) -> str:
-        """Stream ``source`` into ``part``; return its sha256 hex digest."""
-        digest = hashlib.sha256()
-        try:
-            with open(part, "wb") as out:
-                for chunk in self._read_source(source):
-                    digest.update(chunk)
-                    out.write(chunk)
+                _fsync(self.base_dir)
+                return FetchResult(final, True)
         except OSError as exc:
-            raise HostError(f"cannot write image cache file {part}: {exc}") from exc
-        return digest.hexdigest()
+            _unlink(part)
+            raise HostError(f"cannot write image cache file {part}: {exc.strerror}") from exc
+        except BaseException:
+            _unlink(part)
+            raise
 
-    def _read_source(self, source: str) -> Iterator[bytes]:
-        """Yield the bytes of ``source``; any read failure becomes ImageUnreachable."""
-        url = urllib.parse.urlsplit(source) if "://" in source else None
-        try:
-            if url is None or url.scheme == "file":
-                if url is not None and url.netloc not in ("", "localhost"):
-                    raise ImageUnreachable(f"image source {source}: remote file:// hosts "
-                                           "are not supported")
-                path = source if url is None else urllib.request.url2pathname(url.path)
-                with open(path, "rb") as f:
-                    yield from iter(lambda: f.read(_CHUNK), b"")
-            elif url.scheme in ("http", "https"):
-                with urllib.request.urlopen(source, timeout=self.http_timeout) as resp:
-                    # read(n) raises IncompleteRead if the body is shorter than
-                    # Content-Length, so a truncated download is never accepted.
-                    yield from iter(lambda: resp.read(_CHUNK), b"")
-            else:
-                raise ImageUnreachable(f"image source {source}: unsupported URL scheme "
-                                       f"{url.scheme!r}")
-        except urllib.error.HTTPError as exc:
-            raise ImageUnreachable(f"image source {source}: HTTP {exc.code} {exc.reason}") from exc
-        except urllib.error.URLError as exc:
-            raise ImageUnreachable(f"image source {source} unreachable: {exc.reason}") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise ImageUnreachable(f"image source {source} unreadable: {exc!r}") from exc
-
-    def _check_format(self, image_id: str, path: str, disk_format: str) -> None:
+    def _check_format(self, label: str, path: str, disk_format: str) -> None:
         """Refuse images whose real format differs from the declared one, or that
         reference other files (a backing or data file could expose host files)."""
         info = qemu_img.info(path)
         if info.format != disk_format:
-            raise ImageUnacceptable(f"image {image_id} is declared {disk_format} but qemu-img "
+            raise ImageUnacceptable(f"image {label} is declared {disk_format} but qemu-img "
                                     f"detects format {info.format}")
         if info.backing_file:
-            raise ImageUnacceptable(f"image {image_id} has a backing file "
+            raise ImageUnacceptable(f"image {label} has a backing file "
                                     f"({info.backing_file}); refusing it")
         if info.data_file:
-            raise ImageUnacceptable(f"image {image_id} has an external data file "
+            raise ImageUnacceptable(f"image {label} has an external data file "
                                     f"({info.data_file}); refusing it")
 
-    def _write_sidecar(self, final: str, digest: str) -> None:
-        tmp = final + ".sha256.part"  # *.part, so clean_partial removes it after a crash
-        with open(tmp, "w") as f:
-            f.write(digest + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, final + ".sha256")
+    def _check_cached(self, label: str, final: str, disk_format: str) -> None:
+        """A cached entry is used only if it is a plain file and has the declared format.
 
-    def _check_cached(
-        self, image_id: str, final: str, expected: str | None, disk_format: str
-    ) -> None:
-        self._check_format(image_id, final, disk_format)
-        if expected is None:
-            return
-        try:
-            with open(final + ".sha256") as f:
-                recorded = f.read().strip()
-        except FileNotFoundError:
-            # Cached by something that wrote no sidecar: hash once and record it.
-            digest = hashlib.sha256()
-            with open(final, "rb") as f:
-                for chunk in iter(lambda: f.read(_CHUNK), b""):
-                    digest.update(chunk)
-            recorded = digest.hexdigest()
-            self._write_sidecar(final, recorded)
-        if recorded != expected:
-            raise ImageChecksumMismatch(
-                f"cached image {image_id} at {final} has sha256 {recorded} but the spec "
-                f"expects sha256 {expected}; it is not replaced because instances may use it"
-            )
+        Its name is its digest, given only by the rename after hashing and
+        fsync, so its content is not hashed again.
+        """
+        st = os.lstat(final)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"cache entry {final} for image {label} is not a regular file; "
+                             "refusing it")
+        self._check_format(label, final, disk_format)
 
     def clean_partial(self) -> list[str]:
         """Remove ``*.part`` files left by a crash; skip those whose image lock is held."""

@@ -31,6 +31,7 @@ class Harness:
                  **extra: dict):
         groups = {
             "DEFAULT": {"state_path": tmp_path / "state", "host": host},
+            "images": {"allowed_sources": tmp_path},
             "libvirt": {"connection_uri": uri, "virt_type": "qemu",
                         "boot_timeout": 60},
             "firewall": {"driver": "nwfilter"},

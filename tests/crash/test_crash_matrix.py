@@ -37,6 +37,12 @@ def luks_volume(tmp_path_factory) -> tuple[Path, Path]:
     return volume, key
 
 
+def volume_conf(volume: tuple[Path, Path]) -> dict:
+    """[volumes]/[encryption] options that allow the LUKS volume and its key file."""
+    path, key = volume
+    return {"volumes": {"allowed_paths": path.parent}, "encryption": {"key_dir": key.parent}}
+
+
 def crash_spec(image: Path, bridge: str, volume: tuple[Path, Path]) -> dict:
     path, key = volume
     return make_spec(image, vifs=[bridge_vif(bridge)], volumes=[{
@@ -83,7 +89,8 @@ def crash_and_recover(harness: Harness, spec: dict, *faults: str) -> tuple[str, 
 @pytest.mark.parametrize("policy", ["resume", "rollback"])
 def test_kill_during_forward_steps(point, policy, tmp_path, libvirt_uri, libvirt_conn,
                                    qcow2_image, linux_bridge, luks_volume, cleanup):
-    harness = Harness(tmp_path, libvirt_uri, policy, host="crash-" + new_uuid()[:8])
+    harness = Harness(tmp_path, libvirt_uri, policy, host="crash-" + new_uuid()[:8],
+                      **volume_conf(luks_volume))
     spec = crash_spec(qcow2_image, linux_bridge, luks_volume)
     cleanup.append(spec["instance"]["uuid"])
     build_id, state = crash_and_recover(harness, spec, point)
@@ -110,7 +117,8 @@ def test_kill_in_the_middle_of_a_revert(step, tmp_path, libvirt_uri, libvirt_con
                                         qcow2_image, linux_bridge, luks_volume):
     # The build fails at its last step, so every step reverts; the kill comes
     # inside the revert of ``step``. Even with policy=resume it must roll back.
-    harness = Harness(tmp_path, libvirt_uri, "resume", host="crash-" + new_uuid()[:8])
+    harness = Harness(tmp_path, libvirt_uri, "resume", host="crash-" + new_uuid()[:8],
+                      **volume_conf(luks_volume))
     spec = crash_spec(qcow2_image, linux_bridge, luks_volume)
     faults = [f"revert:{step}"]
     if step != "wait_for_boot":

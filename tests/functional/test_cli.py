@@ -20,7 +20,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_spawn_then_history(tmp_path: Path, image: Path):
     conf = write_conf(tmp_path / "cli.conf", DEFAULT={"state_path": tmp_path / "state"},
                       libvirt={"connection_uri": "test:///default", "virt_type": "test"},
-                      firewall={"driver": "noop"})
+                      firewall={"driver": "noop"}, images={"allowed_sources": tmp_path})
     spec = make_spec(image)
     spec_path = tmp_path / "vm.yaml"
     spec_path.write_text(yaml.safe_dump(spec))

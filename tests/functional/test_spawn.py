@@ -134,7 +134,11 @@ def test_unknown_field_is_named(agent, image):
 
 def test_spec_is_the_first_event_and_secrets_never_reach_the_database(agent, conf, image,
                                                                        test_conn):
-    spec = make_spec(image, admin_password="hunter2-very-secret")
+    # A secret field no step would use is refused, without echoing it ...
+    with pytest.raises(InvalidSpec, match="admin_password: .*not supported") as raised:
+        agent.start_build(make_spec(image, admin_password="hunter2-very-secret"))
+    assert "hunter2" not in str(raised.value)
+    spec = make_spec(image)
     build_id = agent.start_build(spec)
     assert agent.wait(build_id, timeout=60).state == "ACTIVE"
     with History.open(spawnflow.conf.database_url(conf)) as history:
@@ -143,7 +147,7 @@ def test_spec_is_the_first_event_and_secrets_never_reach_the_database(agent, con
     assert first.payload["spec"]["instance"]["uuid"] == spec["instance"]["uuid"]
     agent.stop()
     db_file = Path(conf.state_path) / "spawnflow.sqlite"
-    for path in [db_file, *db_file.parent.glob("spawnflow.sqlite-*")]:
+    for path in [db_file, *db_file.parent.glob("spawnflow.sqlite-*")]:  # ... nor stored
         assert b"hunter2-very-secret" not in path.read_bytes()
     dom = test_conn.lookupByUUIDString(spec["instance"]["uuid"])
     dom.destroy()
@@ -190,18 +194,32 @@ def test_secrets_reach_neither_database_nor_logs(conf, image, test_conn, tmp_pat
             "auth_username": "chap", "auth_password": "pw-hunter2-chap",
             "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff"}])
         with Agent(conf) as agent:
-            outcome = agent.wait(agent.start_build(spec), timeout=60)
+            # Both are refused (no step would use them), naming the fields only.
+            with pytest.raises(InvalidSpec) as raised:
+                agent.start_build(spec)
+            # A build the agent does run, so the log below has something in it.
+            clean = make_spec(image)
+            outcome = agent.wait(agent.start_build(clean), timeout=60)
         assert outcome.state == "ACTIVE", outcome.error
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
         handler.close()
+    message = str(raised.value)
+    assert "admin_password: " in message and "volumes.0.auth_password: " in message
+    assert "pw-hunter2" not in message
+    engine = sa.create_engine(spawnflow.conf.database_url(conf))
+    with engine.connect() as conn:  # only the clean build
+        assert conn.execute(sa.text("select count(*) from builds")).scalar() == 1
+    engine.dispose()
     db_file = Path(conf.state_path) / "spawnflow.sqlite"
     for path in [log_file, db_file, *db_file.parent.glob("spawnflow.sqlite-*")]:
         data = path.read_bytes()
         assert b"pw-hunter2" not in data, path
     assert log_file.stat().st_size > 0
-    dom = test_conn.lookupByUUIDString(spec["instance"]["uuid"])
+    with pytest.raises(libvirt.libvirtError):
+        test_conn.lookupByUUIDString(spec["instance"]["uuid"])
+    dom = test_conn.lookupByUUIDString(clean["instance"]["uuid"])
     dom.destroy()
     dom.undefine()
 

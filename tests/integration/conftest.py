@@ -73,7 +73,10 @@ def real_conf(tmp_path: Path, libvirt_uri: str):  # noqa: ANN201
         base = {"libvirt": {"connection_uri": libvirt_uri, "virt_type": "qemu",
                             "boot_timeout": 60},
                 "firewall": {"driver": "nwfilter"},
-                "network": {"vif_plugging_timeout": 30}}
+                "network": {"vif_plugging_timeout": 30},
+                # Volumes and key files the tests make live in tmp_path.
+                "volumes": {"allowed_paths": tmp_path},
+                "encryption": {"key_dir": tmp_path}}
         for group, options in groups.items():
             base.setdefault(group, {}).update(options)
         return load_conf(tmp_path, **base)

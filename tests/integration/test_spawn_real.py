@@ -136,17 +136,22 @@ def test_encryptor_failure_rolls_back_with_zero_leaks(real_conf, qcow2_image, tm
                                                       libvirt_conn):
     key = tmp_path / "open.key"
     key.write_text("world readable\n")
-    os.chmod(key, 0o644)  # refused: a passphrase others can read
+    os.chmod(key, 0o600)  # passes the spec check ...
     volume = tmp_path / "v2.img"
     qemu_img.create(str(volume), "raw", 16 * 1024 * 1024)
     conf = real_conf()
     spec = make_spec(qcow2_image, volumes=[{
         "id": new_uuid(), "driver": "local", "path": str(volume), "device": "vdb",
         "encryption": {"format": "luks", "key_file": str(key)}}])
-    with Agent(conf) as agent:
+
+    def progress(_build_id: str, name: str, state: str, _elapsed: float) -> None:
+        if (name, state) == ("volumes", "SUCCESS"):
+            os.chmod(key, 0o644)  # ... and is readable by others when the encryptor reads it
+
+    with Agent(conf, progress=progress) as agent:
         outcome = agent.wait(agent.start_build(spec), timeout=120)
     assert outcome.state == "ROLLED_BACK"
-    assert "EncryptionError" in outcome.error and "readable by group/others" in outcome.error
+    assert "EncryptionError" in outcome.error and "mode 0644" in outcome.error
     assert leaks(libvirt_conn, spec["instance"]["uuid"],
                  Path(spawnflow.conf.instances_path(conf))) == []
     states = {s.name: s.state for s in history_of(conf, outcome.build_id).steps}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from spawnflow.cmd.formatting import fit, human, took
+import sqlalchemy as sa
+
+from spawnflow.cmd.formatting import fit, human, safe, shorten, took, wrap
 from spawnflow.cmd.history import payload_summary
 from spawnflow.history import Event
 
@@ -48,3 +50,80 @@ def test_payload_summary_leaves_out_what_columns_say():
     progress = Event(4, 0.0, "atom", "x", "RUNNING", "RUNNING",
                      {"set": {"meta": {"progress": 0.5}}, "unset": ["results"]})
     assert payload_summary(progress) == "progress=0.5, -results"
+
+
+# -- terminal-safe output and odd stored values ------------------------------------------------
+
+
+def test_safe_escapes_controls_bidi_and_invisible_characters():
+    assert safe("\x1b]0;pwned\x07") == "\\x1b]0;pwned\\x07"
+    assert safe("a\x9b31mb\x7f\x00") == "a\\x9b31mb\\x7f\\x00"  # C1 CSI, DEL, NUL
+    assert safe("\u202egnp.exe\u202c") == "\\u202egnp.exe\\u202c"  # bidi override
+    assert safe("x\u200by\u2066z\u2069\ufeff\u2028") == "x\\u200by\\u2066z\\u2069\\ufeff\\u2028"
+    assert safe("tab\tline\nend\r") == "tab\\tline\\nend\\r"
+    assert safe("\U000e0041") == "\\U000e0041"  # a tag character (invisible)
+    assert safe("\ud800") == "\\ud800"  # a lone surrogate would not even encode
+    assert safe("web-1 é 💥 ✓ a\u00a0b") == "web-1 é 💥 ✓ a\u00a0b"  # ordinary text stays
+    assert safe(safe("\x1b[2J\u202e")) == safe("\x1b[2J\u202e")
+    assert safe("a\nb\tc", keep="\n\t") == "a\nb\tc"
+    assert safe(None) == "None"
+
+
+def test_tables_shorten_and_wrap_show_stored_text_escaped():
+    hostile = "vm\x1b]0;pwned\x07\u202e1-bew"
+    (row,) = fit(("Name", "Id"), [(hostile, "\x9b1")], {"Name": 4})
+    assert row == ("vm\\x1b]0;pwned\\x07\\u202e1-bew", "\\x9b1")
+    assert shorten(hostile, 8) == "vm\\x1b]…"
+    assert wrap("error", f"boom {hostile}", 80) == [f"error     boom {safe(hostile)}"]
+    assert fit(("A",), [("x\ny",)], {}) == [("x y",)]  # line breaks still fold to spaces
+
+
+def test_times_no_date_can_show_are_printed_as_numbers():
+    from spawnflow.cmd.formatting import clock, clock_ms, iso, short_stamp, stamp
+
+    for shown in (stamp(1e12), short_stamp(1e12), clock_ms(1e12), iso(1e12), clock(1e12)):
+        assert shown == "1e+12"
+    assert stamp(-1e20) == "-1e+20"
+    assert human(float("inf")) == "?" and took(float("nan")) == "?"
+    assert stamp(0) == "1970-01-01 00:00:00Z"
+
+
+def test_odd_rows_of_an_older_database_still_read(log, url):
+    """Rows no import accepts any more (a time of 1e12, a list where an object belongs, a
+    failure that is text) still list, show, diagnose and summarise."""
+    from spawnflow.cmd.formatting import short_stamp
+    from spawnflow.cmd.history import step_full_rows, step_rows, summary
+    from spawnflow.history import History
+    from tests.unit.conftest import run_build
+
+    build_id = run_build(log, fail_at="image")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("update builds set created_at = 1e12, updated_at = 1e12 + 5 "
+                             "where build_id = :b"), {"b": build_id})
+        for kind, to_state, payload in (("build", "RUNNING", '"text"'),
+                                        ("atom", "FAILURE", '{"set": {"failure": "boom", '
+                                                            '"state": "FAILURE"}}'),
+                                        ("atom", "REVERTED", '{"set": [1, 2]}'),
+                                        ("flow", "RUNNING", "[1, 2]")):
+            conn.execute(sa.text("update events set payload = :p where build_id = :b and "
+                                 "kind = :k and to_state = :t"),
+                         {"p": payload, "b": build_id, "k": kind, "t": to_state})
+        conn.execute(sa.text("update events set payload = :p where build_id = :b and "
+                             "kind = 'build' and to_state = 'QUEUED'"),
+                     {"p": '{"spec": ["x"], "host": "cmp-1"}', "b": build_id})
+    engine.dispose()
+    with History.open(url) as history:
+        (row,) = history.builds()
+        build = history.build(build_id)
+        stats = history.stats()
+        events = history.events(build_id)
+    assert short_stamp(row.created_at) == "1e+12" and row.duration == 5
+    assert build.step("image").error == "boom" and build.failed_step == "image"
+    assert stats.builds == {"ROLLED_BACK": 1}
+    assert "failed at step image: boom" in build.diagnose().text
+    text = summary(build, 80)
+    assert "created 1e+12" in text and "\nfailed    image: boom" in text
+    assert step_rows(build, 80)[1][0] == "image" and step_full_rows(build)
+    shown = [payload_summary(e) for e in events]
+    assert "[1,2]" in shown and "text" in shown

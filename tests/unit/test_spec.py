@@ -6,6 +6,7 @@ import pytest
 
 from spawnflow.exceptions import InvalidSpec
 from spawnflow.flows.spec import parse_spec
+from tests.helpers import load_conf
 
 GOOD = {
     "instance": {"uuid": "6f1c2a7e-4a57-4f0e-9a49-3d0f7c0d1a01", "name": "vm <1> & 'x'"},
@@ -18,7 +19,7 @@ GOOD = {
          "encryption": {"format": "luks", "key_file": "/etc/spawnflow/keys/v1.key"}},
         {"id": "7f0c0000-0000-4000-8000-000000000002", "driver": "iscsi", "device": "vdc",
          "portal": "10.0.0.9:3260", "iqn": "iqn.2010-10.org.openstack:v2", "lun": 0,
-         "auth_username": "u", "auth_password": "p",
+         "auth_username": "u",
          "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff"},
         {"id": "7f0c0000-0000-4000-8000-000000000003", "driver": "rbd", "device": "vdd",
          "pool": "volumes", "image": "v3", "hosts": ["10.0.0.7"]},
@@ -26,7 +27,6 @@ GOOD = {
     "vifs": [{"id": "2b9e0000-0000-4000-8000-000000000001", "mac": "FA:16:3E:12:34:56",
               "type": "bridge", "bridge": "br-int", "mtu": 1450, "ips": ["10.0.0.5"],
               "active": False}],
-    "admin_password": "swordfish",
 }
 
 
@@ -46,14 +46,35 @@ def with_(path, value):
     return spec
 
 
-def test_good_spec_parses_and_redacts():
+def test_good_spec_parses():
     spec = parse_spec(GOOD)
     assert spec.vifs[0].mac == "fa:16:3e:12:34:56"
-    redacted = spec.redacted()
-    assert redacted["admin_password"] == "**********"
-    assert redacted["volumes"][1]["auth_password"] == "**********"
-    assert "swordfish" not in str(redacted) and "swordfish" not in repr(spec)
     assert spec.image.sha256 == "ab" * 32
+
+
+# No step uses a password given in the spec (no config drive or guest agent for
+# admin_password; qemu takes CHAP/cephx only from a libvirt secret), so both
+# are refused rather than accepted and ignored, and never echoed back.
+@pytest.mark.parametrize("value", ["swordfish", "", 1234, ["swordfish"],
+                                   {"nested": "swordfish"}, "sword\x00fish"])
+@pytest.mark.parametrize("path,field,hint", [
+    ("admin_password", "admin_password", "no config drive or guest agent"),
+    ("volumes.1.auth_password", "volumes.1.auth_password",
+     r"give secret_uuid of a libvirt secret \(usage allowed by \[volumes\] "
+     r"allowed_secret_usages\)"),
+    ("volumes.2.auth_password", "volumes.2.auth_password", "give secret_uuid"),
+])
+def test_password_fields_are_refused_without_echo(path, field, hint, value):
+    with pytest.raises(InvalidSpec, match=f"{field}: .*{hint}") as raised:
+        parse_spec(with_(path, value))
+    message = str(raised.value)
+    assert "swordfish" not in message and "1234" not in message
+    assert "\n" not in message
+
+
+def test_a_null_password_is_no_password():
+    spec = parse_spec(with_("admin_password", None))
+    assert spec.admin_password is None
 
 
 @pytest.mark.parametrize("path,value,field", [
@@ -69,6 +90,7 @@ def test_good_spec_parses_and_redacts():
     ("volumes.1.lun", None, "volumes.1"),
     ("volumes.2.driver", "nfs", "volumes.2.driver"),
     ("volumes.0.encryption.key_file", "keys/v1", "volumes.0.encryption.key_file"),
+    ("volumes.0.path", "vols/x.img", "volumes.0.path"),
     ("vifs.0.mac", "fa:16:3e:12:34", "vifs.0.mac"),
     ("vifs.0.mtu", 10, "vifs.0.mtu"),
     ("vifs.0.ips", ["10.0.0.300"], "vifs.0.ips"),
@@ -173,9 +195,11 @@ def test_the_spec_edges_render_a_domain(tmp_path):
     raw["vifs"].append({"id": "3c9e0000-0000-4000-8000-000000000002", "mac": "02:00:00:00:00:01",
                         "type": "tap"})
     spec = parse_spec(raw)
+    conf = load_conf(tmp_path, libvirt={"virt_type": "qemu"},
+                     volumes={"allowed_paths": tmp_path})
     ctx = SimpleNamespace(spec=spec, build_id="0b0b0000-0000-4000-8000-00000000000b",
                           instance_uuid=spec.instance.uuid, firewall=NWFilterFirewall(None),
-                          conf=SimpleNamespace(libvirt=SimpleNamespace(virt_type="qemu")))
+                          conf=conf)
     disk_info = DiskInfoTask(ctx).execute()
     volumes = ConnectVolumesTask(ctx).execute()
     image = {"disk_format": "qcow2", "disk_path": str(tmp_path / "disk"),

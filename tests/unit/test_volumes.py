@@ -14,7 +14,7 @@ from lxml import etree
 
 from spawnflow.exceptions import VolumeError
 from spawnflow.virt.guest_config import DiskEncryption
-from spawnflow.virt.volumes import Connection, VolumeSpec, get_connector
+from spawnflow.virt.volumes import Connection, VolumePolicy, VolumeSpec, get_connector
 from spawnflow.virt.volumes.iscsi import IscsiConnector
 from spawnflow.virt.volumes.local import LUKS_MAGIC, LocalConnector
 from spawnflow.virt.volumes.rbd import RbdConnector
@@ -38,6 +38,11 @@ def _local(path: str) -> VolumeSpec:
     return VolumeSpec(id=VOL, driver="local", device="vdb", path=path)
 
 
+def _allowing(*entries) -> LocalConnector:
+    """A local connector whose [volumes] allowed_paths are ``entries``."""
+    return LocalConnector(VolumePolicy(allowed_paths=tuple(str(e) for e in entries)))
+
+
 # --- local -----------------------------------------------------------------
 
 @needs_qemu_img
@@ -45,7 +50,7 @@ def test_local_raw_file(tmp_path):
     path = str(tmp_path / "v.raw")
     _qemu_img("create", "-f", "raw", path, "1M")
 
-    conn = LocalConnector().connect(_local(path))
+    conn = _allowing(tmp_path).connect(_local(path))
 
     assert conn == Connection(volume_id=VOL, driver="local", source_type="file", path=path,
                               protocol=None, name=None, hosts=[], driver_format="raw")
@@ -56,7 +61,7 @@ def test_local_qcow2_file(tmp_path):
     path = str(tmp_path / "v.qcow2")
     _qemu_img("create", "-f", "qcow2", path, "1M")
 
-    conn = LocalConnector().connect(_local(path))
+    conn = _allowing(tmp_path).connect(_local(path))
 
     assert (conn.source_type, conn.driver_format) == ("file", "qcow2")
 
@@ -69,7 +74,7 @@ def test_local_qcow2_with_backing_file_is_refused(tmp_path):
     _qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
 
     with pytest.raises(VolumeError, match=f"{VOL}.*backing file"):
-        LocalConnector().connect(_local(top))
+        _allowing(tmp_path).connect(_local(top))
 
 
 @needs_qemu_img
@@ -79,14 +84,14 @@ def test_local_qcow2_with_data_file_is_refused(tmp_path):
     _qemu_img("create", "-f", "qcow2", "-o", f"data_file={data}", path, "1M")
 
     with pytest.raises(VolumeError, match="external data file"):
-        LocalConnector().connect(_local(path))
+        _allowing(tmp_path).connect(_local(path))
 
 
 def test_local_luks_file_is_raw(tmp_path):
     path = tmp_path / "v.luks"
     path.write_bytes(LUKS_MAGIC + b"\x00\x02" + b"\x00" * 4090)
 
-    conn = LocalConnector().connect(_local(str(path)))
+    conn = _allowing(tmp_path).connect(_local(str(path)))
 
     assert conn.driver_format == "raw"
 
@@ -96,8 +101,8 @@ def test_local_short_or_empty_file_is_raw(tmp_path):
     empty.write_bytes(b"")
     short = tmp_path / "short"
     short.write_bytes(b"QF")
-    assert LocalConnector().connect(_local(str(empty))).driver_format == "raw"
-    assert LocalConnector().connect(_local(str(short))).driver_format == "raw"
+    assert _allowing(tmp_path).connect(_local(str(empty))).driver_format == "raw"
+    assert _allowing(tmp_path).connect(_local(str(short))).driver_format == "raw"
 
 
 @pytest.fixture
@@ -118,7 +123,7 @@ def loop_device(tmp_path):
 
 
 def test_local_block_device_is_raw(loop_device):
-    conn = LocalConnector().connect(_local(loop_device))
+    conn = _allowing("/dev/loop*").connect(_local(loop_device))
 
     # Block devices are never probed: always raw.
     assert (conn.source_type, conn.path, conn.driver_format) == ("block", loop_device, "raw")
@@ -129,23 +134,87 @@ def test_local_block_device_is_raw(loop_device):
 def test_local_missing_path_names_volume_and_path(tmp_path):
     path = str(tmp_path / "nope")
     with pytest.raises(VolumeError, match=f"{VOL}.*{path}.*does not exist"):
-        LocalConnector().connect(_local(path))
+        _allowing(tmp_path).connect(_local(path))
 
 
 def test_local_rejects_missing_relative_and_odd_paths(tmp_path):
     with pytest.raises(VolumeError, match="'path'"):
-        LocalConnector().connect(_local(None))
+        _allowing(tmp_path).connect(_local(None))
     with pytest.raises(VolumeError, match="not absolute"):
-        LocalConnector().connect(_local("relative/v.raw"))
-    with pytest.raises(VolumeError, match="neither a regular file nor a block device"):
-        LocalConnector().connect(_local(str(tmp_path)))
+        _allowing(tmp_path).connect(_local("relative/v.raw"))
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(VolumeError, match="is a directory; a local volume must be"):
+        _allowing(tmp_path).connect(_local(str(tmp_path / "dir")))
+
+
+# --- local: the allow list, checked again at connect time -----------------------
+
+def test_local_connector_without_a_policy_reaches_nothing(tmp_path):
+    path = tmp_path / "v.raw"
+    path.write_bytes(bytes(512))
+    with pytest.raises(VolumeError, match=r"outside \[volumes\] allowed_paths \(empty"):
+        LocalConnector().connect(_local(str(path)))
+
+
+def test_local_connect_refuses_a_path_outside_the_list(tmp_path):
+    allowed = tmp_path / "vols"
+    allowed.mkdir()
+    other = tmp_path / "other.raw"
+    other.write_bytes(bytes(512))
+    with pytest.raises(VolumeError, match=f"{VOL}: path .*other.raw.* is outside"):
+        _allowing(allowed).connect(_local(str(other)))
+
+
+def test_local_connect_gives_qemu_the_resolved_path(tmp_path):
+    # A link inside the allowed directory to a file inside it: the domain gets
+    # the file itself, so swapping the link later changes nothing.
+    (tmp_path / "real.raw").write_bytes(bytes(512))
+    os.symlink(tmp_path / "real.raw", tmp_path / "link.raw")
+    conn = _allowing(tmp_path).connect(_local(str(tmp_path / "link.raw")))
+    assert conn.path == str(tmp_path / "real.raw")
+
+
+def test_local_connect_refuses_a_link_swapped_out_of_the_list(tmp_path):
+    # Allowed when the spec was checked; a link to /etc/shadow by the time of connect.
+    allowed = tmp_path / "vols"
+    allowed.mkdir()
+    volume = allowed / "v.raw"
+    volume.write_bytes(bytes(512))
+    connector = _allowing(allowed)
+    connector.connect(_local(str(volume)))
+    volume.unlink()
+    os.symlink("/etc/shadow", volume)
+    with pytest.raises(VolumeError, match="resolves to '/etc/shadow'.*outside"):
+        connector.connect(_local(str(volume)))
+
+
+def test_local_connect_refuses_state_path_even_when_listed(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "spawnflow.sqlite").write_bytes(bytes(512))
+    connector = LocalConnector(VolumePolicy(allowed_paths=(str(tmp_path),),
+                                            forbidden=(("state_path", str(state)),)))
+    with pytest.raises(VolumeError, match="inside state_path .* may never reach"):
+        connector.connect(_local(str(state / "spawnflow.sqlite")))
+
+
+def test_local_header_read_never_blocks_on_a_fifo(tmp_path):
+    # A FIFO swapped in between the type check and the open: open_beneath
+    # refuses it without blocking (opening a FIFO for reading would wait for
+    # a writer forever).
+    from spawnflow.virt.volumes.local import detect_format
+
+    fifo = tmp_path / "v.raw"
+    os.mkfifo(fifo)
+    with pytest.raises(VolumeError, match="cannot open .*not a regular file"):
+        detect_format(VOL, str(fifo), str(tmp_path))
 
 
 def test_local_disconnect_leaves_the_file(tmp_path):
     path = tmp_path / "v.raw"
     path.write_bytes(b"\x00" * 512)
     volume = _local(str(path))
-    connector = LocalConnector()
+    connector = _allowing(tmp_path)
     conn = connector.connect(volume)
 
     connector.disconnect(volume, conn)
@@ -158,7 +227,7 @@ def test_local_disconnect_leaves_the_file(tmp_path):
 def test_local_guest_disk_file_with_encryption(tmp_path):
     path = str(tmp_path / "v.raw")
     _qemu_img("create", "-f", "raw", path, "1M")
-    conn = LocalConnector().connect(_local(path))
+    conn = _allowing(tmp_path).connect(_local(path))
 
     disk = LocalConnector().guest_disk(conn, "vdb", "virtio", encryption=DiskEncryption(SECRET))
 
@@ -318,7 +387,7 @@ def test_connect_is_repeatable(tmp_path):
     path = tmp_path / "v.raw"
     path.write_bytes(b"\x00" * 512)
     volume = _local(str(path))
-    assert LocalConnector().connect(volume) == LocalConnector().connect(volume)
+    assert _allowing(tmp_path).connect(volume) == _allowing(tmp_path).connect(volume)
     assert IscsiConnector().connect(_iscsi()) == IscsiConnector().connect(_iscsi())
 
 

@@ -13,16 +13,21 @@ from stevedore.driver import DriverManager
 from stevedore.exception import NoMatches
 
 from spawnflow.exceptions import VolumeError
-from spawnflow.virt.volumes.base import Connection, VolumeConnector, VolumeSpec
+from spawnflow.virt.volumes.base import Connection, VolumeConnector, VolumePolicy, VolumeSpec
 
-__all__ = ["Connection", "VolumeConnector", "VolumeSpec", "get_connector",
+__all__ = ["Connection", "VolumeConnector", "VolumePolicy", "VolumeSpec", "get_connector",
            "VOLUME_CONNECTOR_NAMESPACE"]
 
 VOLUME_CONNECTOR_NAMESPACE = "spawnflow.volume_connectors"
 
 
-def get_connector(driver: str) -> VolumeConnector:
-    """The connector for volume ``driver``, from the ``spawnflow.volume_connectors`` plugins."""
+def get_connector(driver: str, policy: VolumePolicy | None = None) -> VolumeConnector:
+    """The connector for volume ``driver``, from the ``spawnflow.volume_connectors`` plugins.
+
+    ``policy`` (the operator's allow lists) is handed to the connector's
+    constructor; without it the connector can describe a recorded connection
+    but connects nothing that needs one (a local path).
+    """
 
     def _load_failed(_manager: Any, entry_point: Any, exc: Exception) -> None:
         # stevedore would log and skip a plugin that fails to import, and we
@@ -36,6 +41,8 @@ def get_connector(driver: str) -> VolumeConnector:
             namespace=VOLUME_CONNECTOR_NAMESPACE,
             name=driver,
             invoke_on_load=True,
+            # Only when given: a third-party connector may take no arguments.
+            invoke_kwds={"policy": policy} if policy is not None else {},
             on_load_failure_callback=_load_failed,
         )
     except NoMatches as exc:

@@ -64,8 +64,31 @@ class Connection:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class VolumePolicy:
+    """What the operator lets a volume reach on this host, given to every connector.
+
+    ``allowed_paths`` is ``[volumes] allowed_paths``: directories (regular files
+    inside them) and block-device globs (an entry with ``*``, ``?`` or ``[``).
+    ``forbidden`` holds ``(label, path)`` pairs no volume may ever reach, whatever
+    the allow list says (state_path, instances_path, the event log files); the
+    label names the path in refusals. The connector checks again at connect
+    time what the spec check allowed, so a link changed in between is caught.
+    """
+
+    allowed_paths: tuple[str, ...] = ()
+    forbidden: tuple[tuple[str, str], ...] = ()
+
+
 class VolumeConnector(ABC):
-    """Connects one kind of volume to the host and describes it to libvirt."""
+    """Connects one kind of volume to the host and describes it to libvirt.
+
+    ``policy`` bounds what ``connect`` may reach; a connector made without one
+    (to describe a recorded connection) reaches nothing on the host.
+    """
+
+    def __init__(self, policy: VolumePolicy | None = None):
+        self.policy = policy or VolumePolicy()
 
     @abstractmethod
     def connect(self, volume: VolumeSpec) -> Connection:
