@@ -40,13 +40,15 @@ from spawnflow.virt.host import Host
 from spawnflow.virt.images import CachePolicy, ImageCache
 
 
-def make_conf(root: Path, workers: int = 10):  # noqa: ANN201
+def make_conf(root: Path, workers: int = 10):
     path = root / "bench.conf"
-    path.write_text(f"[DEFAULT]\nstate_path = {root}/state\nhost = bench\n"
-                    f"max_concurrent_builds = {workers}\n"
-                    "[libvirt]\nconnection_uri = test:///default\nvirt_type = test\n"
-                    "[firewall]\ndriver = noop\n[recovery]\npolicy = resume\n"
-                    f"[images]\nallowed_sources = {root}\n")
+    path.write_text(
+        f"[DEFAULT]\nstate_path = {root}/state\nhost = bench\n"
+        f"max_concurrent_builds = {workers}\n"
+        "[libvirt]\nconnection_uri = test:///default\nvirt_type = test\n"
+        "[firewall]\ndriver = noop\n[recovery]\npolicy = resume\n"
+        f"[images]\nallowed_sources = {root}\n"
+    )
     return spawnflow.conf.load(["--config-file", str(path)])
 
 
@@ -57,9 +59,11 @@ def make_image(root: Path) -> Path:
 
 
 def spec_for(image: Path) -> dict:
-    return {"instance": {"uuid": str(uuid.uuid4()), "name": "bench"},
-            "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 0},
-            "image": {"source": str(image), "id": "bench-image", "disk_format": "qcow2"}}
+    return {
+        "instance": {"uuid": str(uuid.uuid4()), "name": "bench"},
+        "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 0},
+        "image": {"source": str(image), "id": "bench-image", "disk_format": "qcow2"},
+    }
 
 
 def clear_test_driver() -> None:
@@ -82,26 +86,37 @@ class NoEvents:
         pass
 
 
-def in_memory_per_build(conf, image: Path, runs: int = 20) -> float:  # noqa: ANN001
+def in_memory_per_build(conf, image: Path, runs: int = 20) -> float:
     """Seconds per build of the same spawn flow on TaskFlow's in-memory backend."""
     host = Host("test:///default", "test")
     instances = Path(conf.state_path) / "mem-instances"
-    images = ImageCache(str(instances / "_base"), str(Path(conf.state_path) / "mem-locks"),
-                        CachePolicy.from_conf(conf))
+    images = ImageCache(
+        str(instances / "_base"),
+        str(Path(conf.state_path) / "mem-locks"),
+        CachePolicy.from_conf(conf),
+    )
     times = []
     for _ in range(runs):
         spec = parse_spec(spec_for(image))
-        ctx = BuildContext(build_id=str(uuid.uuid4()), spec=spec, conf=conf, host=host,
-                           images=images, firewall=NoopFirewall(), events=NoEvents(),
-                           instances_path=str(instances))
+        ctx = BuildContext(
+            build_id=str(uuid.uuid4()),
+            spec=spec,
+            conf=conf,
+            host=host,
+            images=images,
+            firewall=NoopFirewall(),
+            events=NoEvents(),
+            instances_path=str(instances),
+        )
         backend = tf_backends.fetch({"connection": "memory://"})
         book = models.LogBook("m")
         detail = models.FlowDetail("spawn", uuid=str(uuid.uuid4()))
         book.add(detail)
         backend.get_connection().save_logbook(book)
         start = time.perf_counter()
-        taskflow.engines.load(build_spawn_flow(ctx), flow_detail=detail, book=book,
-                              backend=backend, engine="serial").run()
+        taskflow.engines.load(
+            build_spawn_flow(ctx), flow_detail=detail, book=book, backend=backend, engine="serial"
+        ).run()
         times.append(time.perf_counter() - start)
     host.close()
     return statistics.median(times)
@@ -120,16 +135,23 @@ def throughput(builds: int) -> None:
             outcomes = [agent.wait(i) for i in ids]
             wall = time.perf_counter() - start
             # test:///default forgets its domains when its last connection closes.
-            domains = {d.UUIDString() for d in agent.host.conn.listAllDomains()
-                       if d.name().startswith("instance-")}
+            domains = {
+                d.UUIDString()
+                for d in agent.host.conn.listAllDomains()
+                if d.name().startswith("instance-")
+            }
         states = {o.state for o in outcomes}
         per_build = wall / builds
-        print(f"throughput: {builds} builds, {conf.max_concurrent_builds} workers, "
-              f"{wall:.1f}s wall, {builds / wall:.1f} builds/s; states {sorted(states)}; "
-              f"{len(set(ids))} build ids, {len(domains)} distinct domains "
-              f"(lost {builds - len(domains)}, duplicated {len(ids) - len(set(ids))})")
-        print(f"  per build: ours {per_build * 1000:.1f} ms vs in-memory TaskFlow "
-              f"{baseline * 1000:.1f} ms -> {per_build / baseline:.2f}x")
+        print(
+            f"throughput: {builds} builds, {conf.max_concurrent_builds} workers, "
+            f"{wall:.1f}s wall, {builds / wall:.1f} builds/s; states {sorted(states)}; "
+            f"{len(set(ids))} build ids, {len(domains)} distinct domains "
+            f"(lost {builds - len(domains)}, duplicated {len(ids) - len(set(ids))})"
+        )
+        print(
+            f"  per build: ours {per_build * 1000:.1f} ms vs in-memory TaskFlow "
+            f"{baseline * 1000:.1f} ms -> {per_build / baseline:.2f}x"
+        )
 
 
 def pad_log(url: str, events: int) -> None:
@@ -138,10 +160,19 @@ def pad_log(url: str, events: int) -> None:
     batch = 10_000
     with log.engine.begin() as conn:
         for offset in range(0, events, batch):
-            rows = [{"build_id": f"old-{(offset + i) // 60}", "ts": 1.0, "kind": "atom",
-                     "subject": "x", "name": "image", "from_state": "RUNNING",
-                     "to_state": "SUCCESS", "payload": {"set": {"results": None}}}
-                    for i in range(min(batch, events - offset))]
+            rows = [
+                {
+                    "build_id": f"old-{(offset + i) // 60}",
+                    "ts": 1.0,
+                    "kind": "atom",
+                    "subject": "x",
+                    "name": "image",
+                    "from_state": "RUNNING",
+                    "to_state": "SUCCESS",
+                    "payload": {"set": {"results": None}},
+                }
+                for i in range(min(batch, events - offset))
+            ]
             conn.execute(sa.insert(t.events), rows)
     # A long-lived host checkpointed its WAL long ago; do not bill that to recovery.
     raw = log.engine.raw_connection()

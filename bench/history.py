@@ -36,13 +36,27 @@ from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import EventLog
 
 SIZES = (10_000, 1_000_000)
-STEPS = ("disk_info", "image", "volumes", "encryptor", "domain_xml", "vifs", "firewall",
-         "domain_create", "resume", "wait_for_boot")
+STEPS = (
+    "disk_info",
+    "image",
+    "volumes",
+    "encryptor",
+    "domain_xml",
+    "vifs",
+    "firewall",
+    "domain_create",
+    "resume",
+    "wait_for_boot",
+)
 HOSTS = tuple(f"cmp-{i:03d}" for i in range(1, 21))
 DAYS = 90
 # Where a rolled-back build failed, and with what.
-FAILURES = (("image", "ImageChecksumMismatch", 0.4), ("resume", "VifPlugTimeout", 0.3),
-            ("domain_create", "DomainError", 0.2), ("volumes", "VolumeError", 0.1))
+FAILURES = (
+    ("image", "ImageChecksumMismatch", 0.4),
+    ("resume", "VifPlugTimeout", 0.3),
+    ("domain_create", "DomainError", 0.2),
+    ("volumes", "VolumeError", 0.1),
+)
 PROPOSED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS ix_events_atom_failures ON events (build_id, name) "
     "WHERE kind = 'atom' AND to_state = 'FAILURE'",
@@ -54,10 +68,18 @@ DOMAIN_XML = "<domain type='kvm'>" + "<!-- device -->" * 90 + "</domain>"
 
 
 def _failure(kind: str) -> dict[str, Any]:
-    return {"causes": [], "exc_args": ["synthetic"], "exc_type_names": [
-        f"spawnflow.exceptions.{kind}", "spawnflow.exceptions.SpawnflowError", "Exception"],
-        "exception_str": f"synthetic {kind} for the benchmark", "traceback_str": "Traceback..." * 8,
-        "version": 2}
+    return {
+        "causes": [],
+        "exc_args": ["synthetic"],
+        "exc_type_names": [
+            f"spawnflow.exceptions.{kind}",
+            "spawnflow.exceptions.SpawnflowError",
+            "Exception",
+        ],
+        "exception_str": f"synthetic {kind} for the benchmark",
+        "traceback_str": "Traceback..." * 8,
+        "version": 2,
+    }
 
 
 class _Writer:
@@ -67,12 +89,29 @@ class _Writer:
         self.build_id, self.ts, self.rng = build_id, start, rng
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, kind: str, subject: str | None, name: str | None, from_state: str | None,
-            to_state: str | None, payload: Any, dt: float = 0.0005) -> None:
+    def add(
+        self,
+        kind: str,
+        subject: str | None,
+        name: str | None,
+        from_state: str | None,
+        to_state: str | None,
+        payload: Any,
+        dt: float = 0.0005,
+    ) -> None:
         self.ts += dt
-        self.rows.append({"build_id": self.build_id, "ts": self.ts, "kind": kind,
-                          "subject": subject, "name": name, "from_state": from_state,
-                          "to_state": to_state, "payload": payload})
+        self.rows.append(
+            {
+                "build_id": self.build_id,
+                "ts": self.ts,
+                "kind": kind,
+                "subject": subject,
+                "name": name,
+                "from_state": from_state,
+                "to_state": to_state,
+                "payload": payload,
+            }
+        )
 
 
 def _pick_failure(rng: random.Random) -> tuple[str, str]:
@@ -89,30 +128,75 @@ def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, 
     build_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     instance = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     name = f"vm-{instance[:8]}"
-    spec = {"instance": {"uuid": instance, "name": name},
-            "flavor": {"vcpus": 2, "memory_mb": 2048, "root_gb": 20},
-            "image": {"source": "https://images.example/cirros.qcow2", "checksum": None,
-                      "disk_format": "qcow2", "id": None},
-            "vifs": [{"id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                      "mac": "fa:16:3e:00:00:01", "type": "bridge", "bridge": "br-int",
-                      "mtu": 1450, "ips": ["10.0.0.5"], "active": False}],
-            "volumes": [], "power_on": True, "admin_password": "***"}
+    spec = {
+        "instance": {"uuid": instance, "name": name},
+        "flavor": {"vcpus": 2, "memory_mb": 2048, "root_gb": 20},
+        "image": {
+            "source": "https://images.example/cirros.qcow2",
+            "checksum": None,
+            "disk_format": "qcow2",
+            "id": None,
+        },
+        "vifs": [
+            {
+                "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "mac": "fa:16:3e:00:00:01",
+                "type": "bridge",
+                "bridge": "br-int",
+                "mtu": 1450,
+                "ips": ["10.0.0.5"],
+                "active": False,
+            }
+        ],
+        "volumes": [],
+        "power_on": True,
+        "admin_password": "***",
+    }
     w = _Writer(build_id, start, rng)
     w.add("build", build_id, name, None, "QUEUED", {"spec": spec, "host": host}, 0)
-    w.add("logbook", build_id, f"build-{build_id}", None, None,
-          {"set": {"meta": {}, "name": f"build-{build_id}", "uuid": build_id}})
+    w.add(
+        "logbook",
+        build_id,
+        f"build-{build_id}",
+        None,
+        None,
+        {"set": {"meta": {}, "name": f"build-{build_id}", "uuid": build_id}},
+    )
     flow = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    w.add("flow", flow, "spawn", None, None,
-          {"parent": build_id, "set": {"meta": {}, "name": "spawn", "state": None,
-                                       "uuid": flow}})
+    w.add(
+        "flow",
+        flow,
+        "spawn",
+        None,
+        None,
+        {"parent": build_id, "set": {"meta": {}, "name": "spawn", "state": None, "uuid": flow}},
+    )
     w.add("build", build_id, name, "QUEUED", "RUNNING", None, 0.03)
     atoms = {step: str(uuid.UUID(int=rng.getrandbits(128), version=4)) for step in STEPS}
     for step, atom in atoms.items():
-        w.add("atom", atom, step, None, "PENDING", {
-            "parent": flow, "type": "TASK_DETAIL", "set": {
-                "failure": None, "intention": "EXECUTE", "meta": {}, "name": step,
-                "results": None, "revert_failure": None, "revert_results": None,
-                "state": "PENDING", "uuid": atom, "version": "1.0"}})
+        w.add(
+            "atom",
+            atom,
+            step,
+            None,
+            "PENDING",
+            {
+                "parent": flow,
+                "type": "TASK_DETAIL",
+                "set": {
+                    "failure": None,
+                    "intention": "EXECUTE",
+                    "meta": {},
+                    "name": step,
+                    "results": None,
+                    "revert_failure": None,
+                    "revert_results": None,
+                    "state": "PENDING",
+                    "uuid": atom,
+                    "version": "1.0",
+                },
+            },
+        )
     w.add("flow", flow, "spawn", None, "RUNNING", {"set": {"state": "RUNNING"}})
 
     roll = rng.random()
@@ -136,18 +220,35 @@ def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, 
             break
         took = rng.lognormvariate(-4.5, 1.2) * (40 if step in ("image", "resume") else 1)
         if step == fail_at:
-            w.add("atom", atom, step, "RUNNING", "FAILURE",
-                  {"set": {"failure": _failure(error), "state": "FAILURE"}}, took)
+            w.add(
+                "atom",
+                atom,
+                step,
+                "RUNNING",
+                "FAILURE",
+                {"set": {"failure": _failure(error), "state": "FAILURE"}},
+                took,
+            )
             done.append(step)
             break
         result: Any = {"ok": True}
         if step == "domain_xml":
             result = DOMAIN_XML
         elif step == "vifs":
-            result = {"expected_events": [spec["vifs"][0]["id"]], "plugged": [],
-                      "waiting_since": w.ts}
-        w.add("atom", atom, step, "RUNNING", "SUCCESS",
-              {"set": {"results": result, "state": "SUCCESS"}}, took)
+            result = {
+                "expected_events": [spec["vifs"][0]["id"]],
+                "plugged": [],
+                "waiting_since": w.ts,
+            }
+        w.add(
+            "atom",
+            atom,
+            step,
+            "RUNNING",
+            "SUCCESS",
+            {"set": {"results": result, "state": "SUCCESS"}},
+            took,
+        )
         w.add("atom", atom, step, "SUCCESS", "SUCCESS", {"set": {"meta": {"progress": 1.0}}})
         done.append(step)
     if outcome == "ACTIVE":
@@ -155,32 +256,65 @@ def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, 
         w.add("build", build_id, name, "RUNNING", "ACTIVE", None)
     elif outcome in ("ROLLED_BACK", "FAILED"):
         for step, atom in atoms.items():
-            state = "SUCCESS" if step in done[:-1] else ("FAILURE" if step == fail_at
-                                                         else "PENDING")
+            state = (
+                "SUCCESS" if step in done[:-1] else ("FAILURE" if step == fail_at else "PENDING")
+            )
             w.add("atom", atom, step, state, state, {"set": {"intention": "REVERT"}})
         for position, step in enumerate(reversed(done)):
             atom = atoms[step]
             before = "FAILURE" if step == fail_at else "SUCCESS"
             w.add("atom", atom, step, before, "REVERTING", {"set": {"state": "REVERTING"}})
             if outcome == "FAILED" and position == 1:
-                w.add("atom", atom, step, "REVERTING", "REVERT_FAILURE",
-                      {"set": {"revert_failure": _failure("FirewallError"),
-                               "state": "REVERT_FAILURE"}}, 0.01)
+                w.add(
+                    "atom",
+                    atom,
+                    step,
+                    "REVERTING",
+                    "REVERT_FAILURE",
+                    {
+                        "set": {
+                            "revert_failure": _failure("FirewallError"),
+                            "state": "REVERT_FAILURE",
+                        }
+                    },
+                    0.01,
+                )
                 break
-            w.add("atom", atom, step, "REVERTING", "REVERTED", {"set": {"state": "REVERTED"}},
-                  0.002)
-        w.add("flow", flow, "spawn", "RUNNING", "REVERTED" if outcome == "ROLLED_BACK"
-              else "FAILURE", {"set": {"state": "REVERTED"}})
+            w.add(
+                "atom", atom, step, "REVERTING", "REVERTED", {"set": {"state": "REVERTED"}}, 0.002
+            )
+        w.add(
+            "flow",
+            flow,
+            "spawn",
+            "RUNNING",
+            "REVERTED" if outcome == "ROLLED_BACK" else "FAILURE",
+            {"set": {"state": "REVERTED"}},
+        )
         w.add("build", build_id, name, "RUNNING", "REVERTING", None)
-        w.add("build", build_id, name, "REVERTING", outcome,
-              {"error": f"{error}: synthetic {error} for the benchmark"})
+        w.add(
+            "build",
+            build_id,
+            name,
+            "REVERTING",
+            outcome,
+            {"error": f"{error}: synthetic {error} for the benchmark"},
+        )
     elif outcome == "INTERRUPTED":
         w.add("build", build_id, name, "RUNNING", "INTERRUPTED", None, 30)
     states = [r["to_state"] for r in w.rows if r["kind"] == "build"]
-    row = {"build_id": build_id, "instance_uuid": instance, "instance_name": name, "host": host,
-           "state": states[-1], "created_at": start, "updated_at": w.rows[-1]["ts"],
-           "spec": spec, "error": w.rows[-1]["payload"]["error"]
-           if outcome in ("ROLLED_BACK", "FAILED") else None, "last_seq": 0}
+    row = {
+        "build_id": build_id,
+        "instance_uuid": instance,
+        "instance_name": name,
+        "host": host,
+        "state": states[-1],
+        "created_at": start,
+        "updated_at": w.rows[-1]["ts"],
+        "spec": spec,
+        "error": w.rows[-1]["payload"]["error"] if outcome in ("ROLLED_BACK", "FAILED") else None,
+        "last_seq": 0,
+    }
     return row, w.rows
 
 
@@ -221,8 +355,12 @@ def fill(url: str, events: int, seed: int = 7) -> dict[str, Any]:
             if len(batch_events) >= 20_000:
                 flush(conn)
         flush(conn)
-        conn.execute(sa.text("UPDATE builds SET last_seq = (SELECT max(seq) FROM events "
-                             "WHERE events.build_id = builds.build_id)"))
+        conn.execute(
+            sa.text(
+                "UPDATE builds SET last_seq = (SELECT max(seq) FROM events "
+                "WHERE events.build_id = builds.build_id)"
+            )
+        )
     with engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
@@ -244,8 +382,9 @@ def timed(call: Callable[[], Any], runs: int, warmup: int = 3) -> float:
     return statistics.median(samples)
 
 
-def queries(history: History, info: dict[str, Any], rng: random.Random
-            ) -> Iterator[tuple[str, Callable[[], Any], int]]:
+def queries(
+    history: History, info: dict[str, Any], rng: random.Random
+) -> Iterator[tuple[str, Callable[[], Any], int]]:
     ids = info["ids"]
     some = [rng.choice(ids) for _ in range(64)]
     cycle = iter(some * 1000)
@@ -260,8 +399,11 @@ def queries(history: History, info: dict[str, Any], rng: random.Random
     yield "list: --host cmp-007", lambda: history.builds(host="cmp-007"), 30
     yield "list: --since 7d", lambda: history.builds(since="7d"), 30
     yield "list: --failed-step resume", lambda: history.builds(failed_step="resume"), 20
-    yield "list: --instance UUID", lambda: history.builds(
-        instance=history.build(some[0]).instance_uuid), 20
+    yield (
+        "list: --instance UUID",
+        lambda: history.builds(instance=history.build(some[0]).instance_uuid),
+        20,
+    )
     yield "stats (all builds)", lambda: history.stats(), 3
     yield "stats --since 1d", lambda: history.stats(since="1d"), 5
 
@@ -312,9 +454,11 @@ def run(sizes: tuple[int, ...] = SIZES, keep: str | None = None) -> None:
             url = f"sqlite:///{path}"
             start = time.perf_counter()
             info = fill(url, size)
-            print(f"generated {info['events']:,} events, {info['builds']:,} builds in "
-                  f"{time.perf_counter() - start:.1f}s ({os.path.getsize(path) / 1e6:.0f} MB)",
-                  flush=True)
+            print(
+                f"generated {info['events']:,} events, {info['builds']:,} builds in "
+                f"{time.perf_counter() - start:.1f}s ({os.path.getsize(path) / 1e6:.0f} MB)",
+                flush=True,
+            )
             measured[size] = {"as migrated": measure(url, info)}
             engine = sa.create_engine(url)
             with engine.begin() as conn:
@@ -351,10 +495,16 @@ def report(sizes: tuple[int, ...], measured: dict[int, dict[str, dict[str, float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES),
-                        help="event counts, comma separated (default 10000,1000000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.history",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(s) for s in SIZES),
+        help="event counts, comma separated (default 10000,1000000)",
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep the databases in DIR")
     args = parser.parse_args(argv)
     run(tuple(int(s) for s in args.sizes.split(",")), args.keep)

@@ -58,6 +58,7 @@ def make_flow() -> linear_flow.Flow:
 
 # -- what the database driver runs (every path: SQLAlchemy's and our raw one) --------
 
+
 @dataclass
 class Counts:
     statements: int = 0
@@ -128,14 +129,16 @@ def driver_counting() -> Iterator[None]:
 
 # -- the runs --------------------------------------------------------------------
 
+
 def run_once(backend: object) -> None:
     book = models.LogBook("bench")
     flow_detail = models.FlowDetail("bench", uuid=models.uuidutils.generate_uuid())
     book.add(flow_detail)
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
-    engine = taskflow.engines.load(make_flow(), flow_detail=flow_detail, book=book,
-                                   backend=backend, engine="serial")
+    engine = taskflow.engines.load(
+        make_flow(), flow_detail=flow_detail, book=book, backend=backend, engine="serial"
+    )
     engine.run()
 
 
@@ -172,7 +175,7 @@ def pg_available(url: str) -> bool:
     try:
         with engine.connect():
             return True
-    except Exception:  # noqa: BLE001 - any failure means "no server to measure"
+    except Exception:
         return False
     finally:
         engine.dispose()
@@ -190,10 +193,14 @@ def backends(tmp: str) -> Iterator[tuple[str, int, Callable[[], object]]]:
 
     yield "taskflow sqlalchemy/sqlite", 3, stock
     yield "spawnflow sqlite, fresh log", 0, lambda: open_backend(f"sqlite:///{tmp}/fresh.sqlite")
-    yield ("spawnflow sqlite (WAL, FULL)", STEADY_WARMUP,
-           lambda: open_backend(f"sqlite:///{tmp}/ours.sqlite"))
+    yield (
+        "spawnflow sqlite (WAL, FULL)",
+        STEADY_WARMUP,
+        lambda: open_backend(f"sqlite:///{tmp}/ours.sqlite"),
+    )
     pg_url = os.environ.get("SPAWNFLOW_BENCH_PG_URL", DEFAULT_PG_URL)
     if pg_available(pg_url):
+
         def ours_pg() -> object:
             engine = sa.create_engine(pg_url)
             with engine.begin() as conn:
@@ -203,8 +210,10 @@ def backends(tmp: str) -> Iterator[tuple[str, int, Callable[[], object]]]:
 
         yield "spawnflow postgresql", 10, ours_pg
     else:
-        print(f"(no PostgreSQL at {sa.make_url(pg_url).render_as_string(hide_password=True)}"
-              "; run tools/start-postgres.sh to include it)")
+        print(
+            f"(no PostgreSQL at {sa.make_url(pg_url).render_as_string(hide_password=True)}"
+            "; run tools/start-postgres.sh to include it)"
+        )
 
 
 def measure(tmp: str, runs: int) -> list[Result]:
@@ -222,8 +231,15 @@ def measure(tmp: str, runs: int) -> list[Result]:
     finally:
         for subject in subjects:
             subject.backend.close()
-    return [Result(s.name, statistics.median(s.times) * 1000, s.counts.statements / len(s.times),
-                   s.counts.commits / len(s.times)) for s in subjects]
+    return [
+        Result(
+            s.name,
+            statistics.median(s.times) * 1000,
+            s.counts.statements / len(s.times),
+            s.counts.commits / len(s.times),
+        )
+        for s in subjects
+    ]
 
 
 def main(runs: int = RUNS) -> list[Result]:
@@ -232,12 +248,16 @@ def main(runs: int = RUNS) -> list[Result]:
     base = results[0].median_ms
     ours = next(r for r in results if r.name.startswith("spawnflow sqlite (WAL"))
     stock = next(r for r in results if r.name.startswith("taskflow sqlalchemy"))
-    print(f"{TASKS}-task no-op linear flow, serial engine, median of {runs} runs "
-          f"(fresh log: its first {FRESH_FLOWS} flows), backends taking turns")
+    print(
+        f"{TASKS}-task no-op linear flow, serial engine, median of {runs} runs "
+        f"(fresh log: its first {FRESH_FLOWS} flows), backends taking turns"
+    )
     print(f"{'backend':<30} {'ms/flow':>9} {'x in-mem':>9} {'SQL/flow':>9} {'commits':>8}")
     for r in results:
-        print(f"{r.name:<30} {r.median_ms:9.2f} {r.median_ms / base:9.2f} "
-              f"{r.statements:9.1f} {r.commits:8.1f}")
+        print(
+            f"{r.name:<30} {r.median_ms:9.2f} {r.median_ms / base:9.2f} "
+            f"{r.statements:9.1f} {r.commits:8.1f}"
+        )
     print(f"stock / ours (sqlite, steady state): {stock.median_ms / ours.median_ms:.1f}x")
     return results
 

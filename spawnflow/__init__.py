@@ -19,8 +19,10 @@ __all__ = ["Agent", "Outcome"]
 def __getattr__(name: str) -> Any:
     if name == "Agent":
         from spawnflow.engine.agent import Agent
+
         return Agent
     if name == "Outcome":
         from spawnflow.engine.outcome import Outcome
+
         return Outcome
     raise AttributeError(f"module 'spawnflow' has no attribute {name!r}")

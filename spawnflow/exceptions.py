@@ -97,7 +97,7 @@ class BuildCancelled(SpawnflowError):
     """An operator cancelled the build; it rolls back from the next step boundary."""
 
 
-class AgentStopping(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+class AgentStopping(BaseException):
     """The agent is stopping (SIGTERM) while a step waits.
 
     A BaseException on purpose: TaskFlow turns an Exception into a step

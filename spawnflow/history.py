@@ -43,8 +43,9 @@ from spawnflow.persistence.history import (
 from spawnflow.persistence.retention import purge as _purge
 
 
-def import_document(db_url: str, document: dict[str, Any], *,
-                    allow_unfinished: bool = False) -> str:
+def import_document(
+    db_url: str, document: dict[str, Any], *, allow_unfinished: bool = False
+) -> str:
     """Import an export document into the database at ``db_url``; return the build id.
 
     The database must be a spawnflow one (an empty one is created/upgraded).
@@ -68,7 +69,24 @@ def purge(db_url: str, older_than_days: float, batch_size: int = 500) -> int:
         eventlog.close()
 
 
-__all__ = ["BuildHistory", "BuildSummary", "Diagnosis", "DuplicateBuild", "Event", "EventWait",
-           "ExternalEvent", "History", "Interruption", "InvalidExport", "Span", "Stats",
-           "StepHistory", "StepStats", "Transition", "diagnose", "import_document",
-           "parse_time", "purge"]
+__all__ = [
+    "BuildHistory",
+    "BuildSummary",
+    "Diagnosis",
+    "DuplicateBuild",
+    "Event",
+    "EventWait",
+    "ExternalEvent",
+    "History",
+    "Interruption",
+    "InvalidExport",
+    "Span",
+    "Stats",
+    "StepHistory",
+    "StepStats",
+    "Transition",
+    "diagnose",
+    "import_document",
+    "parse_time",
+    "purge",
+]

@@ -23,10 +23,12 @@ def write_conf(path: Path, **groups: dict[str, Any]) -> Path:
     return path
 
 
-def load_conf(tmp_path: Path, **groups: dict[str, Any]):  # noqa: ANN201
+def load_conf(tmp_path: Path, **groups: dict[str, Any]):
     # Test images are made under tmp_path: allow it as an image source.
-    merged: dict[str, dict[str, Any]] = {"DEFAULT": {"state_path": tmp_path / "state"},
-                                         "images": {"allowed_sources": tmp_path}}
+    merged: dict[str, dict[str, Any]] = {
+        "DEFAULT": {"state_path": tmp_path / "state"},
+        "images": {"allowed_sources": tmp_path},
+    }
     for group, options in groups.items():
         merged.setdefault(group, {}).update(options)
     path = write_conf(tmp_path / "spawnflow.conf", **merged)
@@ -58,17 +60,28 @@ def new_mac() -> str:
 
 
 def bridge_vif(bridge: str, active: bool = True) -> dict:
-    return {"id": new_uuid(), "mac": new_mac(), "type": "bridge", "bridge": bridge,
-            "ips": ["10.0.0.5"], "active": active}
+    return {
+        "id": new_uuid(),
+        "mac": new_mac(),
+        "type": "bridge",
+        "bridge": bridge,
+        "ips": ["10.0.0.5"],
+        "active": active,
+    }
 
 
 def tap_vif(active: bool = True) -> dict:
     """A 'tap' VIF: spawnflow creates the tap, libvirt opens it unmanaged."""
-    return {"id": new_uuid(), "mac": new_mac(), "type": "tap", "ips": ["10.0.0.6"],
-            "active": active}
+    return {
+        "id": new_uuid(),
+        "mac": new_mac(),
+        "type": "tap",
+        "ips": ["10.0.0.6"],
+        "active": active,
+    }
 
 
-def history_of(conf, build_id: str):  # noqa: ANN001, ANN201
+def history_of(conf, build_id: str):
     """The build's history (spawnflow.history.BuildHistory) read from conf's database."""
     from spawnflow.history import History
 
@@ -76,8 +89,9 @@ def history_of(conf, build_id: str):  # noqa: ANN001, ANN201
         return history.build(build_id)
 
 
-def leaks(conn: libvirt.virConnect, instance_uuid: str, instances_path: Path,
-          taps: list[str] = ()) -> list[str]:
+def leaks(
+    conn: libvirt.virConnect, instance_uuid: str, instances_path: Path, taps: list[str] = ()
+) -> list[str]:
     """What a rolled-back build left behind on the host (empty means clean)."""
     from spawnflow.virt import vif
 
@@ -94,19 +108,25 @@ def leaks(conn: libvirt.virConnect, instance_uuid: str, instances_path: Path,
         found += [f"partial download {p}" for p in base.glob("*.part")]
     found += [f"tap {t}" for t in taps if vif.tap_exists(t)]
     try:
-        found += [f"secret {s.usageID()}" for s in conn.listAllSecrets()
-                  if instance_uuid in (s.usageID() or "")]
+        found += [
+            f"secret {s.usageID()}"
+            for s in conn.listAllSecrets()
+            if instance_uuid in (s.usageID() or "")
+        ]
     except libvirt.libvirtError:
         pass  # drivers without secrets (test:///default)
     try:
-        found += [f"nwfilter {f.name()}" for f in conn.listAllNWFilters()
-                  if instance_uuid in f.name()]
+        found += [
+            f"nwfilter {f.name()}" for f in conn.listAllNWFilters() if instance_uuid in f.name()
+        ]
     except libvirt.libvirtError:
         pass
     try:  # filter rules instantiated on a port outlive nothing but a running domain
-        found += [f"nwfilter binding {b.portDev()} -> {b.filterName()}"
-                  for b in conn.listAllNWFilterBindings()
-                  if b.portDev() in taps or instance_uuid in b.filterName()]
+        found += [
+            f"nwfilter binding {b.portDev()} -> {b.filterName()}"
+            for b in conn.listAllNWFilterBindings()
+            if b.portDev() in taps or instance_uuid in b.filterName()
+        ]
     except libvirt.libvirtError:
         pass
     return found

@@ -22,24 +22,30 @@ LOG = logging.getLogger(__name__)
 class AgentCommand(Command):
     """Run the agent: recover this host's builds, then run queued ones until SIGTERM."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
-                            help="how often to look for queued builds")
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=1.0,
+            metavar="SECONDS",
+            help="how often to look for queued builds",
+        )
         return parser
 
     def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
         LOG.info("build %s  %-14s %s", build_id, step, state)
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         agent = Agent(self.app.conf, progress=self._progress)
         agent.start()
         for build_id, decision in agent.recovered.items():
-            self.app.stdout.write(f"recovering build {build_id}: {decision.action} "
-                                  f"({decision.reason})\n")
+            self.app.stdout.write(
+                f"recovering build {build_id}: {decision.action} ({decision.reason})\n"
+            )
         self.app.stdout.write(f"agent of host {self.app.conf.host} running\n")
         self.app.stdout.flush()
         try:

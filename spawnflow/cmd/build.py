@@ -15,12 +15,12 @@ from spawnflow.persistence.eventlog import EventLog
 class BuildCancel(Command):
     """Cancel a build: it rolls back from its next step boundary (persisted first)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("build_id", metavar="BUILD_ID")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         log = EventLog.open(sf_conf.database_url(self.app.conf), upgrade=False)
         try:
             row = log.get_build(parsed_args.build_id)
@@ -29,5 +29,7 @@ class BuildCancel(Command):
             request_cancel(log, row.build_id)
         finally:
             log.close()
-        self.app.stdout.write(f"cancel of build {row.build_id} requested; the agent of host "
-                              f"{safe(row.host)} rolls it back at the next step boundary\n")
+        self.app.stdout.write(
+            f"cancel of build {row.build_id} requested; the agent of host "
+            f"{safe(row.host)} rolls it back at the next step boundary\n"
+        )

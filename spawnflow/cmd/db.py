@@ -31,20 +31,20 @@ def _named(url: str) -> Iterator[None]:
 class DbUpgrade(Command):
     """Upgrade the event log schema to the newest revision."""
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         url = sf_conf.database_url(self.app.conf)
         with _named(url):
             schema.open_engine(url).dispose()
-        self.app.stdout.write(
-            f"database {mask_url(url)} at revision {schema.head_revision()}\n")
+        self.app.stdout.write(f"database {mask_url(url)} at revision {schema.head_revision()}\n")
 
 
 class DbCurrent(Command):
     """Show the event log schema revision (and the newest this code knows)."""
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         url = sf_conf.database_url(self.app.conf)
         with _named(url):
             revision = schema.inspect_url(url)
-        self.app.stdout.write(f"current {revision or 'empty'} (head {schema.head_revision()}) "
-                              f"in {mask_url(url)}\n")
+        self.app.stdout.write(
+            f"current {revision or 'empty'} (head {schema.head_revision()}) in {mask_url(url)}\n"
+        )

@@ -17,7 +17,7 @@ from spawnflow.persistence.eventlog import EventLog
 class EventDeliver(Command):
     """Deliver an external event (network-vif-plugged) to the instance's unfinished build."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         add_db_option(parser)
         parser.add_argument("instance", metavar="INSTANCE", help="instance uuid")
@@ -26,14 +26,21 @@ class EventDeliver(Command):
         parser.add_argument("--status", choices=sorted(STATUSES), default="completed")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         # upgrade=False: a mistyped --db is refused instead of becoming a new database.
         eventlog = EventLog.open(db_url(parsed_args.db, self.app.conf), upgrade=False)
         try:
-            build_id = deliver(eventlog, parsed_args.instance, parsed_args.name,
-                               parsed_args.tag, parsed_args.status)
+            build_id = deliver(
+                eventlog,
+                parsed_args.instance,
+                parsed_args.name,
+                parsed_args.tag,
+                parsed_args.status,
+            )
         finally:
             eventlog.close()
-        self.app.stdout.write(f"delivered {parsed_args.name} ({parsed_args.status}) for "
-                              f"{parsed_args.tag} to build {build_id}\n")
+        self.app.stdout.write(
+            f"delivered {parsed_args.name} ({parsed_args.status}) for "
+            f"{parsed_args.tag} to build {build_id}\n"
+        )
         return 0

@@ -36,8 +36,11 @@ def _escape(char: str) -> str:
     if char in _NAMED:
         return _NAMED[char]
     code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else (
-        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    )
 
 
 def safe(text: Any, keep: str = "") -> str:
@@ -51,8 +54,9 @@ def safe(text: Any, keep: str = "") -> str:
     text = text if isinstance(text, str) else str(text)
     if text.isprintable():
         return text
-    return "".join(_escape(ch) if ch not in keep and unicodedata.category(ch) in _UNSAFE
-                   else ch for ch in text)
+    return "".join(
+        _escape(ch) if ch not in keep and unicodedata.category(ch) in _UNSAFE else ch for ch in text
+    )
 
 
 def _utc(ts: float) -> datetime.datetime | None:
@@ -168,16 +172,19 @@ def table_width() -> int:
     return WIDTH
 
 
-def fit(columns: Sequence[str], rows: Sequence[Sequence[Any]], flexible: dict[str, int],
-        width: int | None = None) -> list[tuple]:
+def fit(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    flexible: dict[str, int],
+    width: int | None = None,
+) -> list[tuple]:
     """Shorten the ``flexible`` columns ({name: minimum width}) so the table fits ``width``.
 
     The widest flexible column gives up a character first; no column shrinks below
     its minimum or its header. Other columns keep their text.
     """
     width = width or table_width()
-    cells = [[("" if v is None else safe(" ".join(str(v).split()))) for v in row]
-             for row in rows]
+    cells = [[("" if v is None else safe(" ".join(str(v).split()))) for v in row] for row in rows]
     natural = [max([len(col)] + [len(row[i]) for row in cells]) for i, col in enumerate(columns)]
     widths = list(natural)
     excess = sum(widths) + 3 * len(columns) + 1 - width
@@ -189,14 +196,25 @@ def fit(columns: Sequence[str], rows: Sequence[Sequence[Any]], flexible: dict[st
         widest = max(candidates, key=lambda i: widths[i])
         widths[widest] -= 1
         excess -= 1
-    return [tuple(shorten(cell, widths[i]) if i in floors
-                  else (cell if isinstance(row[i], str) else row[i])
-                  for i, cell in enumerate(cells[n])) for n, row in enumerate(rows)]
+    return [
+        tuple(
+            shorten(cell, widths[i])
+            if i in floors
+            else (cell if isinstance(row[i], str) else row[i])
+            for i, cell in enumerate(cells[n])
+        )
+        for n, row in enumerate(rows)
+    ]
 
 
 def wrap(label: str, text: str, width: int | None = None, indent: int = 10) -> list[str]:
     """``label`` padded to ``indent`` and ``text`` wrapped under it."""
     width = width or table_width()
-    return textwrap.wrap(safe(" ".join(str(text).split())), width,
-                         initial_indent=label.ljust(indent), subsequent_indent=" " * indent,
-                         break_long_words=True, break_on_hyphens=False) or [label]
+    return textwrap.wrap(
+        safe(" ".join(str(text).split())),
+        width,
+        initial_indent=label.ljust(indent),
+        subsequent_indent=" " * indent,
+        break_long_words=True,
+        break_on_hyphens=False,
+    ) or [label]

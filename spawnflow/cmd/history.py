@@ -42,8 +42,19 @@ from spawnflow.persistence import lifecycle, retention
 from spawnflow.persistence.eventlog import EventLog
 
 STEP_COLUMNS = ("Step", "State", "Start", "Took", "Revert", "Try", "Error")
-STEP_FULL_COLUMNS = ("Step", "State", "Start", "End", "Duration", "Attempts", "Revert Start",
-                     "Revert End", "Revert Duration", "Error", "Revert Error")
+STEP_FULL_COLUMNS = (
+    "Step",
+    "State",
+    "Start",
+    "End",
+    "Duration",
+    "Attempts",
+    "Revert Start",
+    "Revert End",
+    "Revert Duration",
+    "Error",
+    "Revert Error",
+)
 
 
 # -- shared pieces ------------------------------------------------------------------------
@@ -71,13 +82,15 @@ def state_arg(text: str) -> list[str]:
     if unknown or not states:
         raise argparse.ArgumentTypeError(
             f"unknown state {', '.join(unknown) or repr(text)}; one of "
-            f"{', '.join(sorted(lifecycle.STATES))}")
+            f"{', '.join(sorted(lifecycle.STATES))}"
+        )
     return states
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", metavar="URL",
-                        help="database URL or SQLite file (default: [database] connection)")
+    parser.add_argument(
+        "--db", metavar="URL", help="database URL or SQLite file (default: [database] connection)"
+    )
 
 
 def is_table(parsed_args: argparse.Namespace) -> bool:
@@ -89,15 +102,15 @@ def wants_objects(parsed_args: argparse.Namespace) -> bool:
 
 
 class _HistoryCommand(Lister):
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         add_db_option(parser)
         return parser
 
-    def open_history(self, parsed_args) -> History:  # noqa: ANN001
+    def open_history(self, parsed_args) -> History:
         return History.open(db_url(parsed_args.db, self.app.conf))
 
-    def produce_output(self, parsed_args, column_names, data):  # noqa: ANN001
+    def produce_output(self, parsed_args, column_names, data):
         if not wants_objects(parsed_args):
             # table, csv and value print strings as they are; json and yaml escape
             # every control and non-ASCII character themselves.
@@ -114,24 +127,45 @@ class _HistoryCommand(Lister):
 
 def step_rows(build: BuildHistory, width: int | None = None) -> list[tuple]:
     """The compact 80-column step table (STEP_COLUMNS)."""
-    rows = [(step.name, step.state, clock(step.started_at), took(step.duration),
-             took(step.revert_duration), step.attempts or "-",
-             step.revert_error or step.error or "") for step in build.steps]
+    rows = [
+        (
+            step.name,
+            step.state,
+            clock(step.started_at),
+            took(step.duration),
+            took(step.revert_duration),
+            step.attempts or "-",
+            step.revert_error or step.error or "",
+        )
+        for step in build.steps
+    ]
     return fit(STEP_COLUMNS, rows, {"Error": 5, "Step": 8}, width)
 
 
 def step_full_rows(build: BuildHistory) -> list[tuple]:
-    return [(s.name, s.state, iso(s.started_at), iso(s.ended_at), rounded(s.duration, 6),
-             s.attempts, iso(s.revert_started_at), iso(s.revert_ended_at),
-             rounded(s.revert_duration, 6), s.error, s.revert_error) for s in build.steps]
+    return [
+        (
+            s.name,
+            s.state,
+            iso(s.started_at),
+            iso(s.ended_at),
+            rounded(s.duration, 6),
+            s.attempts,
+            iso(s.revert_started_at),
+            iso(s.revert_ended_at),
+            rounded(s.revert_duration, 6),
+            s.error,
+            s.revert_error,
+        )
+        for s in build.steps
+    ]
 
 
 def _recovery_lines(build: BuildHistory, width: int) -> list[str]:
     lines = []
     for gap in build.interruptions:
         where = ", ".join(gap.steps) or "between steps"
-        text = (f"interrupted at {where} (last event {clock(gap.last_seen)}, marked "
-                f"{clock(gap.at)})")
+        text = f"interrupted at {where} (last event {clock(gap.last_seen)}, marked {clock(gap.at)})"
         if gap.resumed_as == lifecycle.RUNNING:
             text += f", resumed {clock(gap.resumed_at)}"
         elif gap.resumed_as == lifecycle.REVERTING:
@@ -146,14 +180,14 @@ def summary(build: BuildHistory, width: int | None = None, brief: bool = False) 
     ``brief`` leaves out the build's error (a diagnosis printed below repeats it).
     """
     width = width or table_width()
-    lines = [f"build     {build.build_id}",
-             f"instance  {build.instance_uuid} {shorten(build.instance_name, 30)}",
-             f"host      {shorten(build.host, 30)}  created {stamp(build.created_at)}",
-             f"state     {build.state}  ("
-             + " -> ".join(t.to_state for t in build.lifecycle) + ")"]
+    lines = [
+        f"build     {build.build_id}",
+        f"instance  {build.instance_uuid} {shorten(build.instance_name, 30)}",
+        f"host      {shorten(build.host, 30)}  created {stamp(build.created_at)}",
+        f"state     {build.state}  (" + " -> ".join(t.to_state for t in build.lifecycle) + ")",
+    ]
     if build.duration is not None:
-        lines.append(f"took      {human(build.duration)}  (finished "
-                     f"{stamp(build.finished_at)})")
+        lines.append(f"took      {human(build.duration)}  (finished {stamp(build.finished_at)})")
     if build.error and not brief:
         lines += wrap("error", build.error, width)
     failed = build.failed_step
@@ -166,10 +200,12 @@ def summary(build: BuildHistory, width: int | None = None, brief: bool = False) 
 
 
 def diagnosis_of(build: BuildHistory, conf: Any) -> str:
-    return build.diagnose(vif_plugging_timeout=conf.network.vif_plugging_timeout,
-                          recovery_policy=conf.recovery.policy,
-                          resume_window=conf.recovery.resume_window,
-                          lease_seconds=getattr(conf.recovery, "lease_seconds", None)).text
+    return build.diagnose(
+        vif_plugging_timeout=conf.network.vif_plugging_timeout,
+        recovery_policy=conf.recovery.policy,
+        resume_window=conf.recovery.resume_window,
+        lease_seconds=getattr(conf.recovery, "lease_seconds", None),
+    ).text
 
 
 class HistoryShow(_HistoryCommand):
@@ -179,15 +215,18 @@ class HistoryShow(_HistoryCommand):
     Revert the rollback of the step, Try the forward attempts. Times are UTC.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("build_id", metavar="BUILD_ID", help="build id or unique prefix")
-        parser.add_argument("--diagnose", action="store_true",
-                            help="say in words what the build waits for or why it failed "
-                                 "(to stderr with -f json|yaml|csv|value)")
+        parser.add_argument(
+            "--diagnose",
+            action="store_true",
+            help="say in words what the build waits for or why it failed "
+            "(to stderr with -f json|yaml|csv|value)",
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         with self.open_history(parsed_args) as history:
             build = history.build(parsed_args.build_id)
         width = table_width()
@@ -205,8 +244,18 @@ class HistoryShow(_HistoryCommand):
 # -- list -----------------------------------------------------------------------------------
 
 LIST_COLUMNS = ("Build", "State", "Instance", "Host", "Started", "Took", "Failed step")
-LIST_FULL_COLUMNS = ("Build", "State", "Instance UUID", "Instance", "Host", "Started",
-                     "Finished", "Duration", "Failed Step", "Error")
+LIST_FULL_COLUMNS = (
+    "Build",
+    "State",
+    "Instance UUID",
+    "Instance",
+    "Host",
+    "Started",
+    "Finished",
+    "Duration",
+    "Failed Step",
+    "Error",
+)
 
 
 class HistoryList(_HistoryCommand):
@@ -217,43 +266,80 @@ class HistoryList(_HistoryCommand):
     age such as 90m, 2h, 7d.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument("--state", type=state_arg, action="append", metavar="STATE",
-                            help="only builds in this lifecycle state (repeatable, or a,b)")
+        parser.add_argument(
+            "--state",
+            type=state_arg,
+            action="append",
+            metavar="STATE",
+            help="only builds in this lifecycle state (repeatable, or a,b)",
+        )
         parser.add_argument("--instance", metavar="UUID_OR_NAME")
         parser.add_argument("--host")
-        parser.add_argument("--since", type=time_arg, metavar="TIME",
-                            help="created at or after TIME")
-        parser.add_argument("--until", type=time_arg, metavar="TIME",
-                            help="created before TIME")
-        parser.add_argument("--failed-step", metavar="STEP",
-                            help="only builds whose forward run failed at STEP")
+        parser.add_argument(
+            "--since", type=time_arg, metavar="TIME", help="created at or after TIME"
+        )
+        parser.add_argument("--until", type=time_arg, metavar="TIME", help="created before TIME")
+        parser.add_argument(
+            "--failed-step", metavar="STEP", help="only builds whose forward run failed at STEP"
+        )
         parser.add_argument("--limit", type=int, default=50, help="page size (0: all)")
-        parser.add_argument("--marker", metavar="BUILD_ID",
-                            help="continue after this build (the last of the previous page)")
+        parser.add_argument(
+            "--marker",
+            metavar="BUILD_ID",
+            help="continue after this build (the last of the previous page)",
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         if parsed_args.limit < 0:
             raise PersistenceError("--limit must be >= 0")
         states = [s for group in parsed_args.state or [] for s in group] or None
         with self.open_history(parsed_args) as history:
-            rows = history.builds(state=states, instance=parsed_args.instance,
-                                  host=parsed_args.host, since=parsed_args.since,
-                                  until=parsed_args.until, failed_step=parsed_args.failed_step,
-                                  limit=parsed_args.limit or None, marker=parsed_args.marker)
+            rows = history.builds(
+                state=states,
+                instance=parsed_args.instance,
+                host=parsed_args.host,
+                since=parsed_args.since,
+                until=parsed_args.until,
+                failed_step=parsed_args.failed_step,
+                limit=parsed_args.limit or None,
+                marker=parsed_args.marker,
+            )
         if parsed_args.limit and len(rows) == parsed_args.limit:
             self._footer = f"next page: --marker {rows[-1].build_id}"
         if is_table(parsed_args):
-            table = [(r.build_id[:8], r.state, r.instance_name, r.host,
-                      short_stamp(r.created_at), took(r.duration), r.failed_step or "")
-                     for r in rows]
-            return LIST_COLUMNS, fit(LIST_COLUMNS, table,
-                                     {"Instance": 8, "Host": 4, "Failed step": 6})
+            table = [
+                (
+                    r.build_id[:8],
+                    r.state,
+                    r.instance_name,
+                    r.host,
+                    short_stamp(r.created_at),
+                    took(r.duration),
+                    r.failed_step or "",
+                )
+                for r in rows
+            ]
+            return LIST_COLUMNS, fit(
+                LIST_COLUMNS, table, {"Instance": 8, "Host": 4, "Failed step": 6}
+            )
         return LIST_FULL_COLUMNS, [
-            (r.build_id, r.state, r.instance_uuid, r.instance_name, r.host, iso(r.created_at),
-             iso(r.finished_at), rounded(r.duration, 6), r.failed_step, r.error) for r in rows]
+            (
+                r.build_id,
+                r.state,
+                r.instance_uuid,
+                r.instance_name,
+                r.host,
+                iso(r.created_at),
+                iso(r.finished_at),
+                rounded(r.duration, 6),
+                r.failed_step,
+                r.error,
+            )
+            for r in rows
+        ]
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -286,14 +372,19 @@ def payload_summary(event: Event) -> str:
         spec = fields.pop("spec")
         spec = spec if isinstance(spec, dict) else {}
         flavor = spec.get("flavor") if isinstance(spec.get("flavor"), dict) else {}
-        fields["spec"] = (f"{flavor.get('vcpus', '?')}vcpu/{flavor.get('memory_mb', '?')}MB "
-                          f"{_count(spec.get('vifs'))}vif {_count(spec.get('volumes'))}vol")
+        fields["spec"] = (
+            f"{flavor.get('vcpus', '?')}vcpu/{flavor.get('memory_mb', '?')}MB "
+            f"{_count(spec.get('vifs'))}vif {_count(spec.get('volumes'))}vol"
+        )
     if isinstance(fields.get("meta"), dict) and set(fields["meta"]) == {"progress"}:
         fields["progress"] = fields.pop("meta")["progress"]
     if event.kind in ("atom", "flow") and event.from_state is None:
         return "created"
-    parts = [f"{key}={_brief(value)}" for key, value in sorted(fields.items())
-             if key not in _QUIET_KEYS and value is not None]
+    parts = [
+        f"{key}={_brief(value)}"
+        for key, value in sorted(fields.items())
+        if key not in _QUIET_KEYS and value is not None
+    ]
     unset = payload.get("unset")
     for key in unset if isinstance(unset, list) else []:
         parts.append(f"-{key}")
@@ -307,31 +398,51 @@ def _count(value: Any) -> int:
 class HistoryEvents(_HistoryCommand):
     """The raw events of one build, in log order (seq, time, kind, name, from→to, payload)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("build_id", metavar="BUILD_ID", help="build id or unique prefix")
-        parser.add_argument("--kind", action="append",
-                            choices=["build", "logbook", "flow", "atom", "external"],
-                            help="only events of this kind (repeatable)")
+        parser.add_argument(
+            "--kind",
+            action="append",
+            choices=["build", "logbook", "flow", "atom", "external"],
+            help="only events of this kind (repeatable)",
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         with self.open_history(parsed_args) as history:
             events = history.events(parsed_args.build_id)
         if parsed_args.kind:
             events = [e for e in events if e.kind in parsed_args.kind]
         if is_table(parsed_args):
-            rows = [(e.seq, clock_ms(e.at), e.kind, e.name or "",
-                     f"{e.from_state or ''}→{e.to_state or ''}"
-                     if (e.from_state or e.to_state) else "", payload_summary(e))
-                    for e in events]
-            return EVENT_COLUMNS, fit(EVENT_COLUMNS, rows,
-                                      {"Name": 8, "Change": 18, "Payload": 8})
+            rows = [
+                (
+                    e.seq,
+                    clock_ms(e.at),
+                    e.kind,
+                    e.name or "",
+                    f"{e.from_state or ''}→{e.to_state or ''}"
+                    if (e.from_state or e.to_state)
+                    else "",
+                    payload_summary(e),
+                )
+                for e in events
+            ]
+            return EVENT_COLUMNS, fit(EVENT_COLUMNS, rows, {"Name": 8, "Change": 18, "Payload": 8})
         objects = wants_objects(parsed_args)
         return EVENT_FULL_COLUMNS, [
-            (e.seq, iso(e.at), e.kind, e.subject, e.name, e.from_state, e.to_state,
-             e.payload if objects else json.dumps(e.payload, sort_keys=True))
-            for e in events]
+            (
+                e.seq,
+                iso(e.at),
+                e.kind,
+                e.subject,
+                e.name,
+                e.from_state,
+                e.to_state,
+                e.payload if objects else json.dumps(e.payload, sort_keys=True),
+            )
+            for e in events
+        ]
 
 
 # -- export / import ------------------------------------------------------------------------
@@ -340,14 +451,14 @@ class HistoryEvents(_HistoryCommand):
 class HistoryExport(Command):
     """Write one build's history as a self-contained JSON document (events + build row)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         add_db_option(parser)
         parser.add_argument("build_id", metavar="BUILD_ID", help="build id or unique prefix")
         parser.add_argument("-o", "--output", metavar="FILE", help="file (default: stdout)")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         with History.open(db_url(parsed_args.db, self.app.conf)) as history:
             doc = history.export(parsed_args.build_id)
         text = sf_export.dumps(doc)
@@ -355,8 +466,10 @@ class HistoryExport(Command):
             self.app.stdout.write(text)
             return 0
         _write_atomically(parsed_args.output, text.encode())
-        self.app.stderr.write(f"exported build {safe(doc['build']['build_id'])} "
-                              f"({len(doc['events'])} events) to {parsed_args.output}\n")
+        self.app.stderr.write(
+            f"exported build {safe(doc['build']['build_id'])} "
+            f"({len(doc['events'])} events) to {parsed_args.output}\n"
+        )
         return 0
 
 
@@ -372,8 +485,9 @@ def _write_atomically(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+        )
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), 0o600)  # mkstemp's mode, made explicit
             out.write(data)
@@ -395,15 +509,18 @@ class HistoryImport(Command):
     their host would try to recover them.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         add_db_option(parser)
         parser.add_argument("file", metavar="FILE", help="export document ('-': stdin)")
-        parser.add_argument("--allow-unfinished", action="store_true",
-                            help="import a build that is not in a final state")
+        parser.add_argument(
+            "--allow-unfinished",
+            action="store_true",
+            help="import a build that is not in a final state",
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         source = parsed_args.file
         try:
             if source == "-":
@@ -416,13 +533,16 @@ class HistoryImport(Command):
         url = db_url(parsed_args.db, self.app.conf)
         eventlog = EventLog.open(url)
         try:
-            build_id = sf_export.import_build(eventlog, doc,
-                                              allow_unfinished=parsed_args.allow_unfinished)
+            build_id = sf_export.import_build(
+                eventlog, doc, allow_unfinished=parsed_args.allow_unfinished
+            )
         finally:
             eventlog.close()
-        self.app.stdout.write(f"imported build {safe(build_id)} "
-                              f"({safe(doc['build'].get('state'))}, {len(doc['events'])} "
-                              "events)\n")
+        self.app.stdout.write(
+            f"imported build {safe(build_id)} "
+            f"({safe(doc['build'].get('state'))}, {len(doc['events'])} "
+            "events)\n"
+        )
         return 0
 
 
@@ -436,32 +556,41 @@ class HistoryTimeline(Command):
     format follows the file's extension (.svg, .html) unless --format says.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         add_db_option(parser)
         parser.add_argument("build_id", metavar="BUILD_ID", help="build id or unique prefix")
-        parser.add_argument("-o", "--output", metavar="FILE", required=True,
-                            help="FILE.svg or FILE.html")
-        parser.add_argument("--format", choices=["svg", "html"],
-                            help="default: from the file's extension")
+        parser.add_argument(
+            "-o", "--output", metavar="FILE", required=True, help="FILE.svg or FILE.html"
+        )
+        parser.add_argument(
+            "--format", choices=["svg", "html"], help="default: from the file's extension"
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         from spawnflow.cmd import timeline
 
         kind = parsed_args.format or os.path.splitext(parsed_args.output)[1].lower().lstrip(".")
         if kind == "htm":
             kind = "html"
         if kind not in ("svg", "html"):
-            raise SpawnflowError(f"cannot tell the format of {parsed_args.output}: name it "
-                                 ".svg or .html, or give --format svg|html")
+            raise SpawnflowError(
+                f"cannot tell the format of {parsed_args.output}: name it "
+                ".svg or .html, or give --format svg|html"
+            )
         with History.open(db_url(parsed_args.db, self.app.conf)) as history:
             build = history.build(parsed_args.build_id)
         conf = self.app.conf
-        options = {"vif_plugging_timeout": conf.network.vif_plugging_timeout,
-                   "diagnosis": diagnosis_of(build, conf)}
-        data = (timeline.render_svg(build, **options) if kind == "svg"
-                else timeline.render_html(build, **options))
+        options = {
+            "vif_plugging_timeout": conf.network.vif_plugging_timeout,
+            "diagnosis": diagnosis_of(build, conf),
+        }
+        data = (
+            timeline.render_svg(build, **options)
+            if kind == "svg"
+            else timeline.render_html(build, **options)
+        )
         _write_atomically(parsed_args.output, data)
         self.app.stdout.write(f"wrote {parsed_args.output} ({kind}, {len(build.steps)} steps)\n")
         return 0
@@ -497,38 +626,57 @@ class HistoryPurge(Command):
     builds, each its own short transaction. Unfinished builds are never touched.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         add_db_option(parser)
         parser.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
-        parser.add_argument("--batch-size", type=_positive, default=500, metavar="N",
-                            help="builds per transaction (default 500)")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="only count what would be removed")
+        parser.add_argument(
+            "--batch-size",
+            type=_positive,
+            default=500,
+            metavar="N",
+            help="builds per transaction (default 500)",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="only count what would be removed"
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         eventlog = EventLog.open(db_url(parsed_args.db, self.app.conf), upgrade=False)
         try:
             if parsed_args.dry_run:
                 count = retention.count_purgeable(eventlog, parsed_args.older_than)
-                self.app.stdout.write(f"would remove {count} finished builds older than "
-                                      f"{parsed_args.older_than:g} days\n")
+                self.app.stdout.write(
+                    f"would remove {count} finished builds older than "
+                    f"{parsed_args.older_than:g} days\n"
+                )
                 return 0
-            removed = retention.purge(eventlog, parsed_args.older_than,
-                                      batch_size=parsed_args.batch_size)
+            removed = retention.purge(
+                eventlog, parsed_args.older_than, batch_size=parsed_args.batch_size
+            )
         finally:
             eventlog.close()
-        self.app.stdout.write(f"removed {removed} finished builds older than "
-                              f"{parsed_args.older_than:g} days\n")
+        self.app.stdout.write(
+            f"removed {removed} finished builds older than {parsed_args.older_than:g} days\n"
+        )
         return 0
 
 
 # -- stats ----------------------------------------------------------------------------------
 
 STATS_COLUMNS = ("Step", "Runs", "Failed", "p50", "p95", "Max", "Reverts", "Revert p50")
-STATS_FULL_COLUMNS = ("Step", "Runs", "Failed", "p50", "p95", "Max", "Reverts", "Revert p50",
-                      "Revert p95")
+STATS_FULL_COLUMNS = (
+    "Step",
+    "Runs",
+    "Failed",
+    "p50",
+    "p95",
+    "Max",
+    "Reverts",
+    "Revert p50",
+    "Revert p95",
+)
 STATE_COLUMNS = ("State", "Builds")
 
 
@@ -539,31 +687,58 @@ class HistoryStats(_HistoryCommand):
     with --since/--until/--host/--state. --by state lists only the counts.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("--since", type=time_arg, metavar="TIME")
         parser.add_argument("--until", type=time_arg, metavar="TIME")
         parser.add_argument("--host")
         parser.add_argument("--state", type=state_arg, action="append", metavar="STATE")
-        parser.add_argument("--by", choices=["step", "state"], default="step",
-                            help="rows per step (default) or per build state")
+        parser.add_argument(
+            "--by",
+            choices=["step", "state"],
+            default="step",
+            help="rows per step (default) or per build state",
+        )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         states = [s for group in parsed_args.state or [] for s in group] or None
         with self.open_history(parsed_args) as history:
-            stats = history.stats(since=parsed_args.since, until=parsed_args.until,
-                                  host=parsed_args.host, state=states)
+            stats = history.stats(
+                since=parsed_args.since,
+                until=parsed_args.until,
+                host=parsed_args.host,
+                state=states,
+            )
         if parsed_args.by == "state":
             return STATE_COLUMNS, sorted(stats.builds.items())
         if is_table(parsed_args):
             counts = ", ".join(f"{state} {n}" for state, n in stats.builds.items()) or "none"
-            self.app.stdout.write("\n".join(wrap("builds", f"{stats.total} ({counts})"))
-                                  + "\n")
+            self.app.stdout.write("\n".join(wrap("builds", f"{stats.total} ({counts})")) + "\n")
             return STATS_COLUMNS, [
-                (s.name, s.runs, s.failures, took(s.p50), took(s.p95), took(s.max), s.reverts,
-                 took(s.revert_p50)) for s in stats.steps]
+                (
+                    s.name,
+                    s.runs,
+                    s.failures,
+                    took(s.p50),
+                    took(s.p95),
+                    took(s.max),
+                    s.reverts,
+                    took(s.revert_p50),
+                )
+                for s in stats.steps
+            ]
         return STATS_FULL_COLUMNS, [
-            (s.name, s.runs, s.failures, rounded(s.p50, 6), rounded(s.p95, 6),
-             rounded(s.max, 6), s.reverts, rounded(s.revert_p50, 6), rounded(s.revert_p95, 6))
-            for s in stats.steps]
+            (
+                s.name,
+                s.runs,
+                s.failures,
+                rounded(s.p50, 6),
+                rounded(s.p95, 6),
+                rounded(s.max, 6),
+                s.reverts,
+                rounded(s.revert_p50, 6),
+                rounded(s.revert_p95, 6),
+            )
+            for s in stats.steps
+        ]

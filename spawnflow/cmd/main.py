@@ -46,14 +46,15 @@ def _database_error(exc: sa.exc.SQLAlchemyError) -> PersistenceError:
     orig = getattr(exc, "orig", None) or exc
     lines = [line for line in str(orig).splitlines() if line.strip()]
     return PersistenceError(
-        f"database error: {safe(_mask_urls(lines[0])) if lines else type(orig).__name__}")
+        f"database error: {safe(_mask_urls(lines[0])) if lines else type(orig).__name__}"
+    )
 
 
-def _guarded(take_action):  # noqa: ANN001, ANN202 - wraps a cliff command method
+def _guarded(take_action):
     """Turn the failures operators cause into one-line SpawnflowErrors."""
 
     @functools.wraps(take_action)
-    def run(parsed_args):  # noqa: ANN001, ANN202
+    def run(parsed_args):
         try:
             return take_action(parsed_args)
         except SpawnflowError as exc:
@@ -75,15 +76,16 @@ def _guarded(take_action):  # noqa: ANN001, ANN202 - wraps a cliff command metho
             if message == str(exc):
                 raise
             raise SpawnflowError(f"{type(exc).__name__}: {message}") from exc
+
     return run
 
 
-def _one_line_usage_errors(get_parser):  # noqa: ANN001, ANN202 - wraps a cliff method
+def _one_line_usage_errors(get_parser):
     """A bad argument is refused in one line, like every other error (argparse would
     print the whole usage first); ``--help`` still shows it."""
 
     @functools.wraps(get_parser)
-    def make(prog_name: str):  # noqa: ANN202 - an argparse parser
+    def make(prog_name: str):
         parser = get_parser(prog_name)
 
         def error(message: str) -> NoReturn:
@@ -91,24 +93,33 @@ def _one_line_usage_errors(get_parser):  # noqa: ANN001, ANN202 - wraps a cliff 
 
         parser.error = error
         return parser
+
     return make
 
 
 class SpawnflowApp(App):
     def __init__(self) -> None:
-        super().__init__(description="Durable, revertible VM spawns on a libvirt host.",
-                         version="0.1.0", command_manager=CommandManager("spawnflow.cli"),
-                         deferred_help=True)
+        super().__init__(
+            description="Durable, revertible VM spawns on a libvirt host.",
+            version="0.1.0",
+            command_manager=CommandManager("spawnflow.cli"),
+            deferred_help=True,
+        )
         self._conf = None
 
-    def build_option_parser(self, description, version, argparse_kwargs=None):  # noqa: ANN001
+    def build_option_parser(self, description, version, argparse_kwargs=None):
         parser = super().build_option_parser(description, version, argparse_kwargs)
-        parser.add_argument("--config-file", action="append", default=[], metavar="PATH",
-                            help="oslo.config file (repeatable)")
+        parser.add_argument(
+            "--config-file",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="oslo.config file (repeatable)",
+        )
         return parser
 
     @property
-    def conf(self):  # noqa: ANN201 - oslo ConfigOpts
+    def conf(self):
         """The configuration, loaded once from --config-file."""
         if self._conf is None:
             argv = []
@@ -117,11 +128,11 @@ class SpawnflowApp(App):
             self._conf = sf_conf.load(argv)
         return self._conf
 
-    def prepare_to_run_command(self, cmd):  # noqa: ANN001 - cliff hook
+    def prepare_to_run_command(self, cmd):
         cmd.take_action = _guarded(cmd.take_action)
         cmd.get_parser = _one_line_usage_errors(cmd.get_parser)
 
-    def clean_up(self, cmd, result, err):  # noqa: ANN001 - cliff hook
+    def clean_up(self, cmd, result, err):
         # cliff has printed str(err) (one line, see _guarded) and returns 1;
         # the traceback is only for --debug.
         if isinstance(err, SpawnflowError):

@@ -20,21 +20,25 @@ from spawnflow.virt.host import Host
 class Spawn(Command):
     """Spawn a VM from a YAML/JSON build spec and wait for the outcome."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("spec", metavar="SPEC", help="build spec (YAML or JSON file)")
-        parser.add_argument("--timeout", type=float, default=None,
-                            help="seconds to wait for the outcome")
-        parser.add_argument("--no-wait", action="store_true",
-                            help="only queue the build in the database for this host's "
-                                 "agent (`spawnflow agent`) and print its id")
+        parser.add_argument(
+            "--timeout", type=float, default=None, help="seconds to wait for the outcome"
+        )
+        parser.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="only queue the build in the database for this host's "
+            "agent (`spawnflow agent`) and print its id",
+        )
         return parser
 
     def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
         self.app.stdout.write(f"{elapsed:8.3f}s  {step:<14} {state}\n")
         self.app.stdout.flush()
 
-    def take_action(self, parsed_args):  # noqa: ANN001
+    def take_action(self, parsed_args):
         conf = self.app.conf
         if parsed_args.no_wait:
             return self._queue(conf, parsed_args.spec)
@@ -48,12 +52,10 @@ class Spawn(Command):
             build = history.build(build_id)
         self.app.stdout.write("\n" + summary(build) + "\n")
         formatter = TableFormatter()
-        formatter.emit_list(STEP_COLUMNS, step_rows(build), self.app.stdout,
-                            _TableArgs())
+        formatter.emit_list(STEP_COLUMNS, step_rows(build), self.app.stdout, _TableArgs())
         return 0 if outcome.state == lifecycle.ACTIVE else 1
 
-
-    def _queue(self, conf, spec_path: str) -> int:  # noqa: ANN001
+    def _queue(self, conf, spec_path: str) -> int:
         spec = parse_spec(spec_path)  # validated before anything is written
         host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
         try:
@@ -70,8 +72,10 @@ class Spawn(Command):
             backend.close()
             log.close()
         if state == lifecycle.ACTIVE:
-            self.app.stdout.write(f"build {build_id} of instance {spec.instance.uuid} is "
-                                  f"already ACTIVE on host {conf.host}; nothing queued\n")
+            self.app.stdout.write(
+                f"build {build_id} of instance {spec.instance.uuid} is "
+                f"already ACTIVE on host {conf.host}; nothing queued\n"
+            )
             return 0
         doing = "queued for" if created else "already queued/running on"
         self.app.stdout.write(f"build {build_id} {doing} the agent of host {conf.host}\n")

@@ -7,15 +7,30 @@ from oslo_config import cfg
 GROUP = None
 
 OPTS = [
-    cfg.StrOpt("host", default=socket.gethostname(), sample_default="<hostname>",
-               help="Name of this compute host; builds are owned by the host that runs them."),
-    cfg.StrOpt("state_path", default="/var/lib/spawnflow",
-               help="Directory for the embedded event log, locks and instance files."),
-    cfg.StrOpt("instances_path", default=None, sample_default="$state_path/instances",
-               help="Directory for instance disks and the _base image cache "
-                    "(default: <state_path>/instances)."),
-    cfg.IntOpt("max_concurrent_builds", default=10, min=1,
-               help="Builds run at the same time by one agent, one TaskFlow engine each."),
+    cfg.StrOpt(
+        "host",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Name of this compute host; builds are owned by the host that runs them.",
+    ),
+    cfg.StrOpt(
+        "state_path",
+        default="/var/lib/spawnflow",
+        help="Directory for the embedded event log, locks and instance files.",
+    ),
+    cfg.StrOpt(
+        "instances_path",
+        default=None,
+        sample_default="$state_path/instances",
+        help="Directory for instance disks and the _base image cache "
+        "(default: <state_path>/instances).",
+    ),
+    cfg.IntOpt(
+        "max_concurrent_builds",
+        default=10,
+        min=1,
+        help="Builds run at the same time by one agent, one TaskFlow engine each.",
+    ),
 ]
 
 

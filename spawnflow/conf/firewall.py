@@ -5,9 +5,13 @@ from oslo_config import cfg
 GROUP = "firewall"
 
 OPTS = [
-    cfg.StrOpt("driver", default="nwfilter", choices=["nwfilter", "noop"],
-               help="nwfilter: a per-instance filter referencing libvirt's clean-traffic "
-                    "filter with the port IPs. noop: no filtering."),
+    cfg.StrOpt(
+        "driver",
+        default="nwfilter",
+        choices=["nwfilter", "noop"],
+        help="nwfilter: a per-instance filter referencing libvirt's clean-traffic "
+        "filter with the port IPs. noop: no filtering.",
+    ),
 ]
 
 

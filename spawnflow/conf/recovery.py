@@ -5,18 +5,34 @@ from oslo_config import cfg
 GROUP = "recovery"
 
 OPTS = [
-    cfg.StrOpt("policy", default="auto", choices=["resume", "rollback", "auto"],
-               help="resume: continue from the interrupted step; rollback: revert every "
-                    "step; auto: resume builds younger than resume_window, else roll back."),
-    cfg.IntOpt("resume_window", default=600, min=0,
-               help="Seconds; with policy=auto, older interrupted builds are rolled back."),
-    cfg.IntOpt("lease_seconds", default=30, min=3,
-               help="An agent renews its ownership of the host every lease_seconds/3; a "
-                    "second agent refuses to start while the owner's lease is fresh and "
-                    "its process alive."),
-    cfg.IntOpt("graceful_stop_timeout", default=30, min=0,
-               help="Seconds SIGTERM waits for running steps to reach a boundary; builds "
-                    "still inside a step are then left for the next start to recover."),
+    cfg.StrOpt(
+        "policy",
+        default="auto",
+        choices=["resume", "rollback", "auto"],
+        help="resume: continue from the interrupted step; rollback: revert every "
+        "step; auto: resume builds younger than resume_window, else roll back.",
+    ),
+    cfg.IntOpt(
+        "resume_window",
+        default=600,
+        min=0,
+        help="Seconds; with policy=auto, older interrupted builds are rolled back.",
+    ),
+    cfg.IntOpt(
+        "lease_seconds",
+        default=30,
+        min=3,
+        help="An agent renews its ownership of the host every lease_seconds/3; a "
+        "second agent refuses to start while the owner's lease is fresh and "
+        "its process alive.",
+    ),
+    cfg.IntOpt(
+        "graceful_stop_timeout",
+        default=30,
+        min=0,
+        help="Seconds SIGTERM waits for running steps to reach a boundary; builds "
+        "still inside a step are then left for the next start to recover.",
+    ),
 ]
 
 

@@ -58,8 +58,9 @@ LOG = logging.getLogger(__name__)
 UNFINISHED = lifecycle.STATES - lifecycle.FINAL
 
 
-def queue_build(eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec,
-                host: str) -> tuple[str, bool]:
+def queue_build(
+    eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec, host: str
+) -> tuple[str, bool]:
     """Record a build as QUEUED for ``host`` (its logbook too); return (id, created).
 
     A retry never makes a second VM: the instance's unfinished build is returned
@@ -76,16 +77,21 @@ def queue_build(eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec,
         existing = _current_build(eventlog, instance)
         if existing is not None:
             if existing.host != host:
-                doing = ("is being built" if existing.state in UNFINISHED
-                         else f"is {existing.state}")
-                raise SpawnflowError(f"instance {instance} {doing} on host {existing.host} "
-                                     f"(build {existing.build_id})")
+                doing = "is being built" if existing.state in UNFINISHED else f"is {existing.state}"
+                raise SpawnflowError(
+                    f"instance {instance} {doing} on host {existing.host} "
+                    f"(build {existing.build_id})"
+                )
             return existing.build_id, False
         build_id = str(uuid.uuid4())
         try:
-            eventlog.create_build(build_id, instance_uuid=instance,
-                                  instance_name=spec.instance.name, host=host,
-                                  spec=spec.redacted())
+            eventlog.create_build(
+                build_id,
+                instance_uuid=instance,
+                instance_name=spec.instance.name,
+                host=host,
+                spec=spec.redacted(),
+            )
         except sa.exc.IntegrityError:
             # Another process inserted this instance's unfinished build first:
             # look again (it may even have finished meanwhile).
@@ -93,8 +99,10 @@ def queue_build(eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec,
             continue
         ensure_logbook(backend, build_id)
         return build_id, True
-    raise SpawnflowError(f"instance {instance}: could not record a build (its builds kept "
-                         "changing under concurrent starts); try again")
+    raise SpawnflowError(
+        f"instance {instance}: could not record a build (its builds kept "
+        "changing under concurrent starts); try again"
+    )
 
 
 def _current_build(eventlog: EventLog, instance_uuid: str) -> Any:
@@ -161,14 +169,17 @@ class Agent:
     def _start_services(self) -> None:
         conf = self.conf
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=conf.max_concurrent_builds, thread_name_prefix="spawnflow-build")
+            max_workers=conf.max_concurrent_builds, thread_name_prefix="spawnflow-build"
+        )
         self.backend = EventLogBackend(eventlog=self.eventlog)
         self.host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
         self.instances_path = sf_conf.instances_path(conf)
         os.makedirs(self.instances_path, exist_ok=True)
-        self.images = ImageCache(os.path.join(self.instances_path, "_base"),
-                                 os.path.join(conf.state_path, "locks"),
-                                 CachePolicy.from_conf(conf))
+        self.images = ImageCache(
+            os.path.join(self.instances_path, "_base"),
+            os.path.join(conf.state_path, "locks"),
+            CachePolicy.from_conf(conf),
+        )
         removed = self.images.clean_partial()
         if removed:
             LOG.info("removed partial image downloads left by a crash: %s", removed)
@@ -186,19 +197,23 @@ class Agent:
                 continue
             if row.state != lifecycle.INTERRUPTED:
                 self.eventlog.transition_build(
-                    row.build_id, lifecycle.INTERRUPTED,
-                    payload={"reason": f"found {row.state} at agent start (agent died)"})
+                    row.build_id,
+                    lifecycle.INTERRUPTED,
+                    payload={"reason": f"found {row.state} at agent start (agent died)"},
+                )
             flow_detail = next(iter(self.backend.get_connection().get_logbook(row.build_id)))
             if self.events.cancel_requested(row.build_id):
                 decision = recovery.Decision(recovery.ROLLBACK, "an operator cancelled it")
             else:
                 decision = recovery.decide(self.conf, row.created_at, flow_detail)
-            LOG.info("build %s was interrupted: %s (%s)", row.build_id, decision.action,
-                     decision.reason)
+            LOG.info(
+                "build %s was interrupted: %s (%s)", row.build_id, decision.action, decision.reason
+            )
             self.recovered[row.build_id] = decision
             mode = RESUME if decision.action == recovery.RESUME else ROLLBACK
-            plan.append((row.build_id, mode,
-                         f"recovery: {decision.action}, because {decision.reason}"))
+            plan.append(
+                (row.build_id, mode, f"recovery: {decision.action}, because {decision.reason}")
+            )
         for build_id, mode, reason in plan:
             self._submit(build_id, mode, reason)
 
@@ -219,8 +234,7 @@ class Agent:
         _done, running = concurrent.futures.wait(list(self._futures.values()), timeout=wait)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if running:
-            LOG.warning("%d build(s) still inside a step; leaving them for recovery",
-                        len(running))
+            LOG.warning("%d build(s) still inside a step; leaving them for recovery", len(running))
             self.lease.abandon()
             return
         self.backend.close()  # commits deferred writes before the host is given back
@@ -253,8 +267,10 @@ class Agent:
             build_id, created = queue_build(log, self.backend, spec, self.conf.host)
             # Not created: an unfinished build (submitted unless already running
             # here) or the instance's ACTIVE build (returned as it is).
-            if created or (build_id not in self._futures
-                           and not lifecycle.is_final(log.get_build(build_id).state)):
+            if created or (
+                build_id not in self._futures
+                and not lifecycle.is_final(log.get_build(build_id).state)
+            ):
                 self._submit(build_id, FRESH, spec=spec)
         return build_id
 
@@ -262,49 +278,65 @@ class Agent:
         """Start builds queued for this host by other processes (``spawn --no-wait``)."""
         started = []
         with self._lock:
-            for row in self._log().builds(host=self.conf.host,
-                                          states=frozenset({lifecycle.QUEUED})):
+            for row in self._log().builds(
+                host=self.conf.host, states=frozenset({lifecycle.QUEUED})
+            ):
                 if row.build_id not in self._futures:
                     self._submit(row.build_id, FRESH)
                     started.append(row.build_id)
         return started
 
-    def _submit(self, build_id: str, mode: str, reason: str | None = None,
-                spec: BuildSpec | None = None) -> None:
+    def _submit(
+        self, build_id: str, mode: str, reason: str | None = None, spec: BuildSpec | None = None
+    ) -> None:
         future = self._executor.submit(self._run, build_id, mode, reason, spec)
         self._futures[build_id] = future
 
         def forget_if_final(done: concurrent.futures.Future) -> None:
             # A long-lived agent sees many builds: forget the finished ones
             # (wait() then reads their final state from the log).
-            if not done.cancelled() and done.exception() is None \
-                    and lifecycle.is_final(done.result()) \
-                    and self._futures.get(build_id) is done:
+            if (
+                not done.cancelled()
+                and done.exception() is None
+                and lifecycle.is_final(done.result())
+                and self._futures.get(build_id) is done
+            ):
                 self._futures.pop(build_id, None)
 
         future.add_done_callback(forget_if_final)
 
-    def _run(self, build_id: str, mode: str, reason: str | None,
-             spec: BuildSpec | None) -> str:
+    def _run(self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None) -> str:
         row = self._log().get_build(build_id)
         # The persisted spec is redacted: a build started by this process keeps
         # the one it was given (secrets included); a recovered one has only that.
         spec = spec or BuildSpec.model_validate(row.spec)
         ensure_logbook(self.backend, build_id)
-        control = Control(cancelled=lambda: self._is_cancelled(build_id),
-                          stopping=lambda: self._stopping.is_set() or self.lease.lost.is_set())
-        ctx = BuildContext(build_id=build_id, spec=spec, conf=self.conf, host=self.host,
-                           images=self.images, firewall=self.firewall, events=self.events,
-                           instances_path=self.instances_path,
-                           cancelled=control.cancelled, stopping=control.stopping)
+        control = Control(
+            cancelled=lambda: self._is_cancelled(build_id),
+            stopping=lambda: self._stopping.is_set() or self.lease.lost.is_set(),
+        )
+        ctx = BuildContext(
+            build_id=build_id,
+            spec=spec,
+            conf=self.conf,
+            host=self.host,
+            images=self.images,
+            firewall=self.firewall,
+            events=self.events,
+            instances_path=self.instances_path,
+            cancelled=control.cancelled,
+            stopping=control.stopping,
+        )
         if self._is_cancelled(build_id) and row.state == lifecycle.QUEUED:
             self._log().transition_build(build_id, lifecycle.REVERTING)
-            self._log().transition_build(build_id, lifecycle.ROLLED_BACK,
-                                         error="BuildCancelled: cancelled before it started")
+            self._log().transition_build(
+                build_id, lifecycle.ROLLED_BACK, error="BuildCancelled: cancelled before it started"
+            )
             return lifecycle.ROLLED_BACK
         try:
-            return run_build(ctx, self.backend, mode=mode, reason=reason, control=control,
-                             progress=self.progress)
+            return run_build(
+                ctx, self.backend, mode=mode, reason=reason, control=control, progress=self.progress
+            )
         except Exception as exc:
             # Only a broken event log or libvirt connection gets here: the
             # build is left unfinished for recovery rather than mislabelled.
@@ -321,8 +353,11 @@ class Agent:
         if future is not None:
             try:
                 future.result(timeout)
-            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError,
-                    SpawnflowError):
+            except (
+                concurrent.futures.TimeoutError,
+                concurrent.futures.CancelledError,
+                SpawnflowError,
+            ):
                 pass
         else:
             # Someone else's agent runs it: follow the log.
@@ -352,8 +387,9 @@ class Agent:
             return True
         return False
 
-    def deliver_event(self, instance_uuid: str, name: str, tag: str,
-                      status: str = "completed") -> str:
+    def deliver_event(
+        self, instance_uuid: str, name: str, tag: str, status: str = "completed"
+    ) -> str:
         """Persist an external event for the instance's unfinished build; return its id."""
         build_id = deliver(self._log(), instance_uuid, name, tag, status)
         self.events.notify()

@@ -20,8 +20,9 @@ STATUSES = frozenset({"completed", "failed"})
 _MAX_SLEEP = 1.0  # re-read the log at least this often (events from other processes)
 
 
-def deliver(eventlog: EventLog, instance_uuid: str, name: str, tag: str,
-            status: str = "completed") -> str:
+def deliver(
+    eventlog: EventLog, instance_uuid: str, name: str, tag: str, status: str = "completed"
+) -> str:
     """Persist an external event for the instance's unfinished build; return the build id.
 
     Works from any process: the agent that runs the build reads it from the log.

@@ -51,10 +51,11 @@ class HostLease:
         except sa.exc.IntegrityError:
             # Two agents started at the same instant (PostgreSQL locks no row
             # that does not exist yet): the other one inserted first.
-            raise HostOwned(f"another spawnflow agent is starting for host {self.host!r} in "
-                            "this database; refusing to start") from None
-        self._thread = threading.Thread(target=self._heartbeat, name="spawnflow-lease",
-                                        daemon=True)
+            raise HostOwned(
+                f"another spawnflow agent is starting for host {self.host!r} in "
+                "this database; refusing to start"
+            ) from None
+        self._thread = threading.Thread(target=self._heartbeat, name="spawnflow-lease", daemon=True)
         self._thread.start()
 
     def _take(self) -> None:
@@ -70,15 +71,27 @@ class HostLease:
                     raise HostOwned(
                         f"another spawnflow agent (pid {owner.pid}, heartbeat "
                         f"{now - owner.heartbeat_at:.0f}s ago) owns host {self.host!r} in this "
-                        "database; refusing to start (no build may be resumed twice)")
+                        "database; refusing to start (no build may be resumed twice)"
+                    )
                 conn.execute(sa.delete(t.agents).where(t.agents.c.host == self.host))
-            conn.execute(sa.insert(t.agents).values(
-                host=self.host, agent_id=self.agent_id, pid=os.getpid(), started_at=now,
-                heartbeat_at=now))
-            self.log.append(conn, kind=AGENT, build_id=None, subject=self.agent_id,
-                            name=self.host, to_state="STARTED",
-                            payload={"pid": os.getpid(),
-                                     "took_over_from": owner.agent_id if owner else None})
+            conn.execute(
+                sa.insert(t.agents).values(
+                    host=self.host,
+                    agent_id=self.agent_id,
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+            self.log.append(
+                conn,
+                kind=AGENT,
+                build_id=None,
+                subject=self.agent_id,
+                name=self.host,
+                to_state="STARTED",
+                payload={"pid": os.getpid(), "took_over_from": owner.agent_id if owner else None},
+            )
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
@@ -87,7 +100,8 @@ class HostLease:
                     renewed = conn.execute(
                         sa.update(t.agents)
                         .where(t.agents.c.host == self.host, t.agents.c.agent_id == self.agent_id)
-                        .values(heartbeat_at=time.time())).rowcount
+                        .values(heartbeat_at=time.time())
+                    ).rowcount
             except sa.exc.SQLAlchemyError:
                 LOG.exception("cannot renew the host lease; will retry")
                 continue
@@ -106,7 +120,17 @@ class HostLease:
         if self._thread is not None:
             self._thread.join()
         with self.log.transaction() as conn:
-            conn.execute(sa.delete(t.agents).where(t.agents.c.host == self.host,
-                                                   t.agents.c.agent_id == self.agent_id))
-            self.log.append(conn, kind=AGENT, build_id=None, subject=self.agent_id,
-                            name=self.host, to_state="STOPPED", payload={"pid": os.getpid()})
+            conn.execute(
+                sa.delete(t.agents).where(
+                    t.agents.c.host == self.host, t.agents.c.agent_id == self.agent_id
+                )
+            )
+            self.log.append(
+                conn,
+                kind=AGENT,
+                build_id=None,
+                subject=self.agent_id,
+                name=self.host,
+                to_state="STOPPED",
+                payload={"pid": os.getpid()},
+            )

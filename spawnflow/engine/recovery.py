@@ -28,7 +28,7 @@ _NOT_RESUMABLE = frozenset(cls.step for cls in TASKS if not getattr(cls, "resuma
 
 @dataclass(frozen=True)
 class Decision:
-    action: str      # RESUME | ROLLBACK
+    action: str  # RESUME | ROLLBACK
     reason: str
 
 
@@ -45,17 +45,24 @@ def _event_deadline_passed(conf: cfg.ConfigOpts, atoms: dict[str, Any], now: flo
     expected = vifs.results.get("expected_events") or []
     deadline = vifs.results.get("waiting_since", now) + conf.network.vif_plugging_timeout
     if expected and now > deadline and conf.network.vif_plugging_is_fatal:
-        return (f"the network-vif-plugged deadline passed "
-                f"{now - deadline:.0f}s ago (vif_plugging_is_fatal)")
+        return (
+            f"the network-vif-plugged deadline passed "
+            f"{now - deadline:.0f}s ago (vif_plugging_is_fatal)"
+        )
     return None
 
 
-def decide(conf: cfg.ConfigOpts, created_at: float, flow_detail: models.FlowDetail,
-           now: float | None = None) -> Decision:
+def decide(
+    conf: cfg.ConfigOpts,
+    created_at: float,
+    flow_detail: models.FlowDetail,
+    now: float | None = None,
+) -> Decision:
     now = time.time() if now is None else now
     atoms = _atoms(flow_detail)
     if flow_detail.state in (tf_states.REVERTING, tf_states.REVERTED, tf_states.FAILURE) or any(
-            ad.state in (tf_states.REVERTING, tf_states.REVERTED) for ad in atoms.values()):
+        ad.state in (tf_states.REVERTING, tf_states.REVERTED) for ad in atoms.values()
+    ):
         return Decision(ROLLBACK, "it was rolling back when the agent stopped")
     policy = conf.recovery.policy
     if policy == ROLLBACK:
@@ -63,13 +70,20 @@ def decide(conf: cfg.ConfigOpts, created_at: float, flow_detail: models.FlowDeta
     deadline = _event_deadline_passed(conf, atoms, now)
     if deadline:
         return Decision(ROLLBACK, deadline)
-    stuck = [name for name, ad in atoms.items()
-             if ad.state == tf_states.RUNNING and name in _NOT_RESUMABLE]
+    stuck = [
+        name
+        for name, ad in atoms.items()
+        if ad.state == tf_states.RUNNING and name in _NOT_RESUMABLE
+    ]
     if stuck:
         return Decision(ROLLBACK, f"step {stuck[0]} cannot be resumed")
     age = now - created_at
     if policy == "auto" and age > conf.recovery.resume_window:
-        return Decision(ROLLBACK, f"it is {age:.0f}s old, older than resume_window="
-                                  f"{conf.recovery.resume_window}s (policy auto)")
-    return Decision(RESUME, f"[recovery] policy = {policy}"
-                            + (f", {age:.0f}s old" if policy == "auto" else ""))
+        return Decision(
+            ROLLBACK,
+            f"it is {age:.0f}s old, older than resume_window="
+            f"{conf.recovery.resume_window}s (policy auto)",
+        )
+    return Decision(
+        RESUME, f"[recovery] policy = {policy}" + (f", {age:.0f}s old" if policy == "auto" else "")
+    )

@@ -29,9 +29,11 @@ LOG = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, str, str, float], None]  # build_id, step, state, elapsed
 FRESH, RESUME, ROLLBACK = "fresh", "resume", "rollback"
 
-_FINAL_BY_FLOW_STATE = {tf_states.SUCCESS: lifecycle.ACTIVE,
-                        tf_states.REVERTED: lifecycle.ROLLED_BACK,
-                        tf_states.FAILURE: lifecycle.FAILED}
+_FINAL_BY_FLOW_STATE = {
+    tf_states.SUCCESS: lifecycle.ACTIVE,
+    tf_states.REVERTED: lifecycle.ROLLED_BACK,
+    tf_states.FAILURE: lifecycle.FAILED,
+}
 
 
 def describe(exc: BaseException) -> str:
@@ -51,22 +53,29 @@ class Control:
         self.stopping = stopping
 
 
-def _to(log, build_id: str, state: str, **kwargs) -> None:  # noqa: ANN001
+def _to(log, build_id: str, state: str, **kwargs) -> None:
     if log.get_build(build_id).state != state:
         log.transition_build(build_id, state, **kwargs)
 
 
-def run_build(ctx: BuildContext, backend: EventLogBackend, *, mode: str = FRESH,
-              reason: str | None = None, control: Control | None = None,
-              progress: ProgressCallback | None = None) -> str:
+def run_build(
+    ctx: BuildContext,
+    backend: EventLogBackend,
+    *,
+    mode: str = FRESH,
+    reason: str | None = None,
+    control: Control | None = None,
+    progress: ProgressCallback | None = None,
+) -> str:
     """Run, resume or roll back the build's flow; return its lifecycle state afterwards."""
     log = backend.eventlog
     build_id = ctx.build_id
     started = time.monotonic()
     book = backend.get_connection().get_logbook(build_id)
     flow_detail = next(iter(book))
-    engine = taskflow.engines.load(build_spawn_flow(ctx), flow_detail=flow_detail, book=book,
-                                   backend=backend, engine="serial")
+    engine = taskflow.engines.load(
+        build_spawn_flow(ctx), flow_detail=flow_detail, book=book, backend=backend, engine="serial"
+    )
     suspended_for: list[str] = []
 
     def on_atom(state: str, details: dict) -> None:
@@ -78,8 +87,11 @@ def run_build(ctx: BuildContext, backend: EventLogBackend, *, mode: str = FRESH,
             _to(log, build_id, lifecycle.REVERTING)
         if progress is not None:
             progress(build_id, step, state, time.monotonic() - started)
-        if control is not None and state in (tf_states.SUCCESS, tf_states.REVERTED) \
-                and not suspended_for:
+        if (
+            control is not None
+            and state in (tf_states.SUCCESS, tf_states.REVERTED)
+            and not suspended_for
+        ):
             if control.cancelled():
                 suspended_for.append("cancel")
                 engine.suspend()
@@ -105,21 +117,30 @@ def run_build(ctx: BuildContext, backend: EventLogBackend, *, mode: str = FRESH,
         try:
             engine.run()
         except AgentStopping:
-            running = [ad.name for ad in flow_detail
-                       if engine.storage.get_atom_state(ad.name) == tf_states.RUNNING]
-            log.transition_build(build_id, lifecycle.INTERRUPTED, payload={
-                "reason": f"agent stopped during step {', '.join(running) or '?'}; "
-                          "it re-runs on the next start"})
+            running = [
+                ad.name
+                for ad in flow_detail
+                if engine.storage.get_atom_state(ad.name) == tf_states.RUNNING
+            ]
+            log.transition_build(
+                build_id,
+                lifecycle.INTERRUPTED,
+                payload={
+                    "reason": f"agent stopped during step {', '.join(running) or '?'}; "
+                    "it re-runs on the next start"
+                },
+            )
             return lifecycle.INTERRUPTED
-        except Exception as exc:  # noqa: BLE001 - any step error ends in a lifecycle state
+        except Exception as exc:
             error = describe(exc)
         flow_state = engine.storage.get_flow_state()
         if flow_state != tf_states.SUSPENDED:
             break
         why = suspended_for.pop()
         if why == "stop":
-            log.transition_build(build_id, lifecycle.INTERRUPTED,
-                                 payload={"reason": "agent stopped (SIGTERM)"})
+            log.transition_build(
+                build_id, lifecycle.INTERRUPTED, payload={"reason": "agent stopped (SIGTERM)"}
+            )
             return lifecycle.INTERRUPTED
         error = "BuildCancelled: cancelled by operator"
         revert_everything("cancelled by operator")

@@ -31,8 +31,10 @@ class CreateDomainTask(task.Task):
         ctx = self.ctx
         existing = domain.lookup(ctx.host, ctx.instance_uuid)
         if existing is not None and build_id_of(existing) != ctx.build_id:
-            raise DomainError(f"a domain with uuid {ctx.instance_uuid} already exists and was "
-                              "not defined by this build; refusing to touch it")
+            raise DomainError(
+                f"a domain with uuid {ctx.instance_uuid} already exists and was "
+                "not defined by this build; refusing to touch it"
+            )
         dom = domain.define(ctx.host, domain_xml)
         paused = bool(vifs["expected_events"])
         if ctx.spec.power_on and not dom.isActive():

@@ -20,8 +20,13 @@ from spawnflow.virt.volumes import Connection, get_connector
 
 
 def vif_of(spec_vif: Any) -> Vif:
-    return Vif(id=spec_vif.id, mac=spec_vif.mac, type=spec_vif.type, bridge=spec_vif.bridge,
-               mtu=spec_vif.mtu)
+    return Vif(
+        id=spec_vif.id,
+        mac=spec_vif.mac,
+        type=spec_vif.type,
+        bridge=spec_vif.bridge,
+        mtu=spec_vif.mtu,
+    )
 
 
 def filter_parameters(ips: list[str]) -> list[tuple[str, str]]:
@@ -37,8 +42,7 @@ def filter_parameters(ips: list[str]) -> list[tuple[str, str]]:
 
 def expected_plug(vif_id: str) -> PlugResult:
     """What plugging will produce: tap names are derived from the port id."""
-    return PlugResult(vif_id=vif_id, tap=tap_name(vif_id), created_tap=True,
-                      created_bridge=False)
+    return PlugResult(vif_id=vif_id, tap=tap_name(vif_id), created_tap=True, created_bridge=False)
 
 
 class BuildDomainXmlTask(task.Task):
@@ -49,34 +53,60 @@ class BuildDomainXmlTask(task.Task):
         super().__init__(name=self.step)
         self.ctx = ctx
 
-    def execute(self, disk_info: dict[str, dict[str, str]], image: dict[str, Any],
-                volumes: list[dict[str, Any]], volume_secrets: dict[str, str]) -> str:
+    def execute(
+        self,
+        disk_info: dict[str, dict[str, str]],
+        image: dict[str, Any],
+        volumes: list[dict[str, Any]],
+        volume_secrets: dict[str, str],
+    ) -> str:
         ctx, spec = self.ctx, self.ctx.spec
         root = disk_info["root"]
-        disks = [gc.GuestDisk(target_dev=root["dev"], target_bus=root["bus"], source_type="file",
-                              driver_format=image["disk_format"], source_path=image["disk_path"])]
+        disks = [
+            gc.GuestDisk(
+                target_dev=root["dev"],
+                target_bus=root["bus"],
+                source_type="file",
+                driver_format=image["disk_format"],
+                source_path=image["disk_path"],
+            )
+        ]
         for connection in volumes:
             mapping = disk_info[connection["volume_id"]]
             secret = volume_secrets.get(connection["volume_id"])
-            disks.append(get_connector(connection["driver"]).guest_disk(
-                Connection.from_dict(connection), mapping["dev"], mapping["bus"],
-                encryption=gc.DiskEncryption(secret_uuid=secret) if secret else None))
+            disks.append(
+                get_connector(connection["driver"]).guest_disk(
+                    Connection.from_dict(connection),
+                    mapping["dev"],
+                    mapping["bus"],
+                    encryption=gc.DiskEncryption(secret_uuid=secret) if secret else None,
+                )
+            )
         interfaces = []
         for spec_vif in spec.vifs:
             name = ctx.firewall.filter_for(spec.instance.uuid, spec_vif.mac, ctx.build_id)
             filterref = gc.FilterRef(name, filter_parameters(spec_vif.ips)) if name else None
-            interfaces.append(get_driver(spec_vif.type).guest_interface(
-                vif_of(spec_vif), expected_plug(spec_vif.id), filterref=filterref))
+            interfaces.append(
+                get_driver(spec_vif.type).guest_interface(
+                    vif_of(spec_vif), expected_plug(spec_vif.id), filterref=filterref
+                )
+            )
         config = gc.GuestConfig(
-            virt_type=ctx.conf.libvirt.virt_type, uuid=spec.instance.uuid,
-            name=spec.domain_name, memory_mb=spec.flavor.memory_mb, vcpus=spec.flavor.vcpus,
+            virt_type=ctx.conf.libvirt.virt_type,
+            uuid=spec.instance.uuid,
+            name=spec.domain_name,
+            memory_mb=spec.flavor.memory_mb,
+            vcpus=spec.flavor.vcpus,
             metadata=gc.GuestMetadata(
-                instance_name=spec.instance.name, build_id=ctx.build_id,
+                instance_name=spec.instance.name,
+                build_id=ctx.build_id,
                 flavor=spec.flavor.model_dump(),
-                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
-            disks=disks, interfaces=interfaces,
-            console_log_path=image["console_log"] if ctx.conf.libvirt.virt_type != "test"
-            else None)
+                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            ),
+            disks=disks,
+            interfaces=interfaces,
+            console_log_path=image["console_log"] if ctx.conf.libvirt.virt_type != "test" else None,
+        )
         return config.to_xml()
 
     def revert(self, *args: Any, **kwargs: Any) -> None:

@@ -34,13 +34,17 @@ class AttachEncryptorsTask(task.Task):
             usage = secrets.usage_id(self.ctx.instance_uuid, volume.id, self.ctx.build_id)
             # Read beneath [encryption] key_dir again: the spec check may be
             # long past (a queued or recovered build) and the file replaced.
-            key = secrets.read_key_file(volume.encryption.key_file,
-                                        self.ctx.conf.encryption.key_dir)
+            key = secrets.read_key_file(
+                volume.encryption.key_file, self.ctx.conf.encryption.key_dir
+            )
             if secrets.find(self.ctx.host, usage) is None:
                 uuid = secrets.define(
-                    self.ctx.host, usage, key,
+                    self.ctx.host,
+                    usage,
+                    key,
                     description=f"spawnflow volume passphrase: instance {self.ctx.instance_uuid}"
-                                f" volume {volume.id} build {self.ctx.build_id}")
+                    f" volume {volume.id} build {self.ctx.build_id}",
+                )
             else:  # this build's own, from a run cut short: converge its value
                 uuid = secrets.set_value(self.ctx.host, usage, key)
             found[volume.id] = uuid
@@ -51,5 +55,7 @@ class AttachEncryptorsTask(task.Task):
             return
         for volume in self.ctx.spec.volumes:
             if volume.encryption is not None:
-                secrets.undefine(self.ctx.host, secrets.usage_id(
-                    self.ctx.instance_uuid, volume.id, self.ctx.build_id))
+                secrets.undefine(
+                    self.ctx.host,
+                    secrets.usage_id(self.ctx.instance_uuid, volume.id, self.ctx.build_id),
+                )

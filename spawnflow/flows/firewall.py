@@ -24,11 +24,13 @@ class SetupFirewallTask(task.Task):
         self.ctx = ctx
 
     def execute(self) -> list[str]:
-        return self.ctx.firewall.setup(self.ctx.instance_uuid,
-                                       [vif.mac for vif in self.ctx.spec.vifs],
-                                       self.ctx.build_id)
+        return self.ctx.firewall.setup(
+            self.ctx.instance_uuid, [vif.mac for vif in self.ctx.spec.vifs], self.ctx.build_id
+        )
 
     def revert(self, *args: Any, **kwargs: Any) -> None:
-        names = [self.ctx.firewall.filter_for(self.ctx.instance_uuid, vif.mac, self.ctx.build_id)
-                 for vif in self.ctx.spec.vifs]
+        names = [
+            self.ctx.firewall.filter_for(self.ctx.instance_uuid, vif.mac, self.ctx.build_id)
+            for vif in self.ctx.spec.vifs
+        ]
         self.ctx.firewall.teardown([n for n in names if n])

@@ -34,7 +34,7 @@ from spawnflow.virt.images import FetchResult, group_id
 
 MARKER = ".spawnflow-build"
 DISK_MARKER = ".spawnflow-disk-build"
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def _marker(path: str) -> str | None:
@@ -71,24 +71,34 @@ class CreateImageTask(task.Task):
         if is_masked(image.source):
             # A recovered build has only the persisted (redacted) spec: the
             # URL's token is gone. The entry may still be cached by checksum.
-            found = ctx.images.lookup(image.sha256, image.disk_format, image.label) \
-                if image.sha256 else None
+            found = (
+                ctx.images.lookup(image.sha256, image.disk_format, image.label)
+                if image.sha256
+                else None
+            )
             if found is None:
                 raise ImageUnreachable(
                     f"image source {image.source!r}: the URL's query, fragment or "
                     "credentials were not persisted (they may hold a token), so the image "
                     "cannot be fetched after a restart and is not cached by checksum; "
-                    "start the build again")
+                    "start the build again"
+                )
             return found
         try:
-            return ctx.images.fetch(image.source, image.sha256, image.disk_format,
-                                    label=image.label, should_stop=ctx.should_stop)
+            return ctx.images.fetch(
+                image.source,
+                image.sha256,
+                image.disk_format,
+                label=image.label,
+                should_stop=ctx.should_stop,
+            )
         except ImageFetchInterrupted:
             # Which interruption decides the outcome: SIGTERM leaves the step to
             # be re-run by the next agent; a cancel rolls the build back.
             if ctx.stopping():
-                raise AgentStopping(f"agent stopping while build {ctx.build_id} "
-                                    "fetches its image") from None
+                raise AgentStopping(
+                    f"agent stopping while build {ctx.build_id} fetches its image"
+                ) from None
             raise BuildCancelled("cancelled by operator while fetching the image") from None
 
     def execute(self) -> dict[str, Any]:
@@ -104,7 +114,7 @@ class CreateImageTask(task.Task):
             if gid is not None and os.geteuid() == 0:
                 os.chown(instance_dir, 0, gid)
                 # Group only, not others: QEMU (that group) must reach the disk.
-                os.chmod(instance_dir, 0o750)  # noqa: S103
+                os.chmod(instance_dir, 0o750)  # noqa: S103 - group only, see above
             _write_marker(os.path.join(instance_dir, MARKER), ctx.build_id)
             created_dir = True
         disk_path = os.path.join(instance_dir, "disk")
@@ -117,10 +127,15 @@ class CreateImageTask(task.Task):
         ctx.images.create_instance_disk(base.path, disk_path, image.disk_format, size)
         # Ours if this run or an earlier run of this build (cut short) made it.
         created_disk = _marker(disk_marker) == ctx.build_id
-        return {"instance_dir": instance_dir, "created_dir": created_dir,
-                "disk_path": disk_path, "disk_format": image.disk_format,
-                "created_disk": created_disk or created_dir, "base_path": base.path,
-                "console_log": os.path.join(instance_dir, "console.log")}
+        return {
+            "instance_dir": instance_dir,
+            "created_dir": created_dir,
+            "disk_path": disk_path,
+            "disk_format": image.disk_format,
+            "created_disk": created_disk or created_dir,
+            "base_path": base.path,
+            "console_log": os.path.join(instance_dir, "console.log"),
+        }
 
     def revert(self, result: Any = None, **kwargs: Any) -> None:
         # The markers, not the result, tell what this build made (see the

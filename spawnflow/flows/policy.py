@@ -99,18 +99,24 @@ def volume_refusals(spec: BuildSpec, conf: cfg.ConfigOpts, host: Host | None) ->
                 # Two links to one file: qemu would refuse the second ("Failed
                 # to get write lock") after the build had made its secrets.
                 if local.path in seen:
-                    refusals.append(Refusal(f"{where}.path", (
-                        f"{volume.path!r} is {local.path!r}, the same file as "
-                        f"volumes.{seen[local.path]}.path")))
+                    refusals.append(
+                        Refusal(
+                            f"{where}.path",
+                            (
+                                f"{volume.path!r} is {local.path!r}, the same file as "
+                                f"volumes.{seen[local.path]}.path"
+                            ),
+                        )
+                    )
                 seen.setdefault(local.path, index)
         if volume.driver in secrets.AUTH_SECRET_TYPES and volume.secret_uuid is not None:
-            reason = secrets.check_auth_secret(host, volume.secret_uuid, volume.driver,
-                                               list(conf.volumes.allowed_secret_usages))
+            reason = secrets.check_auth_secret(
+                host, volume.secret_uuid, volume.driver, list(conf.volumes.allowed_secret_usages)
+            )
             if reason:
                 refusals.append(Refusal(f"{where}.secret_uuid", reason))
         if volume.encryption is not None:
-            reason = secrets.check_key_file(volume.encryption.key_file,
-                                            conf.encryption.key_dir)
+            reason = secrets.check_key_file(volume.encryption.key_file, conf.encryption.key_dir)
             if reason:
                 refusals.append(Refusal(f"{where}.encryption.key_file", reason))
     return refusals
@@ -134,4 +140,5 @@ def check_queueable(spec: BuildSpec, conf: cfg.ConfigOpts) -> None:
         f"build spec refused: image.source: {mask_url(source)!r} carries a query, fragment "
         "or credentials, which are never stored, so the agent could not fetch it from a "
         "queued build; run `spawnflow spawn` without --no-wait (or Agent.start_build), or "
-        "give image.checksum of an image already in the cache")
+        "give image.checksum of an image already in the cache"
+    )

@@ -50,8 +50,7 @@ class ResumeDomainTask(task.Task):
                 raise VifPlugFailed(message)
             LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)
         if missing:
-            message = (f"timed out waiting for network-vif-plugged for port(s) "
-                       f"{', '.join(missing)}")
+            message = f"timed out waiting for network-vif-plugged for port(s) {', '.join(missing)}"
             if fatal:
                 raise VifPlugTimeout(message)
             LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)

@@ -17,9 +17,18 @@ from spawnflow.flows.volumes import ConnectVolumesTask
 from spawnflow.flows.wait_boot import WaitForBootTask
 
 FLOW_NAME = "spawn"
-TASKS = (DiskInfoTask, CreateImageTask, ConnectVolumesTask, AttachEncryptorsTask,
-         BuildDomainXmlTask, PlugVifsTask, SetupFirewallTask, CreateDomainTask,
-         ResumeDomainTask, WaitForBootTask)
+TASKS = (
+    DiskInfoTask,
+    CreateImageTask,
+    ConnectVolumesTask,
+    AttachEncryptorsTask,
+    BuildDomainXmlTask,
+    PlugVifsTask,
+    SetupFirewallTask,
+    CreateDomainTask,
+    ResumeDomainTask,
+    WaitForBootTask,
+)
 
 
 def step_names() -> list[str]:

@@ -71,7 +71,8 @@ def _unicast(mac: str) -> str:
 
 
 Mac = Annotated[
-    str, StringConstraints(to_lower=True, pattern=r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"),
+    str,
+    StringConstraints(to_lower=True, pattern=r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"),
     AfterValidator(_unicast),
 ]
 # virtio vdX, scsi sdX, ide hdX (guest_config has no xen bus for QEMU guests). The
@@ -96,8 +97,10 @@ def _plain_text(value: str) -> str:
 
 # Instance names end up in domain metadata, logs and file listings: printable, no '/'.
 InstanceName = Annotated[
-    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^/\x00-\x1f\x7f]+$"),
-    AfterValidator(_printable), AfterValidator(_plain_text),
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=r"^[^/\x00-\x1f\x7f]+$"),
+    AfterValidator(_printable),
+    AfterValidator(_plain_text),
 ]
 # A tun/tap device takes at most MAX_MTU - ETH_HLEN = 65535 - 14 (the kernel's
 # tun max_mtu; setting 65522 gives EINVAL), and every VIF ends in a tap.
@@ -107,17 +110,21 @@ TAP_MAX_MTU = 65521
 # type limit 255").
 MAX_VCPUS = 255
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 class Instance(_Strict):
     uuid: Uuid
     name: InstanceName
 
+
 class Flavor(_Strict):
     vcpus: int = Field(ge=1, le=MAX_VCPUS)
     memory_mb: int = Field(ge=16, le=16 * 1024 * 1024)
     root_gb: int = Field(ge=0, le=64 * 1024)
+
 
 class Image(_Strict):
     source: Text
@@ -133,16 +140,20 @@ class Image(_Strict):
         if scheme == "file":
             # The image cache reads file:// URLs locally only.
             if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
-                raise ValueError("a file:// URL must name an absolute local path "
-                                 "(file:///path or file://localhost/path)")
+                raise ValueError(
+                    "a file:// URL must name an absolute local path "
+                    "(file:///path or file://localhost/path)"
+                )
             return value
         if scheme in ("http", "https"):
             if not url.hostname:
                 raise ValueError(f"an {scheme}:// URL needs a host")
             if url.username is not None or url.password is not None:
                 # The spec is kept in the history; a password in it would be too.
-                raise ValueError("credentials in the URL would be stored in the build "
-                                 "history; use a URL without user:password@")
+                raise ValueError(
+                    "credentials in the URL would be stored in the build "
+                    "history; use a URL without user:password@"
+                )
             return value
         if scheme == "" and os.path.isabs(value):
             return value
@@ -158,6 +169,7 @@ class Image(_Strict):
     def sha256(self) -> str | None:
         return self.checksum.split(":", 1)[1].lower() if self.checksum else None
 
+
 class Encryption(_Strict):
     format: Literal["luks"] = "luks"
     key_file: Text
@@ -168,6 +180,7 @@ class Encryption(_Strict):
         if not os.path.isabs(value):
             raise ValueError("must be an absolute path")
         return value
+
 
 VOLUME_FIELDS = {"local": ("path",), "iscsi": ("portal", "iqn", "lun"), "rbd": ("pool", "image")}
 
@@ -202,7 +215,8 @@ class Volume(_Strict):
         if value is not None:
             raise ValueError(
                 "not accepted: give secret_uuid of a libvirt secret (usage allowed by "
-                "[volumes] allowed_secret_usages) holding the CHAP/cephx password instead")
+                "[volumes] allowed_secret_usages) holding the CHAP/cephx password instead"
+            )
         return None
 
     @field_validator("path")
@@ -230,10 +244,12 @@ class Volume(_Strict):
             raise ValueError(f"driver {self.driver!r} needs {', '.join(missing)}")
         # The connectors refuse one without the other (CHAP/cephx need both the
         # user and the libvirt secret holding its password).
-        if self.driver in ("iscsi", "rbd") and \
-                (self.auth_username is None) != (self.secret_uuid is None):
+        if self.driver in ("iscsi", "rbd") and (self.auth_username is None) != (
+            self.secret_uuid is None
+        ):
             raise ValueError("auth_username and secret_uuid must be given together")
         return self
+
 
 class Vif(_Strict):
     id: Uuid
@@ -276,6 +292,7 @@ class Vif(_Strict):
             raise ValueError("type 'bridge' needs a bridge name")
         return self
 
+
 class BuildSpec(_Strict):
     instance: Instance
     flavor: Flavor
@@ -294,7 +311,8 @@ class BuildSpec(_Strict):
             raise ValueError(
                 "not supported: spawnflow has no config drive or guest agent to set it; "
                 "put credentials in the image or inject them with cloud-init from a "
-                "metadata service, and leave admin_password out")
+                "metadata service, and leave admin_password out"
+            )
         return None
 
     @model_validator(mode="after")
@@ -307,14 +325,18 @@ class BuildSpec(_Strict):
         from spawnflow.virt.vif import tap_name  # here: pyroute2 only when needed
 
         taps = [tap_name(v.id) for v in self.vifs]
-        for label, items in (("volumes.device", devices),
-                             ("volumes.id", [v.id for v in self.volumes]),
-                             # QEMU cannot open one file twice ("Failed to get write lock")
-                             ("volumes.path", [os.path.normpath(v.path) for v in self.volumes
-                                               if v.driver == "local" and v.path]),
-                             ("vifs.id", [v.id for v in self.vifs]),
-                             ("vifs.mac", [v.mac for v in self.vifs]),
-                             ("vifs.id (tap name)", taps)):
+        for label, items in (
+            ("volumes.device", devices),
+            ("volumes.id", [v.id for v in self.volumes]),
+            # QEMU cannot open one file twice ("Failed to get write lock")
+            (
+                "volumes.path",
+                [os.path.normpath(v.path) for v in self.volumes if v.driver == "local" and v.path],
+            ),
+            ("vifs.id", [v.id for v in self.vifs]),
+            ("vifs.mac", [v.mac for v in self.vifs]),
+            ("vifs.id (tap name)", taps),
+        ):
             dupes = sorted({x for x in items if items.count(x) > 1})
             if dupes:
                 raise ValueError(f"{label}: duplicate {', '.join(dupes)}")
@@ -337,6 +359,7 @@ class BuildSpec(_Strict):
     def domain_name(self) -> str:
         return f"instance-{self.instance.uuid}"
 
+
 def _network_host(value: str, field: str, default_port: int) -> str:
     """``host[:port]`` as the iSCSI/RBD connectors parse it and the domain XML takes it."""
     try:
@@ -355,6 +378,7 @@ def _format_errors(error: ValidationError) -> str:
         lines.append(f"{where}: {item['msg']}")
     return "invalid build spec: " + "; ".join(lines)
 
+
 # A spec is a few hundred bytes; a caller's megabytes are a mistake or an attack.
 MAX_SPEC_BYTES = 1024 * 1024
 
@@ -367,7 +391,8 @@ class _SpecLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a build spec", event.start_mark)
+                None, None, "aliases (*name) are not allowed in a build spec", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -384,7 +409,7 @@ def _read_spec_file(source: str | os.PathLike) -> Any:
         text = data.decode("utf-8")
         if name.endswith(".json"):
             return json.loads(text)
-        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader, no aliases
     except RecursionError:
         raise InvalidSpec(f"build spec {name!r} is nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:

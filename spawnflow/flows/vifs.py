@@ -25,8 +25,11 @@ from spawnflow.virt.vif import PlugResult, get_driver
 
 
 def expected_events(ctx: BuildContext) -> list[str]:
-    if not (ctx.host.can_start_paused and ctx.spec.power_on
-            and ctx.conf.network.vif_plugging_timeout > 0):
+    if not (
+        ctx.host.can_start_paused
+        and ctx.spec.power_on
+        and ctx.conf.network.vif_plugging_timeout > 0
+    ):
         return []
     return [vif.id for vif in ctx.spec.vifs if not vif.active]
 
@@ -44,8 +47,9 @@ class PlugVifsTask(task.Task):
         waiting_since = time.time()
         plugged = []
         for spec_vif in self.ctx.spec.vifs:
-            result = get_driver(spec_vif.type).plug(vif_of(spec_vif), self.ctx.instance_uuid,
-                                                    self.ctx.build_id)
+            result = get_driver(spec_vif.type).plug(
+                vif_of(spec_vif), self.ctx.instance_uuid, self.ctx.build_id
+            )
             plugged.append(asdict(result))
         return {"expected_events": expected, "waiting_since": waiting_since, "plugged": plugged}
 
@@ -57,5 +61,6 @@ class PlugVifsTask(task.Task):
             # Without a recorded result (crash mid-step) the driver's own
             # ownership check (the tap's alias) decides what is ours.
             plugged = recorded.get(spec_vif.id) or expected_plug(spec_vif.id)
-            get_driver(spec_vif.type).unplug(vif_of(spec_vif), plugged, self.ctx.instance_uuid,
-                                             self.ctx.build_id)
+            get_driver(spec_vif.type).unplug(
+                vif_of(spec_vif), plugged, self.ctx.instance_uuid, self.ctx.build_id
+            )

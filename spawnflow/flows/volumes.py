@@ -31,22 +31,35 @@ def volume_policy(conf: cfg.ConfigOpts) -> VolumePolicy:
     and the image cache; the event log may also live elsewhere ([database]
     connection), so its file and SQLite's -wal/-shm/-journal are added.
     """
-    forbidden = [("state_path", conf.state_path),
-                 ("instances_path", spawnflow.conf.instances_path(conf))]
+    forbidden = [
+        ("state_path", conf.state_path),
+        ("instances_path", spawnflow.conf.instances_path(conf)),
+    ]
     url = make_url(spawnflow.conf.database_url(conf))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         db_file = os.path.abspath(url.database)
-        forbidden += [("the event log database", db_file + suffix)
-                      for suffix in ("", "-wal", "-shm", "-journal")]
-    return VolumePolicy(allowed_paths=tuple(conf.volumes.allowed_paths),
-                        forbidden=tuple(forbidden))
+        forbidden += [
+            ("the event log database", db_file + suffix)
+            for suffix in ("", "-wal", "-shm", "-journal")
+        ]
+    return VolumePolicy(allowed_paths=tuple(conf.volumes.allowed_paths), forbidden=tuple(forbidden))
 
 
 def volume_spec(volume: Volume) -> VolumeSpec:
-    return VolumeSpec(id=volume.id, driver=volume.driver, device=volume.device,
-                      path=volume.path, portal=volume.portal, iqn=volume.iqn, lun=volume.lun,
-                      auth_username=volume.auth_username, auth_secret_uuid=volume.secret_uuid,
-                      pool=volume.pool, image=volume.image, hosts=list(volume.hosts))
+    return VolumeSpec(
+        id=volume.id,
+        driver=volume.driver,
+        device=volume.device,
+        path=volume.path,
+        portal=volume.portal,
+        iqn=volume.iqn,
+        lun=volume.lun,
+        auth_username=volume.auth_username,
+        auth_secret_uuid=volume.secret_uuid,
+        pool=volume.pool,
+        image=volume.image,
+        hosts=list(volume.hosts),
+    )
 
 
 class ConnectVolumesTask(task.Task):
@@ -70,4 +83,5 @@ class ConnectVolumesTask(task.Task):
         for volume in reversed(self.ctx.spec.volumes):
             connection = recorded.get(volume.id)
             get_connector(volume.driver).disconnect(
-                volume_spec(volume), Connection.from_dict(connection) if connection else None)
+                volume_spec(volume), Connection.from_dict(connection) if connection else None
+            )

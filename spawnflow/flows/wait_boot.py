@@ -40,8 +40,10 @@ class WaitForBootTask(task.Task):
             if state == "running":
                 return state
             if time.monotonic() >= deadline:
-                raise BootTimeout(f"domain {self.ctx.instance_uuid} still {state} after "
-                                  f"boot_timeout={self.ctx.conf.libvirt.boot_timeout}s")
+                raise BootTimeout(
+                    f"domain {self.ctx.instance_uuid} still {state} after "
+                    f"boot_timeout={self.ctx.conf.libvirt.boot_timeout}s"
+                )
             time.sleep(POLL_INTERVAL)
 
     def revert(self, *args: Any, **kwargs: Any) -> None:

@@ -41,8 +41,11 @@ _RECOVERY_ATOM_TRANSITIONS = frozenset({(states.RUNNING, states.REVERTING)})
 def check_atom_transition(atom_type: str, old: str | None, new: str | None) -> None:
     if old == new or old is None or new is None:
         return
-    allowed = (states.check_retry_transition if atom_type == "RETRY_DETAIL"
-               else states.check_task_transition)
+    allowed = (
+        states.check_retry_transition
+        if atom_type == "RETRY_DETAIL"
+        else states.check_task_transition
+    )
     if not allowed(old, new) and (old, new) not in _RECOVERY_ATOM_TRANSITIONS:
         raise IllegalTransition(f"atom transition {old} -> {new} is not allowed")
 
@@ -61,8 +64,7 @@ def check_flow_transition(old: str | None, new: str | None) -> None:
 # whoever ran it may act on that (or exit). Every other save may ride with the
 # next commit: it announces nothing a crash could leave half-done.
 DURABLE_STATES = frozenset({states.RUNNING, states.REVERTING})
-FLOW_DURABLE_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVERTED,
-                                 states.SUSPENDED})
+FLOW_DURABLE_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVERTED, states.SUSPENDED})
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -98,12 +100,30 @@ class _Changes:
         self.flows: dict[str, CachedFlow] = {}
         self.durable = False
 
-    def event(self, *, kind: str, build_id: str, subject: str, name: str | None,
-              from_state: str | None, to_state: str | None, payload: Any) -> None:
+    def event(
+        self,
+        *,
+        kind: str,
+        build_id: str,
+        subject: str,
+        name: str | None,
+        from_state: str | None,
+        to_state: str | None,
+        payload: Any,
+    ) -> None:
         # Encoded now: a value that cannot be stored fails this save, not a later commit.
-        self.events.append({"build_id": build_id, "ts": time.time(), "kind": kind,
-                            "subject": subject, "name": name, "from_state": from_state,
-                            "to_state": to_state, "payload": t.dump_json(payload)})
+        self.events.append(
+            {
+                "build_id": build_id,
+                "ts": time.time(),
+                "kind": kind,
+                "subject": subject,
+                "name": name,
+                "from_state": from_state,
+                "to_state": to_state,
+                "payload": t.dump_json(payload),
+            }
+        )
 
     def row(self, table: str, insert: bool, row: dict[str, Any]) -> None:
         self.rows.append((table, insert, encode(row, PROJECTIONS[table])))
@@ -146,6 +166,7 @@ class EventLogConnection(base.Connection):
 
     def upgrade(self) -> None:
         from spawnflow.persistence import schema
+
         schema.upgrade(self._log.engine)
 
     def validate(self) -> None:
@@ -157,8 +178,7 @@ class EventLogConnection(base.Connection):
         with self._log.transaction() as conn:
             for table in (t.atomdetails, t.flowdetails, t.logbooks):
                 conn.execute(sa.delete(table))
-            self._log.append(conn, kind=LOGBOOK, build_id=None, subject=None,
-                             to_state="CLEARED")
+            self._log.append(conn, kind=LOGBOOK, build_id=None, subject=None, to_state="CLEARED")
         self._backend.forget()
 
     # -- what was written: the cache, else the log ---------------------------------
@@ -168,8 +188,10 @@ class EventLogConnection(base.Connection):
         self._log.flush(all_builds=True)
         with self._log.engine.connect() as conn:
             rows = list(conn.execute(sa.select(t.atomdetails).where(where)))
-        loaded = {row.uuid: CachedAtom(row.atom_type, row.flow_uuid, row.book_uuid, row.state,
-                                       row.doc) for row in rows}
+        loaded = {
+            row.uuid: CachedAtom(row.atom_type, row.flow_uuid, row.book_uuid, row.state, row.doc)
+            for row in rows
+        }
         with self._cache.lock:
             self._cache.atoms.update(loaded)
         return loaded
@@ -187,8 +209,7 @@ class EventLogConnection(base.Connection):
             return cached
         atoms = self._load(t.atomdetails.c.flow_uuid == uuid)  # flushes first
         with self._log.engine.connect() as conn:
-            row = conn.execute(sa.select(t.flowdetails)
-                               .where(t.flowdetails.c.uuid == uuid)).first()
+            row = conn.execute(sa.select(t.flowdetails).where(t.flowdetails.c.uuid == uuid)).first()
         if row is None:
             return None
         cached = CachedFlow(row.book_uuid, row.state, row.doc, set(atoms))
@@ -198,8 +219,14 @@ class EventLogConnection(base.Connection):
 
     # -- writes: stage the whole save, then queue it (and commit if durable) -----------
 
-    def _stage_atom(self, changes: _Changes, ad: models.AtomDetail, flow_uuid: str,
-                    book_uuid: str, old: CachedAtom | None) -> None:
+    def _stage_atom(
+        self,
+        changes: _Changes,
+        ad: models.AtomDetail,
+        flow_uuid: str,
+        book_uuid: str,
+        old: CachedAtom | None,
+    ) -> None:
         atom_type = models.atom_detail_type(ad)
         raw = ad.to_dict()
         if old is not None and raw == old.doc:
@@ -215,28 +242,60 @@ class EventLogConnection(base.Connection):
             if not payload:
                 return
             from_state = old.state
-        changes.event(kind=ATOM, build_id=book_uuid, subject=ad.uuid, name=ad.name,
-                      from_state=from_state, to_state=ad.state, payload=payload)
-        changes.row("atomdetails", old is None, {
-            "uuid": ad.uuid, "flow_uuid": flow_uuid, "book_uuid": book_uuid,
-            "name": ad.name, "atom_type": atom_type, "state": ad.state,
-            "intention": ad.intention, "doc": doc})
+        changes.event(
+            kind=ATOM,
+            build_id=book_uuid,
+            subject=ad.uuid,
+            name=ad.name,
+            from_state=from_state,
+            to_state=ad.state,
+            payload=payload,
+        )
+        changes.row(
+            "atomdetails",
+            old is None,
+            {
+                "uuid": ad.uuid,
+                "flow_uuid": flow_uuid,
+                "book_uuid": book_uuid,
+                "name": ad.name,
+                "atom_type": atom_type,
+                "state": ad.state,
+                "intention": ad.intention,
+                "doc": doc,
+            },
+        )
         changes.atoms[ad.uuid] = CachedAtom(atom_type, flow_uuid, book_uuid, ad.state, doc)
         if ad.state != from_state and ad.state in DURABLE_STATES:
             changes.durable = True
 
-    def _stage_flow(self, changes: _Changes, fd: models.FlowDetail, book_uuid: str,
-                    old: CachedFlow | None) -> models.FlowDetail:
+    def _stage_flow(
+        self, changes: _Changes, fd: models.FlowDetail, book_uuid: str, old: CachedFlow | None
+    ) -> models.FlowDetail:
         """Stage a flow detail and its atoms; return the merged flow (with every atom)."""
         merged = fd.copy(retain_contents=False)
         doc = redact(merged.to_dict())
         if old is None:
-            changes.event(kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
-                          from_state=None, to_state=fd.state,
-                          payload={"parent": book_uuid, "set": doc})
-            changes.row("flowdetails", True, {
-                "uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name, "state": fd.state,
-                "doc": doc})
+            changes.event(
+                kind=FLOW,
+                build_id=book_uuid,
+                subject=fd.uuid,
+                name=fd.name,
+                from_state=None,
+                to_state=fd.state,
+                payload={"parent": book_uuid, "set": doc},
+            )
+            changes.row(
+                "flowdetails",
+                True,
+                {
+                    "uuid": fd.uuid,
+                    "book_uuid": book_uuid,
+                    "name": fd.name,
+                    "state": fd.state,
+                    "doc": doc,
+                },
+            )
             atoms: set[str] = set()
         else:
             check_flow_transition(old.state, fd.state)
@@ -244,11 +303,26 @@ class EventLogConnection(base.Connection):
                 # The whole doc, not the change: the row is rewritten whole, and if
                 # another writer changed the flow since this process saw it, the
                 # log must still say what the row now holds.
-                changes.event(kind=FLOW, build_id=book_uuid, subject=fd.uuid, name=fd.name,
-                              from_state=old.state, to_state=fd.state, payload={"set": doc})
-                changes.row("flowdetails", False, {
-                    "uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name,
-                    "state": fd.state, "doc": doc})
+                changes.event(
+                    kind=FLOW,
+                    build_id=book_uuid,
+                    subject=fd.uuid,
+                    name=fd.name,
+                    from_state=old.state,
+                    to_state=fd.state,
+                    payload={"set": doc},
+                )
+                changes.row(
+                    "flowdetails",
+                    False,
+                    {
+                        "uuid": fd.uuid,
+                        "book_uuid": book_uuid,
+                        "name": fd.name,
+                        "state": fd.state,
+                        "doc": doc,
+                    },
+                )
                 if fd.state != old.state and fd.state in FLOW_DURABLE_STATES:
                     changes.durable = True
             atoms = set(old.atoms)
@@ -263,8 +337,9 @@ class EventLogConnection(base.Connection):
             cached = self._known_atom(uuid)
             if cached is not None:
                 merged.add(cached.detail())
-        changes.flows[fd.uuid] = CachedFlow(book_uuid, fd.state, doc,
-                                            atoms.union(ad.uuid for ad in fd))
+        changes.flows[fd.uuid] = CachedFlow(
+            book_uuid, fd.state, doc, atoms.union(ad.uuid for ad in fd)
+        )
         return merged
 
     def _apply(self, changes: _Changes, book_uuid: str, *, commit: bool = False) -> None:
@@ -316,8 +391,15 @@ class EventLogConnection(base.Connection):
         changes = _Changes()
         if stored is None:
             doc = redact(book.to_dict(marshal_time=True))
-            changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid, name=book.name,
-                          from_state=None, to_state=None, payload={"set": doc})
+            changes.event(
+                kind=LOGBOOK,
+                build_id=book.uuid,
+                subject=book.uuid,
+                name=book.name,
+                from_state=None,
+                to_state=None,
+                payload={"set": doc},
+            )
             changes.row("logbooks", True, {"uuid": book.uuid, "name": book.name, "doc": doc})
         else:
             existing = models.LogBook.from_dict(stored, unmarshal_time=True)
@@ -326,11 +408,18 @@ class EventLogConnection(base.Connection):
             if _diff(stored, doc):
                 # The whole doc (as for flows): two savers racing still leave the
                 # row and the replayed log equal, whichever commits last.
-                changes.event(kind=LOGBOOK, build_id=book.uuid, subject=book.uuid,
-                              name=existing.name, from_state=None, to_state=None,
-                              payload={"set": doc})
-                changes.row("logbooks", False, {"uuid": book.uuid, "name": existing.name,
-                                                "doc": doc})
+                changes.event(
+                    kind=LOGBOOK,
+                    build_id=book.uuid,
+                    subject=book.uuid,
+                    name=existing.name,
+                    from_state=None,
+                    to_state=None,
+                    payload={"set": doc},
+                )
+                changes.row(
+                    "logbooks", False, {"uuid": book.uuid, "name": existing.name, "doc": doc}
+                )
         flows = []
         for fd in book:
             # A new book's flows are new (flows are only ever created with their book).
@@ -353,8 +442,9 @@ class EventLogConnection(base.Connection):
                 raise tf_exc.NotFound(f"No logbook found with uuid '{book_uuid}'")
             conn.execute(sa.delete(t.atomdetails).where(t.atomdetails.c.book_uuid == book_uuid))
             conn.execute(sa.delete(t.flowdetails).where(t.flowdetails.c.book_uuid == book_uuid))
-            self._log.append(conn, kind=LOGBOOK, build_id=book_uuid, subject=book_uuid,
-                             to_state="DESTROYED")
+            self._log.append(
+                conn, kind=LOGBOOK, build_id=book_uuid, subject=book_uuid, to_state="DESTROYED"
+            )
         self._backend.forget(book_uuid)
 
     # -- reads (deferred writes are committed first, so a read sees every save) ------
@@ -365,8 +455,10 @@ class EventLogConnection(base.Connection):
 
     def _atoms(self, conn: sa.Connection, flow_uuid: str) -> list[models.AtomDetail]:
         query = sa.select(t.atomdetails).where(t.atomdetails.c.flow_uuid == flow_uuid)
-        return [models.atom_detail_class(row.atom_type).from_dict(row.doc)
-                for row in conn.execute(query)]
+        return [
+            models.atom_detail_class(row.atom_type).from_dict(row.doc)
+            for row in conn.execute(query)
+        ]
 
     def _flow(self, conn: sa.Connection, uuid: str, lazy: bool) -> models.FlowDetail:
         row = conn.execute(sa.select(t.flowdetails).where(t.flowdetails.c.uuid == uuid)).first()
@@ -402,8 +494,7 @@ class EventLogConnection(base.Connection):
             books = [self._book(conn, uuid, lazy) for uuid in uuids]
         yield from books
 
-    def get_flows_for_book(self, book_uuid: str, lazy: bool = False
-                           ) -> Iterator[models.FlowDetail]:
+    def get_flows_for_book(self, book_uuid: str, lazy: bool = False) -> Iterator[models.FlowDetail]:
         with self._reader() as conn:
             flows = self._flows(conn, book_uuid, lazy)
         yield from flows
@@ -414,8 +505,9 @@ class EventLogConnection(base.Connection):
 
     def get_atom_details(self, ad_uuid: str) -> models.AtomDetail:
         with self._reader() as conn:
-            row = conn.execute(sa.select(t.atomdetails)
-                               .where(t.atomdetails.c.uuid == ad_uuid)).first()
+            row = conn.execute(
+                sa.select(t.atomdetails).where(t.atomdetails.c.uuid == ad_uuid)
+            ).first()
         if row is None:
             raise tf_exc.NotFound(f"No atom details found with uuid '{ad_uuid}'")
         return models.atom_detail_class(row.atom_type).from_dict(row.doc)

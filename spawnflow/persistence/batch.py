@@ -25,8 +25,9 @@ _FIXED = frozenset({"uuid", "book_uuid", "flow_uuid", "atom_type"})
 class _Statement:
     """One compiled statement; rows bind to it by column name, JSON already encoded."""
 
-    def __init__(self, statement: sa.sql.expression.UpdateBase, dialect: sa.Dialect,
-                 columns: list[str]):
+    def __init__(
+        self, statement: sa.sql.expression.UpdateBase, dialect: sa.Dialect, columns: list[str]
+    ):
         self.sql = str(statement.compile(dialect=dialect, column_keys=columns))
 
 
@@ -36,14 +37,16 @@ def _upsert(table: sa.Table, dialect: sa.Dialect) -> sa.sql.expression.Insert:
     insert = (sqlite.insert if dialect.name == "sqlite" else postgresql.insert)(table)
     return insert.on_conflict_do_update(
         index_elements=[table.c.uuid],
-        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in _FIXED})
+        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in _FIXED},
+    )
 
 
 def encode(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
     """``row`` with its JSON columns encoded: done when a save is staged, so a value
     that cannot be stored fails that save, not a later commit."""
-    return {k: t.dump_json(v) if isinstance(table.c[k].type, t.JsonText) else v
-            for k, v in row.items()}
+    return {
+        k: t.dump_json(v) if isinstance(table.c[k].type, t.JsonText) else v for k, v in row.items()
+    }
 
 
 class Statements:
@@ -61,14 +64,19 @@ class Statements:
         self.select_doc: dict[str, str] = {}
         for name, table in PROJECTIONS.items():
             columns = [c.name for c in table.columns]
-            self.select_doc[name] = str(sa.select(table.c.doc).where(
-                table.c.uuid == sa.bindparam("uuid")).compile(dialect=dialect))
+            self.select_doc[name] = str(
+                sa.select(table.c.doc)
+                .where(table.c.uuid == sa.bindparam("uuid"))
+                .compile(dialect=dialect)
+            )
             self.insert[name] = _Statement(_upsert(table, dialect), dialect, columns)
             # An update sets what a save can change, never the keys a row is
             # indexed by (rewriting those would rewrite index pages for nothing).
             self.update[name] = _Statement(
-                sa.update(table).where(table.c.uuid == sa.bindparam("b_uuid")), dialect,
-                [c for c in columns if c not in _FIXED] + ["b_uuid"])
+                sa.update(table).where(table.c.uuid == sa.bindparam("b_uuid")),
+                dialect,
+                [c for c in columns if c not in _FIXED] + ["b_uuid"],
+            )
 
 
 class Batch:
@@ -83,8 +91,9 @@ class Batch:
         # (table name, uuid) -> (is insert, full row)
         self.rows: dict[tuple[str, str], tuple[bool, dict[str, Any]]] = {}
 
-    def add(self, events: list[dict[str, Any]],
-            rows: list[tuple[str, bool, dict[str, Any]]]) -> None:
+    def add(
+        self, events: list[dict[str, Any]], rows: list[tuple[str, bool, dict[str, Any]]]
+    ) -> None:
         """Queue events and ``(table name, is insert, row)``; JSON columns encoded."""
         self.events.extend(events)
         for table, insert, row in rows:

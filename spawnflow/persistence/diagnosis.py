@@ -80,28 +80,34 @@ def _where(gap: Interruption | None) -> str:
 
 def _wait_text(wait: EventWait, timeout: float | None, now: float, host: str) -> str:
     tags = wait.outstanding
-    text = (f"waiting for {wait.name} for port{'s' if len(tags) > 1 else ''} "
-            f"{', '.join(tags)} since {clock(wait.since)}")
+    text = (
+        f"waiting for {wait.name} for port{'s' if len(tags) > 1 else ''} "
+        f"{', '.join(tags)} since {clock(wait.since)}"
+    )
     deadline = wait.deadline(timeout)
     if deadline is not None:
         text += f", deadline {clock(deadline)}"
         if now > deadline:
-            text += (f" (passed {age(now - deadline)} ago: the agent should have stopped "
-                     f"waiting; is the agent of host {host} running?)")
+            text += (
+                f" (passed {age(now - deadline)} ago: the agent should have stopped "
+                f"waiting; is the agent of host {host} running?)"
+            )
     got = [f"{e.tag} {e.status} at {clock(e.at)}" for e in wait.received.values()]
     if got:
         text += f"; received {', '.join(got)}"
     return text
 
 
-def _next_step_text(build: BuildHistory, policy: str | None, window: float | None,
-                    timeout: float | None, now: float) -> str:
+def _next_step_text(
+    build: BuildHistory, policy: str | None, window: float | None, timeout: float | None, now: float
+) -> str:
     who = f"the agent of host {build.host}"
     last = build.interruptions[-1] if build.interruptions else None
     if last is not None and last.during == lifecycle.REVERTING:
         return f"{who} will finish rolling it back on start"
-    expired = [w for w in build.waits if w.outstanding and timeout is not None
-               and now > w.since + timeout]
+    expired = [
+        w for w in build.waits if w.outstanding and timeout is not None and now > w.since + timeout
+    ]
     if policy == "resume":
         action = "resume it on start ([recovery] policy resume)"
     elif policy == "rollback":
@@ -109,17 +115,23 @@ def _next_step_text(build: BuildHistory, policy: str | None, window: float | Non
     elif policy == "auto" and window is not None:
         old = now - build.created_at
         if old < window:
-            action = (f"resume it on start ([recovery] policy auto: {age(old)} old, "
-                      f"resume_window {age(window)})")
+            action = (
+                f"resume it on start ([recovery] policy auto: {age(old)} old, "
+                f"resume_window {age(window)})"
+            )
         else:
-            action = (f"roll it back on start ([recovery] policy auto: {age(old)} old, "
-                      f"older than resume_window {age(window)})")
+            action = (
+                f"roll it back on start ([recovery] policy auto: {age(old)} old, "
+                f"older than resume_window {age(window)})"
+            )
     else:
         action = "resume or roll it back on start, as its [recovery] policy says"
     text = f"{who} will {action}"
     if expired and policy != "rollback":
-        text += (f"; its {expired[0].name} deadline passed at "
-                 f"{clock(expired[0].since + timeout)}, so a resume rolls it back")
+        text += (
+            f"; its {expired[0].name} deadline passed at "
+            f"{clock(expired[0].since + timeout)}, so a resume rolls it back"
+        )
     return text
 
 
@@ -131,14 +143,22 @@ def _agent_text(build: BuildHistory, lease: float | None, now: float) -> str:
     quiet = now - agent.heartbeat_at
     if quiet <= (lease or DEFAULT_LEASE):
         return ""
-    return (f"; no live agent on host {build.host} (last heartbeat {age(quiet)} ago): it "
-            "stays like this until the agent starts again, which then resumes or rolls it "
-            "back")
+    return (
+        f"; no live agent on host {build.host} (last heartbeat {age(quiet)} ago): it "
+        "stays like this until the agent starts again, which then resumes or rolls it "
+        "back"
+    )
 
 
-def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
-             recovery_policy: str | None = None, resume_window: float | None = None,
-             lease_seconds: float | None = None, now: float | None = None) -> Diagnosis:
+def diagnose(
+    build: BuildHistory,
+    *,
+    vif_plugging_timeout: float | None = None,
+    recovery_policy: str | None = None,
+    resume_window: float | None = None,
+    lease_seconds: float | None = None,
+    now: float | None = None,
+) -> Diagnosis:
     now = time.time() if now is None else now
     dead = _agent_text(build, lease_seconds, now)
     state = build.state
@@ -153,12 +173,16 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
         if build.duration is not None:
             text += f" in {age(build.duration)}"
         if build.interruptions:
-            text += (f"; resumed after {_plural(len(build.interruptions), 'interruption')}"
-                     f" (first at step {', '.join(build.interruptions[0].steps) or '-'})")
+            text += (
+                f"; resumed after {_plural(len(build.interruptions), 'interruption')}"
+                f" (first at step {', '.join(build.interruptions[0].steps) or '-'})"
+            )
         for wait in build.waits:
             if wait.outstanding:
-                text += (f"; {wait.name} never came for port(s) "
-                         f"{', '.join(wait.outstanding)} (not fatal)")
+                text += (
+                    f"; {wait.name} never came for port(s) "
+                    f"{', '.join(wait.outstanding)} (not fatal)"
+                )
             if wait.failed:
                 text += f"; {wait.name} reported failed for {', '.join(wait.failed)} (not fatal)"
         return Diagnosis("active", text)
@@ -172,13 +196,13 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
         if recovered:
             gap = recovered[-1]
             why = f" ({gap.reason})" if gap.reason else ""
-            return Diagnosis("rolled_back", f"{_where(gap)} at {clock(gap.last_seen)}; "
-                             f"recovery{why} {reverted}")
+            return Diagnosis(
+                "rolled_back", f"{_where(gap)} at {clock(gap.last_seen)}; recovery{why} {reverted}"
+            )
         if build.error:
             return Diagnosis("rolled_back", f"failed: {build.error}; {reverted}")
         started = any(_ran(s) for s in build.steps)
-        return Diagnosis("cancelled", f"cancelled{'' if started else ' before it ran'}; "
-                         f"{reverted}")
+        return Diagnosis("cancelled", f"cancelled{'' if started else ' before it ran'}; {reverted}")
 
     if state == lifecycle.FAILED:
         parts = [_failure(build) or f"failed: {build.error or 'no error recorded'}"]
@@ -187,8 +211,10 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
             first = build.step(broken[0])
             left = [s.name for s in build.steps if _ran(s) and not s.reverted]
             parts.append(f"rollback failed at step {first.name}: {first.revert_error}")
-            parts.append(f"{_plural(len(build.reverted_steps), 'step')} reverted, "
-                         f"left in place: {', '.join(left) or '-'}; operator action needed")
+            parts.append(
+                f"{_plural(len(build.reverted_steps), 'step')} reverted, "
+                f"left in place: {', '.join(left) or '-'}; operator action needed"
+            )
         return Diagnosis("failed", "; ".join(parts), build.failed_step or step)
 
     if state == lifecycle.INTERRUPTED:
@@ -196,21 +222,27 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
         seen = last.last_seen if last else build.last_event_at
         text = f"{_where(last)} (last event {clock(seen)})"
         nxt = _next_step_text(build, recovery_policy, resume_window, vif_plugging_timeout, now)
-        return Diagnosis("interrupted", f"{text}; {nxt}",
-                         ", ".join(last.steps) if last and last.steps else None)
+        return Diagnosis(
+            "interrupted", f"{text}; {nxt}", ", ".join(last.steps) if last and last.steps else None
+        )
 
     if state == lifecycle.REVERTING:
         failure = _failure(build) or "cancelled"
         ran = [s for s in build.steps if _ran(s)]
-        text = (f"rolling back after {failure}; {len(build.reverted_steps)} of "
-                f"{_plural(len(ran), 'step')} reverted")
+        text = (
+            f"rolling back after {failure}; {len(build.reverted_steps)} of "
+            f"{_plural(len(ran), 'step')} reverted"
+        )
         if current:
             text += f", reverting {step} since {clock(current[-1].open_span.start)}"
         return Diagnosis("reverting", text + stale + dead, build.failed_step or step)
 
     if state == lifecycle.QUEUED:
-        return Diagnosis("queued", f"queued since {clock(build.created_at)}, no step started"
-                         f"{stale}" + (dead or f"; is the agent of host {build.host} running?"))
+        return Diagnosis(
+            "queued",
+            f"queued since {clock(build.created_at)}, no step started"
+            f"{stale}" + (dead or f"; is the agent of host {build.host} running?"),
+        )
 
     # RUNNING
     waits = [w for w in build.waits if w.outstanding]
@@ -221,11 +253,14 @@ def diagnose(build: BuildHistory, *, vif_plugging_timeout: float | None = None,
         return Diagnosis("waiting", text + dead, step)
     if current:
         span = current[-1].open_span
-        text = (f"running step {step} since {clock(span.start)} ({age(now - span.start)}"
-                f"{'' if span.attempt == 1 else f', attempt {span.attempt}'})")
+        text = (
+            f"running step {step} since {clock(span.start)} ({age(now - span.start)}"
+            f"{'' if span.attempt == 1 else f', attempt {span.attempt}'})"
+        )
         failed = [tag for w in build.waits for tag in w.failed]
         if failed:
             text += f"; port(s) {', '.join(failed)} reported failed"
         return Diagnosis("running", text + stale + dead, step)
-    return Diagnosis("running", f"running, between steps (last event "
-                     f"{clock(build.last_event_at)}){stale}{dead}")
+    return Diagnosis(
+        "running", f"running, between steps (last event {clock(build.last_event_at)}){stale}{dead}"
+    )

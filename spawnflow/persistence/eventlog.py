@@ -71,7 +71,8 @@ class EventLog:
         try:
             if not upgrade and schema.inspect_url(url) is None:
                 raise SchemaError(
-                    f"{mask_url(url)} holds no spawnflow history (empty or missing database)")
+                    f"{mask_url(url)} holds no spawnflow history (empty or missing database)"
+                )
             return cls(schema.open_engine(url, upgrade_schema=upgrade))
         except sa.exc.ArgumentError as exc:
             raise PersistenceError(f"not a database URL: {mask_url(url)} ({exc})") from None
@@ -114,8 +115,7 @@ class EventLog:
         with self._build_lock(build_id), self._write_lock or contextlib.nullcontext():
             batch = self._take(build_id)
             try:
-                with self.engine.connect() as conn, \
-                        conn.execution_options(write=True).begin():
+                with self.engine.connect() as conn, conn.execution_options(write=True).begin():
                     if batch is not None:
                         cursor = conn.connection.cursor()
                         try:
@@ -128,8 +128,12 @@ class EventLog:
                     self._give_back(build_id, batch)
                 raise
 
-    def defer(self, build_id: str | None, events: list[dict[str, Any]],
-              rows: list[tuple[str, bool, dict[str, Any]]]) -> None:
+    def defer(
+        self,
+        build_id: str | None,
+        events: list[dict[str, Any]],
+        rows: list[tuple[str, bool, dict[str, Any]]],
+    ) -> None:
         """Queue events (and the projection rows they change) that announce no side effect.
 
         ``events`` hold the columns of events rows (payloads redacted, JSON-encoded);
@@ -192,8 +196,11 @@ class EventLog:
                     if self._sqlite:
                         cursor.execute("BEGIN IMMEDIATE")
                     # psycopg's pipeline sends the batch in one round trip, not one each.
-                    with (raw.driver_connection.pipeline() if self._pipeline
-                          else contextlib.nullcontext()):
+                    with (
+                        raw.driver_connection.pipeline()
+                        if self._pipeline
+                        else contextlib.nullcontext()
+                    ):
                         if batch is not None:
                             batch.write(cursor, self._sql)
                         if extra is not None:
@@ -219,53 +226,106 @@ class EventLog:
                     self._give_back(build_id, batch)
                 # The same exception types as every other write (callers catch those).
                 raise sa.exc.DBAPIError.instance(
-                    "deferred writes", None, exc, self.engine.dialect.loaded_dbapi.Error,
-                    hide_parameters=True, dialect=self.engine.dialect) from exc
+                    "deferred writes",
+                    None,
+                    exc,
+                    self.engine.dialect.loaded_dbapi.Error,
+                    hide_parameters=True,
+                    dialect=self.engine.dialect,
+                ) from exc
             except BaseException:
                 if batch is not None:
                     self._give_back(build_id, batch)
                 raise
 
     @staticmethod
-    def append(conn: sa.Connection, *, kind: str, build_id: str | None, subject: str | None,
-               name: str | None = None, from_state: str | None = None,
-               to_state: str | None = None, payload: Any = None,
-               ts: float | None = None, redacted: bool = False) -> int:
+    def append(
+        conn: sa.Connection,
+        *,
+        kind: str,
+        build_id: str | None,
+        subject: str | None,
+        name: str | None = None,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        payload: Any = None,
+        ts: float | None = None,
+        redacted: bool = False,
+    ) -> int:
         """Append one event inside ``conn``'s transaction and return its sequence number.
 
         ``redacted=True`` says the payload was built from already redacted data.
         """
-        result = conn.execute(_INSERT_EVENT, {
-            "build_id": build_id, "ts": time.time() if ts is None else ts, "kind": kind,
-            "subject": subject, "name": name, "from_state": from_state, "to_state": to_state,
-            "payload": payload if redacted else redact(payload)})
+        result = conn.execute(
+            _INSERT_EVENT,
+            {
+                "build_id": build_id,
+                "ts": time.time() if ts is None else ts,
+                "kind": kind,
+                "subject": subject,
+                "name": name,
+                "from_state": from_state,
+                "to_state": to_state,
+                "payload": payload if redacted else redact(payload),
+            },
+        )
         return result.inserted_primary_key[0]
 
     # -- builds -----------------------------------------------------------------
 
-    def create_build(self, build_id: str, *, instance_uuid: str, instance_name: str,
-                     host: str, spec: dict[str, Any]) -> None:
+    def create_build(
+        self,
+        build_id: str,
+        *,
+        instance_uuid: str,
+        instance_name: str,
+        host: str,
+        spec: dict[str, Any],
+    ) -> None:
         """Record a new build in QUEUED; its first event carries the (redacted) spec."""
         lifecycle.check(None, lifecycle.QUEUED)
         spec = redact(spec)
         now = time.time()
         with self.transaction(build_id) as conn:
-            seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
-                              name=instance_name, to_state=lifecycle.QUEUED, ts=now,
-                              redacted=True,
-                              payload={"spec": spec, "host": host,
-                                       "instance_uuid": instance_uuid})
-            conn.execute(sa.insert(t.builds).values(
-                build_id=build_id, instance_uuid=instance_uuid, instance_name=instance_name,
-                host=host, state=lifecycle.QUEUED, created_at=now, updated_at=now, spec=spec,
-                error=None, last_seq=seq))
+            seq = self.append(
+                conn,
+                kind=BUILD,
+                build_id=build_id,
+                subject=build_id,
+                name=instance_name,
+                to_state=lifecycle.QUEUED,
+                ts=now,
+                redacted=True,
+                payload={"spec": spec, "host": host, "instance_uuid": instance_uuid},
+            )
+            conn.execute(
+                sa.insert(t.builds).values(
+                    build_id=build_id,
+                    instance_uuid=instance_uuid,
+                    instance_name=instance_name,
+                    host=host,
+                    state=lifecycle.QUEUED,
+                    created_at=now,
+                    updated_at=now,
+                    spec=spec,
+                    error=None,
+                    last_seq=seq,
+                )
+            )
 
-    def transition_build(self, build_id: str, to_state: str, *, error: str | None = None,
-                         payload: dict[str, Any] | None = None) -> str:
+    def transition_build(
+        self,
+        build_id: str,
+        to_state: str,
+        *,
+        error: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> str:
         """Move a build to ``to_state`` if the lifecycle allows it; return the old state."""
         with self.transaction(build_id) as conn:
             query = sa.select(t.builds.c.state, t.builds.c.instance_name).where(
-                t.builds.c.build_id == build_id)
+                t.builds.c.build_id == build_id
+            )
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
             row = conn.execute(query).first()
@@ -276,14 +336,23 @@ class EventLog:
             if error is not None:
                 body["error"] = error
             now = time.time()
-            seq = self.append(conn, kind=BUILD, build_id=build_id, subject=build_id,
-                              name=row.instance_name, from_state=row.state, to_state=to_state,
-                              payload=body or None, ts=now)
+            seq = self.append(
+                conn,
+                kind=BUILD,
+                build_id=build_id,
+                subject=build_id,
+                name=row.instance_name,
+                from_state=row.state,
+                to_state=to_state,
+                payload=body or None,
+                ts=now,
+            )
             values: dict[str, Any] = {"state": to_state, "updated_at": now, "last_seq": seq}
             if error is not None:
                 values["error"] = error
-            conn.execute(sa.update(t.builds).where(t.builds.c.build_id == build_id)
-                         .values(**values))
+            conn.execute(
+                sa.update(t.builds).where(t.builds.c.build_id == build_id).values(**values)
+            )
             return row.state
 
     def get_build(self, build_id: str) -> sa.Row:
@@ -293,8 +362,13 @@ class EventLog:
             raise UnknownBuild(f"no build {build_id} in this database")
         return row
 
-    def builds(self, *, host: str | None = None, states: frozenset[str] | None = None,
-               instance_uuid: str | None = None) -> list[sa.Row]:
+    def builds(
+        self,
+        *,
+        host: str | None = None,
+        states: frozenset[str] | None = None,
+        instance_uuid: str | None = None,
+    ) -> list[sa.Row]:
         query = sa.select(t.builds).order_by(t.builds.c.created_at)
         if host is not None:
             query = query.where(t.builds.c.host == host)
@@ -310,13 +384,22 @@ class EventLog:
     def record_external_event(self, build_id: str, name: str, tag: str, status: str) -> int:
         """Persist an external event before anyone acts on it (so none is lost)."""
         with self.transaction(build_id) as conn:
-            return self.append(conn, kind=EXTERNAL, build_id=build_id, subject=tag, name=name,
-                               to_state=status, payload={"tag": tag, "status": status})
+            return self.append(
+                conn,
+                kind=EXTERNAL,
+                build_id=build_id,
+                subject=tag,
+                name=name,
+                to_state=status,
+                payload={"tag": tag, "status": status},
+            )
 
     def external_events(self, build_id: str) -> list[sa.Row]:
-        query = (sa.select(t.events).where(t.events.c.build_id == build_id,
-                                           t.events.c.kind == EXTERNAL)
-                 .order_by(t.events.c.seq))
+        query = (
+            sa.select(t.events)
+            .where(t.events.c.build_id == build_id, t.events.c.kind == EXTERNAL)
+            .order_by(t.events.c.seq)
+        )
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 

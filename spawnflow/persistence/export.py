@@ -56,11 +56,21 @@ VERSION = 1
 _EVENT_FIELDS = ("seq", "ts", "kind", "subject", "name", "from_state", "to_state", "payload")
 # What a version 1 event must carry; ``build_id`` may be there too (it must be the build's).
 _REQUIRED_EVENT_FIELDS = frozenset(
-    ("seq", "ts", "kind", "subject", "name", "from_state", "to_state", "payload"))
-_ROW_FIELDS = ("build_id", "instance_uuid", "instance_name", "host", "state", "created_at",
-               "updated_at", "spec", "error", "last_seq")
-_TOP_FIELDS = frozenset(("format", "version", "exported_at", "schema_revision", "build",
-                         "events"))
+    ("seq", "ts", "kind", "subject", "name", "from_state", "to_state", "payload")
+)
+_ROW_FIELDS = (
+    "build_id",
+    "instance_uuid",
+    "instance_name",
+    "host",
+    "state",
+    "created_at",
+    "updated_at",
+    "spec",
+    "error",
+    "last_seq",
+)
+_TOP_FIELDS = frozenset(("format", "version", "exported_at", "schema_revision", "build", "events"))
 # Replayed created_at comes from the QUEUED event's time, which the log takes a
 # moment before it fills the builds row.
 _CLOCK_SLACK = 5.0
@@ -75,17 +85,36 @@ MAX_DEPTH = 64
 # is older; nothing later can be shown as a date.
 EARLIEST = 946684800.0
 LATEST = 253402300799.0
-_INT_LIMIT = 2 ** 63  # every integer fits a signed 64-bit column
+_INT_LIMIT = 2**63  # every integer fits a signed 64-bit column
 # Column widths (tables.py): PostgreSQL refuses longer text, SQLite would keep it.
 _ID_LEN, _NAME_LEN, _STATE_LEN = 36, 255, 32
 
 _KINDS = frozenset((BUILD, LOGBOOK, FLOW, ATOM, EXTERNAL))
-_FLOW_STATES = frozenset((tf_states.PENDING, tf_states.RUNNING, tf_states.SUCCESS,
-                          tf_states.FAILURE, tf_states.REVERTED, tf_states.SUSPENDING,
-                          tf_states.SUSPENDED, tf_states.RESUMING))
-_ATOM_STATES = frozenset((tf_states.PENDING, tf_states.RUNNING, tf_states.SUCCESS,
-                          tf_states.FAILURE, tf_states.REVERTING, tf_states.REVERTED,
-                          tf_states.REVERT_FAILURE, tf_states.IGNORE, tf_states.RETRYING))
+_FLOW_STATES = frozenset(
+    (
+        tf_states.PENDING,
+        tf_states.RUNNING,
+        tf_states.SUCCESS,
+        tf_states.FAILURE,
+        tf_states.REVERTED,
+        tf_states.SUSPENDING,
+        tf_states.SUSPENDED,
+        tf_states.RESUMING,
+    )
+)
+_ATOM_STATES = frozenset(
+    (
+        tf_states.PENDING,
+        tf_states.RUNNING,
+        tf_states.SUCCESS,
+        tf_states.FAILURE,
+        tf_states.REVERTING,
+        tf_states.REVERTED,
+        tf_states.REVERT_FAILURE,
+        tf_states.IGNORE,
+        tf_states.RETRYING,
+    )
+)
 _ATOM_TYPES = frozenset(models.ATOM_TYPES)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
@@ -126,8 +155,9 @@ def _no_constant(name: str) -> Any:
 def loads(text: str | bytes, source: str = "document") -> dict[str, Any]:
     """Parse and validate an export document; raise InvalidExport saying what is wrong."""
     if len(text) > MAX_BYTES:
-        raise InvalidExport(f"{source} is larger than {MAX_BYTES // 2 ** 20} MiB; "
-                            "not a build history export")
+        raise InvalidExport(
+            f"{source} is larger than {MAX_BYTES // 2**20} MiB; not a build history export"
+        )
     try:
         doc = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
@@ -188,7 +218,7 @@ def _where(path: tuple[Any, ...]) -> str:
 def _shown(value: Any, limit: int = 40) -> str:
     """A value for an error message: repr (escapes controls and bidi), shortened."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Checker:
@@ -243,20 +273,34 @@ class _Checker:
     # -- typed fields ---------------------------------------------------------------
 
     def time(self, value: Any, path: tuple[Any, ...]) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not EARLIEST <= value <= LATEST:
-            raise self.bad(path, "must be a time in POSIX seconds between 2000-01-01 and "
-                                 f"9999-12-31, not {_shown(value)}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not EARLIEST <= value <= LATEST
+        ):
+            raise self.bad(
+                path,
+                "must be a time in POSIX seconds between 2000-01-01 and "
+                f"9999-12-31, not {_shown(value)}",
+            )
         return float(value)
 
-    def column(self, value: Any, path: tuple[Any, ...], limit: int | None, *,
-               required: bool = False, empty: bool = True) -> str | None:
+    def column(
+        self,
+        value: Any,
+        path: tuple[Any, ...],
+        limit: int | None,
+        *,
+        required: bool = False,
+        empty: bool = True,
+    ) -> str | None:
         """A text column: str (or None unless required), at most ``limit`` characters."""
         if value is None and not required:
             return None
         if not isinstance(value, str):
-            raise self.bad(path, f"must be {'text' if required else 'text or null'}, "
-                                 f"not {_shown(value)}")
+            raise self.bad(
+                path, f"must be {'text' if required else 'text or null'}, not {_shown(value)}"
+            )
         if not value and not empty:
             raise self.bad(path, "must not be empty")
         if limit is not None and len(value) > limit:
@@ -281,8 +325,7 @@ class _Checker:
             raise self.bad(path, "must be an object" + (" or null" if null else ""))
         return value
 
-    def keys(self, value: dict[str, Any], allowed: Iterable[str],
-             path: tuple[Any, ...]) -> None:
+    def keys(self, value: dict[str, Any], allowed: Iterable[str], path: tuple[Any, ...]) -> None:
         unknown = sorted(set(value) - set(allowed))
         if unknown:
             raise self.bad(path, f"unknown field {_shown(unknown[0])}")
@@ -304,14 +347,17 @@ def check_document(doc: Any, source: str = "document") -> Checked:
     """
     c = _Checker(source)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InvalidExport(f"{source} is not a spawnflow build history export "
-                            f"(no \"format\": \"{FORMAT}\")")
+        raise InvalidExport(
+            f'{source} is not a spawnflow build history export (no "format": "{FORMAT}")'
+        )
     version = doc.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InvalidExport(f"{source}: bad export version {_shown(version)}")
     if version > VERSION:
-        raise InvalidExport(f"{source} is export version {version}, newer than this "
-                            f"spawnflow reads ({VERSION}); upgrade spawnflow")
+        raise InvalidExport(
+            f"{source} is export version {version}, newer than this "
+            f"spawnflow reads ({VERSION}); upgrade spawnflow"
+        )
     c.keys(doc, _TOP_FIELDS, ())
     c.scan(doc)
     if doc.get("exported_at") is not None:
@@ -336,17 +382,20 @@ def check_document(doc: Any, source: str = "document") -> Checked:
             raise c.bad(path, f"no {missing[0]!r}")
         c.keys(event, set(_EVENT_FIELDS) | {"build_id"}, path)
         if "build_id" in event and event["build_id"] != build_id:
-            raise c.bad(path + ("build_id",), "is not the build's id; a document holds one "
-                                              "build")
+            raise c.bad(path + ("build_id",), "is not the build's id; a document holds one build")
         seq = event["seq"]
         if isinstance(seq, bool) or not isinstance(seq, int) or seq <= last_seq:
-            raise c.bad(path + ("seq",), f"must be an integer above the previous event's "
-                                         f"({last_seq}), not {_shown(seq)}")
+            raise c.bad(
+                path + ("seq",),
+                f"must be an integer above the previous event's ({last_seq}), not {_shown(seq)}",
+            )
         last_seq = seq
         c.time(event["ts"], path + ("ts",))
         if not _member(event["kind"], _KINDS):
-            raise c.bad(path + ("kind",), f"must be one of {', '.join(sorted(_KINDS))}, "
-                                          f"not {_shown(event['kind'])}")
+            raise c.bad(
+                path + ("kind",),
+                f"must be one of {', '.join(sorted(_KINDS))}, not {_shown(event['kind'])}",
+            )
         c.column(event["subject"], path + ("subject",), _ID_LEN)
         c.column(event["name"], path + ("name",), _NAME_LEN)
         c.column(event["from_state"], path + ("from_state",), _STATE_LEN)
@@ -354,10 +403,15 @@ def check_document(doc: Any, source: str = "document") -> Checked:
         if event["payload"] is not None and not isinstance(event["payload"], dict):
             raise c.bad(path + ("payload",), "must be an object or null")
     first = events[0]
-    if first["kind"] != BUILD or first["to_state"] != lifecycle.QUEUED \
-            or not isinstance((first["payload"] or {}).get("spec"), dict):
-        raise InvalidExport(f"{source}: the first event is not the build's creation "
-                            "(QUEUED with its spec); the history is incomplete")
+    if (
+        first["kind"] != BUILD
+        or first["to_state"] != lifecycle.QUEUED
+        or not isinstance((first["payload"] or {}).get("spec"), dict)
+    ):
+        raise InvalidExport(
+            f"{source}: the first event is not the build's creation "
+            "(QUEUED with its spec); the history is incomplete"
+        )
     checked = _Fold(c, build_id).run(events)
     _check_against(build, checked.row, source)
     return checked
@@ -365,16 +419,17 @@ def check_document(doc: Any, source: str = "document") -> Checked:
 
 def _check_row(c: _Checker, build: dict[str, Any]) -> None:
     """The document's ``builds`` row: typed fields (it is compared with the events later)."""
-    for name in ("instance_uuid", "instance_name", "host", "state", "created_at",
-                 "updated_at"):
+    for name in ("instance_uuid", "instance_name", "host", "state", "created_at", "updated_at"):
         if name not in build:
             raise c.bad(("build",), f"no {name!r}")
     c.column(build["instance_uuid"], ("build", "instance_uuid"), _ID_LEN, required=True)
     c.column(build["instance_name"], ("build", "instance_name"), _NAME_LEN, required=True)
     c.column(build["host"], ("build", "host"), _NAME_LEN, required=True)
     if not _member(build["state"], lifecycle.STATES):
-        raise c.bad(("build", "state"), f"must be one of {', '.join(sorted(lifecycle.STATES))}"
-                                        f", not {_shown(build['state'])}")
+        raise c.bad(
+            ("build", "state"),
+            f"must be one of {', '.join(sorted(lifecycle.STATES))}, not {_shown(build['state'])}",
+        )
     c.time(build["created_at"], ("build", "created_at"))
     c.time(build["updated_at"], ("build", "updated_at"))
     if "spec" in build:
@@ -390,10 +445,10 @@ class _Fold:
 
     def __init__(self, c: _Checker, build_id: str):
         self.c, self.build_id = c, build_id
-        self.state: str | None = None          # the build's lifecycle state so far
+        self.state: str | None = None  # the build's lifecycle state so far
         self.book: dict[str, Any] | None = None
-        self.flows: dict[str, dict[str, Any]] = {}   # uuid -> doc
-        self.atoms: dict[str, dict[str, Any]] = {}   # uuid -> doc
+        self.flows: dict[str, dict[str, Any]] = {}  # uuid -> doc
+        self.atoms: dict[str, dict[str, Any]] = {}  # uuid -> doc
         self.atom_of: dict[str, tuple[str, str]] = {}  # uuid -> (type, flow uuid)
 
     def run(self, events: list[dict[str, Any]]) -> Checked:
@@ -415,9 +470,10 @@ class _Fold:
 
     def _transition(self, event: dict[str, Any], old: str | None, path: tuple[Any, ...]) -> None:
         if event["from_state"] != old:
-            raise self.c.bad(path + ("from_state",),
-                             f"says {_shown(event['from_state'])} but the state was "
-                             f"{_shown(old)}")
+            raise self.c.bad(
+                path + ("from_state",),
+                f"says {_shown(event['from_state'])} but the state was {_shown(old)}",
+            )
 
     def build(self, event: dict[str, Any], path: tuple[Any, ...]) -> None:
         c = self.c
@@ -431,15 +487,19 @@ class _Fold:
         self._transition(event, self.state, path)
         payload = event["payload"] or {}
         if self.state is None:
-            c.column(payload.get("host"), path + ("payload", "host"), _NAME_LEN,
-                     required=True, empty=False)
+            c.column(
+                payload.get("host"),
+                path + ("payload", "host"),
+                _NAME_LEN,
+                required=True,
+                empty=False,
+            )
             instance = payload.get("instance_uuid")
             where = path + ("payload", "instance_uuid")
             if instance is None:
                 spec_instance = payload["spec"].get("instance")
                 where = path + ("payload", "spec", "instance")
-                instance = spec_instance.get("uuid") if isinstance(spec_instance, dict) \
-                    else None
+                instance = spec_instance.get("uuid") if isinstance(spec_instance, dict) else None
             c.column(instance, where, _ID_LEN, required=True, empty=False)
         if "error" in payload:
             c.column(payload["error"], path + ("payload", "error"), None)
@@ -451,8 +511,9 @@ class _Fold:
             raise c.bad(path + ("subject",), "the logbook of a build has the build's id")
         if event["to_state"] is not None or event["from_state"] is not None:
             # CLEARED (every logbook of a database) or DESTROYED: never part of an export.
-            raise c.bad(path + ("to_state",), f"logbook {_shown(event['to_state'])} cannot "
-                                              "be imported")
+            raise c.bad(
+                path + ("to_state",), f"logbook {_shown(event['to_state'])} cannot be imported"
+            )
         payload = c.obj(event["payload"], path + ("payload",))
         c.keys(payload, ("set", "unset"), path + ("payload",))
         changed, unset = c.changes(payload, path + ("payload",))
@@ -470,16 +531,19 @@ class _Fold:
         if new and self.book is None:
             raise c.bad(path, "a flow before the build's logbook")
         if (new or "parent" in payload) and payload.get("parent") != self.build_id:
-            raise c.bad(path + ("payload", "parent"),
-                        "a flow's parent must be the build's logbook (the build id)")
+            raise c.bad(
+                path + ("payload", "parent"),
+                "a flow's parent must be the build's logbook (the build id)",
+            )
         changed, unset = c.changes(payload, path + ("payload",))
         old = self.flows.get(subject)
         doc = _applied(old, changed, unset)
         self._doc_fields(doc, path, ("name", "uuid"), subject)
         state = doc.get("state")
         if state is not None and not _member(state, _FLOW_STATES):
-            raise c.bad(path + ("payload", "set", "state"),
-                        f"{_shown(state)} is not a TaskFlow flow state")
+            raise c.bad(
+                path + ("payload", "set", "state"), f"{_shown(state)} is not a TaskFlow flow state"
+            )
         old_state = old.get("state") if old else None
         try:
             check_flow_transition(old_state, state)
@@ -498,29 +562,36 @@ class _Fold:
         known = self.atom_of.get(subject)
         if known is None:
             if not _member(payload.get("parent"), self.flows):
-                raise c.bad(path + ("payload", "parent"),
-                            "an atom's parent must be one of this build's flows (created "
-                            "before it)")
+                raise c.bad(
+                    path + ("payload", "parent"),
+                    "an atom's parent must be one of this build's flows (created before it)",
+                )
             if not _member(payload.get("type"), _ATOM_TYPES):
-                raise c.bad(path + ("payload", "type"),
-                            f"must be one of {', '.join(sorted(_ATOM_TYPES))}")
+                raise c.bad(
+                    path + ("payload", "type"), f"must be one of {', '.join(sorted(_ATOM_TYPES))}"
+                )
             known = self.atom_of[subject] = (payload["type"], payload["parent"])
         for field, value in zip(("type", "parent"), known, strict=True):
             if field in payload and payload[field] != value:
-                raise c.bad(path + ("payload", field), f"differs from the atom's first event "
-                                                       f"({_shown(value)})")
+                raise c.bad(
+                    path + ("payload", field),
+                    f"differs from the atom's first event ({_shown(value)})",
+                )
         changed, unset = c.changes(payload, path + ("payload",))
         old = self.atoms.get(subject)
         doc = _applied(old, changed, unset)
         self._doc_fields(doc, path, ("name", "uuid"), subject)
         state = doc.get("state")
         if state is not None and not _member(state, _ATOM_STATES):
-            raise c.bad(path + ("payload", "set", "state"),
-                        f"{_shown(state)} is not a TaskFlow atom state")
+            raise c.bad(
+                path + ("payload", "set", "state"), f"{_shown(state)} is not a TaskFlow atom state"
+            )
         intention = doc.get("intention")
         if intention is not None and not _member(intention, tf_states.INTENTIONS):
-            raise c.bad(path + ("payload", "set", "intention"),
-                        f"{_shown(intention)} is not a TaskFlow intention")
+            raise c.bad(
+                path + ("payload", "set", "intention"),
+                f"{_shown(intention)} is not a TaskFlow intention",
+            )
         for field in ("meta", "failure", "revert_failure"):
             if doc.get(field) is not None and not isinstance(doc[field], dict):
                 raise c.bad(path + ("payload", "set", field), "must be an object or null")
@@ -536,21 +607,28 @@ class _Fold:
         c = self.c
         c.column(event["subject"], path + ("subject",), _ID_LEN, required=True, empty=False)
         c.column(event["name"], path + ("name",), _NAME_LEN, required=True, empty=False)
-        c.column(event["to_state"], path + ("to_state",), _STATE_LEN, required=True,
-                 empty=False)
+        c.column(event["to_state"], path + ("to_state",), _STATE_LEN, required=True, empty=False)
         if event["from_state"] is not None:
             raise c.bad(path + ("from_state",), "an external event has no from_state")
 
-    def _states(self, event: dict[str, Any], old: str | None, new: str | None,
-                path: tuple[Any, ...]) -> None:
+    def _states(
+        self, event: dict[str, Any], old: str | None, new: str | None, path: tuple[Any, ...]
+    ) -> None:
         """The event's from/to columns must say what its doc change does (history shows them)."""
         self._transition(event, old, path)
         if event["to_state"] != new:
-            raise self.c.bad(path + ("to_state",), f"says {_shown(event['to_state'])} but the "
-                                                   f"change makes it {_shown(new)}")
+            raise self.c.bad(
+                path + ("to_state",),
+                f"says {_shown(event['to_state'])} but the change makes it {_shown(new)}",
+            )
 
-    def _doc_fields(self, doc: dict[str, Any], path: tuple[Any, ...], fields: Iterable[str],
-                    subject: str | None = None) -> None:
+    def _doc_fields(
+        self,
+        doc: dict[str, Any],
+        path: tuple[Any, ...],
+        fields: Iterable[str],
+        subject: str | None = None,
+    ) -> None:
         where = path + ("payload", "set")
         if "name" in fields:
             self.c.column(doc.get("name"), where + ("name",), _NAME_LEN)
@@ -562,25 +640,30 @@ class _Fold:
 
     def replay(self, events: list[dict[str, Any]]) -> Projections:
         """The projections the events replay to; TaskFlow must be able to load each row."""
-        rows = [SimpleNamespace(build_id=self.build_id, **{n: e[n] for n in _EVENT_FIELDS})
-                for e in events]
+        rows = [
+            SimpleNamespace(build_id=self.build_id, **{n: e[n] for n in _EVENT_FIELDS})
+            for e in events
+        ]
         try:
             projections = replay_events(rows)
         except (KeyError, TypeError, ValueError, AttributeError, IllegalTransition) as exc:
-            raise InvalidExport(f"{self.c.source}: the events of build {self.build_id} "
-                                f"do not replay: {_shown(exc, 80)}") from None
-        for table, load in (("logbooks", lambda r: models.LogBook.from_dict(
-                                r["doc"], unmarshal_time=True)),
-                            ("flowdetails", lambda r: models.FlowDetail.from_dict(r["doc"])),
-                            ("atomdetails", lambda r: models.atom_detail_class(
-                                r["atom_type"]).from_dict(r["doc"]))):
+            raise InvalidExport(
+                f"{self.c.source}: the events of build {self.build_id} "
+                f"do not replay: {_shown(exc, 80)}"
+            ) from None
+        for table, load in (
+            ("logbooks", lambda r: models.LogBook.from_dict(r["doc"], unmarshal_time=True)),
+            ("flowdetails", lambda r: models.FlowDetail.from_dict(r["doc"])),
+            ("atomdetails", lambda r: models.atom_detail_class(r["atom_type"]).from_dict(r["doc"])),
+        ):
             for uuid_, row in projections[table].items():
                 try:
                     load(row)
-                except Exception as exc:  # noqa: BLE001 - whatever TaskFlow chokes on
+                except Exception as exc:
                     raise InvalidExport(
                         f"{self.c.source}: TaskFlow cannot read the {table[:-1]} {uuid_} the "
-                        f"events make: {type(exc).__name__}: {_shown(str(exc), 80)}") from None
+                        f"events make: {type(exc).__name__}: {_shown(str(exc), 80)}"
+                    ) from None
         return projections
 
 
@@ -589,8 +672,9 @@ def _member(value: Any, allowed: Any) -> bool:
     return isinstance(value, str) and value in allowed
 
 
-def _applied(old: dict[str, Any] | None, changed: dict[str, Any],
-             unset: list[str]) -> dict[str, Any]:
+def _applied(
+    old: dict[str, Any] | None, changed: dict[str, Any], unset: list[str]
+) -> dict[str, Any]:
     """``old`` after a set/unset change, as replay applies it."""
     doc = dict(old or {})
     doc.update(changed)
@@ -601,13 +685,18 @@ def _applied(old: dict[str, Any] | None, changed: dict[str, Any],
 
 def replay_build_row(build_id: str, events: Iterable[Any]) -> dict[str, Any]:
     """The ``builds`` row the build's events (rows or dicts, seq order) describe."""
-    rows = [SimpleNamespace(**{"build_id": build_id, "seq": None, "payload": None, **e})
-            if isinstance(e, dict) else e for e in events]
+    rows = [
+        SimpleNamespace(**{"build_id": build_id, "seq": None, "payload": None, **e})
+        if isinstance(e, dict)
+        else e
+        for e in events
+    ]
     try:
         row = replay_events(r for r in rows if r.kind == BUILD)["builds"].get(build_id)
     except (KeyError, TypeError, AttributeError, ValueError, IllegalTransition) as exc:
-        raise InvalidExport(f"the events of build {build_id} are malformed: "
-                            f"{_shown(exc, 80)}") from None
+        raise InvalidExport(
+            f"the events of build {build_id} are malformed: {_shown(exc, 80)}"
+        ) from None
     if row is None or not row["instance_uuid"] or row["host"] is None:
         raise InvalidExport(f"the events of build {build_id} do not describe its creation")
     return row
@@ -619,19 +708,24 @@ def replay_projections(conn: sa.Connection, build_id: str) -> dict[str, Any]:
     Writes the ``builds`` row and the logbook/flow/atom rows (inserts only: a
     row another build owns is never replaced); returns the builds row.
     """
-    events = conn.execute(sa.select(t.events).where(t.events.c.build_id == build_id)
-                          .order_by(t.events.c.seq))
+    events = conn.execute(
+        sa.select(t.events).where(t.events.c.build_id == build_id).order_by(t.events.c.seq)
+    )
     try:
         projections = replay_events(events)
     except (KeyError, TypeError, AttributeError, ValueError, IllegalTransition) as exc:
-        raise InvalidExport(f"the events of build {build_id} do not replay: "
-                            f"{_shown(exc, 80)}") from None
+        raise InvalidExport(
+            f"the events of build {build_id} do not replay: {_shown(exc, 80)}"
+        ) from None
     row = projections["builds"].get(build_id)
     if row is None or not row["instance_uuid"] or row["host"] is None:
         raise InvalidExport(f"the events of build {build_id} do not describe its creation")
     conn.execute(sa.insert(t.builds).values(**row))
-    for name, table in (("logbooks", t.logbooks), ("flowdetails", t.flowdetails),
-                        ("atomdetails", t.atomdetails)):
+    for name, table in (
+        ("logbooks", t.logbooks),
+        ("flowdetails", t.flowdetails),
+        ("atomdetails", t.atomdetails),
+    ):
         rows = projections[name]
         if rows:
             conn.execute(sa.insert(table), list(rows.values()))
@@ -641,8 +735,7 @@ def replay_projections(conn: sa.Connection, build_id: str) -> dict[str, Any]:
 # -- import -----------------------------------------------------------------------------
 
 
-def import_build(eventlog: EventLog, doc: dict[str, Any], *,
-                 allow_unfinished: bool = False) -> str:
+def import_build(eventlog: EventLog, doc: dict[str, Any], *, allow_unfinished: bool = False) -> str:
     """Load an export document into ``eventlog``'s database; return the build id.
 
     Open the target with ``EventLog.open(url)`` (schema check, upgrade of an
@@ -655,75 +748,105 @@ def import_build(eventlog: EventLog, doc: dict[str, Any], *,
         raise PersistenceError(
             f"build {build_id} is {expected['state']}, not finished: an agent owning host "
             f"{_shown(expected['host'])} on the target would try to recover it; import it "
-            "with allow_unfinished (--allow-unfinished) only into a database no agent uses")
+            "with allow_unfinished (--allow-unfinished) only into a database no agent uses"
+        )
     try:
         with eventlog.transaction() as conn:
             _refuse_taken_ids(conn, checked)
-            conn.execute(sa.insert(t.events), [
-                {"build_id": build_id, "ts": e["ts"], "kind": e["kind"],
-                 "subject": e["subject"], "name": e["name"], "from_state": e["from_state"],
-                 "to_state": e["to_state"], "payload": e["payload"]} for e in doc["events"]])
+            conn.execute(
+                sa.insert(t.events),
+                [
+                    {
+                        "build_id": build_id,
+                        "ts": e["ts"],
+                        "kind": e["kind"],
+                        "subject": e["subject"],
+                        "name": e["name"],
+                        "from_state": e["from_state"],
+                        "to_state": e["to_state"],
+                        "payload": e["payload"],
+                    }
+                    for e in doc["events"]
+                ],
+            )
             row = replay_projections(conn, build_id)
             _check_against(doc["build"], row)
     except sa.exc.IntegrityError as exc:
         # Another writer added one of these ids between the check and the insert, or
         # a constraint of the target (one unfinished build per instance) refused it.
         orig = str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["?"]
-        raise DuplicateBuild(f"the target database refused build {build_id}: {orig[0]}; "
-                             "nothing imported") from None
+        raise DuplicateBuild(
+            f"the target database refused build {build_id}: {orig[0]}; nothing imported"
+        ) from None
     return build_id
 
 
 def _chunks(values: Iterable[str], size: int = 500) -> Iterable[list[str]]:
     ordered = sorted(values)
     for start in range(0, len(ordered), size):
-        yield ordered[start:start + size]
+        yield ordered[start : start + size]
 
 
 def _refuse_taken_ids(conn: sa.Connection, checked: Checked) -> None:
     """Refuse the import if any id of the document already names a row of the target."""
     build_id = checked.build_id
-    existing = conn.execute(sa.select(t.builds.c.state, t.builds.c.host)
-                            .where(t.builds.c.build_id == build_id)).first()
+    existing = conn.execute(
+        sa.select(t.builds.c.state, t.builds.c.host).where(t.builds.c.build_id == build_id)
+    ).first()
     if existing is not None:
-        raise DuplicateBuild(f"build {build_id} is already in the target database "
-                             f"({existing.state} on host {_shown(existing.host)}); "
-                             "nothing imported")
-    stray = conn.execute(sa.select(sa.func.count()).select_from(t.events)
-                         .where(t.events.c.build_id == build_id)).scalar()
+        raise DuplicateBuild(
+            f"build {build_id} is already in the target database "
+            f"({existing.state} on host {_shown(existing.host)}); "
+            "nothing imported"
+        )
+    stray = conn.execute(
+        sa.select(sa.func.count()).select_from(t.events).where(t.events.c.build_id == build_id)
+    ).scalar()
     if stray:
-        raise DuplicateBuild(f"the target database already has {stray} events of build "
-                             f"{build_id} (but no build row); nothing imported")
+        raise DuplicateBuild(
+            f"the target database already has {stray} events of build "
+            f"{build_id} (but no build row); nothing imported"
+        )
     e, f, a = t.events.c, t.flowdetails.c, t.atomdetails.c
     for chunk in _chunks(checked.ids):
         for table, query in (
-                ("events", sa.select(e.subject).where(e.subject.in_(chunk),
-                                                      e.kind != EXTERNAL)),
-                ("logbooks", sa.select(t.logbooks.c.uuid).where(t.logbooks.c.uuid.in_(chunk))),
-                ("flowdetails", sa.select(f.uuid).where(sa.or_(f.uuid.in_(chunk),
-                                                               f.book_uuid.in_(chunk)))),
-                ("atomdetails", sa.select(a.uuid).where(sa.or_(
-                    a.uuid.in_(chunk), a.flow_uuid.in_(chunk), a.book_uuid.in_(chunk))))):
+            ("events", sa.select(e.subject).where(e.subject.in_(chunk), e.kind != EXTERNAL)),
+            ("logbooks", sa.select(t.logbooks.c.uuid).where(t.logbooks.c.uuid.in_(chunk))),
+            (
+                "flowdetails",
+                sa.select(f.uuid).where(sa.or_(f.uuid.in_(chunk), f.book_uuid.in_(chunk))),
+            ),
+            (
+                "atomdetails",
+                sa.select(a.uuid).where(
+                    sa.or_(a.uuid.in_(chunk), a.flow_uuid.in_(chunk), a.book_uuid.in_(chunk))
+                ),
+            ),
+        ):
             taken = conn.execute(query.limit(1)).scalar()
             if taken is not None:
                 raise InvalidExport(
                     f"the document's ids collide with rows of another build in the target "
                     f"database ({table} has {taken}); an import may only add its own build, "
-                    "nothing imported")
+                    "nothing imported"
+                )
 
 
-def _check_against(exported: dict[str, Any], replayed: dict[str, Any],
-                   source: str = "document") -> None:
+def _check_against(
+    exported: dict[str, Any], replayed: dict[str, Any], source: str = "document"
+) -> None:
     """The document's builds row must be what its events say (else it was edited)."""
     for name in ("instance_uuid", "instance_name", "host", "state", "error"):
         if name in exported and exported[name] != replayed[name]:
             raise InvalidExport(
                 f"{source}: the export's build row says {name}={_shown(exported[name])} but "
                 f"its events say {_shown(replayed[name])}; the document is inconsistent, "
-                "nothing imported")
+                "nothing imported"
+            )
     for name in ("created_at", "updated_at"):
         value = exported.get(name)
         if isinstance(value, (int, float)) and abs(value - replayed[name]) > _CLOCK_SLACK:
             raise InvalidExport(
                 f"{source}: the export's build row says {name}={value} but its events say "
-                f"{replayed[name]}; the document is inconsistent, nothing imported")
+                f"{replayed[name]}; the document is inconsistent, nothing imported"
+            )

@@ -56,11 +56,11 @@ DEFAULT_EVENT_NAME = "network-vif-plugged"
 class Span:
     """One phase of one step: a forward attempt or a revert, with its outcome."""
 
-    phase: str                      # FORWARD | REVERT
-    attempt: int                    # 1-based, per phase
+    phase: str  # FORWARD | REVERT
+    attempt: int  # 1-based, per phase
     start: float
-    end: float | None = None        # None while it runs
-    outcome: str | None = None      # SUCCESS FAILURE REVERTED REVERT_FAILURE INTERRUPTED
+    end: float | None = None  # None while it runs
+    outcome: str | None = None  # SUCCESS FAILURE REVERTED REVERT_FAILURE INTERRUPTED
 
     @property
     def duration(self) -> float | None:
@@ -73,14 +73,14 @@ class StepHistory:
 
     name: str
     state: str = "PENDING"
-    started_at: float | None = None         # of the latest forward attempt
+    started_at: float | None = None  # of the latest forward attempt
     ended_at: float | None = None
     revert_started_at: float | None = None  # of the latest revert
     revert_ended_at: float | None = None
     attempts: int = 0
-    error: str | None = None                # "Type: message" of the forward failure
-    revert_error: str | None = None         # "Type: message" of a failed revert
-    result: Any = None                      # the step's latest result (redacted)
+    error: str | None = None  # "Type: message" of the forward failure
+    revert_error: str | None = None  # "Type: message" of a failed revert
+    result: Any = None  # the step's latest result (redacted)
     spans: list[Span] = field(default_factory=list)
 
     @property
@@ -156,8 +156,11 @@ class EventWait:
 
     @property
     def failed(self) -> list[str]:
-        return [tag for tag in self.tags
-                if tag in self.received and self.received[tag].status == "failed"]
+        return [
+            tag
+            for tag in self.tags
+            if tag in self.received and self.received[tag].status == "failed"
+        ]
 
     @property
     def completed_at(self) -> float | None:
@@ -174,14 +177,14 @@ class EventWait:
 class Interruption:
     """The agent stopped under a running build; recovery found it on the next start."""
 
-    at: float                        # when recovery marked the build INTERRUPTED
-    last_seen: float                 # the last event before: the agent's last sign of life
-    during: str | None               # lifecycle state it interrupted (RUNNING, REVERTING)
-    steps: list[str]                 # steps that were running or reverting
-    after: str | None = None         # the last step that had finished before it
+    at: float  # when recovery marked the build INTERRUPTED
+    last_seen: float  # the last event before: the agent's last sign of life
+    during: str | None  # lifecycle state it interrupted (RUNNING, REVERTING)
+    steps: list[str]  # steps that were running or reverting
+    after: str | None = None  # the last step that had finished before it
     resumed_at: float | None = None  # when recovery moved it on
-    resumed_as: str | None = None    # RUNNING (resume) or REVERTING (rollback)
-    reason: str | None = None        # why recovery chose that (from the log)
+    resumed_as: str | None = None  # RUNNING (resume) or REVERTING (rollback)
+    reason: str | None = None  # why recovery chose that (from the log)
 
 
 @dataclass
@@ -261,14 +264,26 @@ class BuildHistory(_BuildTiming):
                 return step
         raise KeyError(name)
 
-    def diagnose(self, *, vif_plugging_timeout: float | None = None,
-                 recovery_policy: str | None = None, resume_window: float | None = None,
-                 lease_seconds: float | None = None, now: float | None = None) -> Diagnosis:
+    def diagnose(
+        self,
+        *,
+        vif_plugging_timeout: float | None = None,
+        recovery_policy: str | None = None,
+        resume_window: float | None = None,
+        lease_seconds: float | None = None,
+        now: float | None = None,
+    ) -> Diagnosis:
         """In words: what this build waits for, or why it failed; see ``diagnosis``."""
         from spawnflow.persistence.diagnosis import diagnose
-        return diagnose(self, vif_plugging_timeout=vif_plugging_timeout,
-                        recovery_policy=recovery_policy, resume_window=resume_window,
-                        lease_seconds=lease_seconds, now=now)
+
+        return diagnose(
+            self,
+            vif_plugging_timeout=vif_plugging_timeout,
+            recovery_policy=recovery_policy,
+            resume_window=resume_window,
+            lease_seconds=lease_seconds,
+            now=now,
+        )
 
 
 @dataclass(frozen=True)
@@ -301,7 +316,7 @@ class StepStats:
     """Durations (seconds) of one step over the builds a ``stats`` call looked at."""
 
     name: str
-    runs: int                      # finished forward attempts
+    runs: int  # finished forward attempts
     failures: int
     p50: float | None
     p95: float | None
@@ -313,7 +328,7 @@ class StepStats:
 
 @dataclass(frozen=True)
 class Stats:
-    builds: dict[str, int]         # lifecycle state -> number of builds
+    builds: dict[str, int]  # lifecycle state -> number of builds
     steps: list[StepStats]
 
     @property
@@ -350,7 +365,7 @@ class _Folder:
         self.result = result
         self.steps: dict[str, StepHistory] = {}
         self.last_ts: float | None = None
-        self.resumed_at: float | None = None   # set after INTERRUPTED -> RUNNING|REVERTING
+        self.resumed_at: float | None = None  # set after INTERRUPTED -> RUNNING|REVERTING
 
     def apply(self, event: Any) -> None:
         if event.kind == BUILD:
@@ -359,19 +374,29 @@ class _Folder:
             step = self.steps.setdefault(event.name, StepHistory(event.name))
             self._atom(step, event)
         elif event.kind == EXTERNAL:
-            self.result.external_events.append(ExternalEvent(
-                seq=event.seq, at=event.ts, name=event.name or DEFAULT_EVENT_NAME,
-                tag=event.subject or "", status=event.to_state or ""))
+            self.result.external_events.append(
+                ExternalEvent(
+                    seq=event.seq,
+                    at=event.ts,
+                    name=event.name or DEFAULT_EVENT_NAME,
+                    tag=event.subject or "",
+                    status=event.to_state or "",
+                )
+            )
         self.last_ts = event.ts
 
     def _build(self, event: Any) -> None:
         payload = _object(event.payload)
-        if event.from_state is None and self.result.spec is None \
-                and isinstance(payload.get("spec"), dict):
+        if (
+            event.from_state is None
+            and self.result.spec is None
+            and isinstance(payload.get("spec"), dict)
+        ):
             self.result.spec = payload["spec"]
         detail = {k: v for k, v in payload.items() if k != "spec"}
-        self.result.lifecycle.append(Transition(event.ts, event.from_state, event.to_state,
-                                                detail or None))
+        self.result.lifecycle.append(
+            Transition(event.ts, event.from_state, event.to_state, detail or None)
+        )
         if event.to_state == lifecycle.INTERRUPTED:
             last_seen = self.last_ts if self.last_ts is not None else event.ts
             cut = []
@@ -380,12 +405,21 @@ class _Folder:
                 if span is not None:
                     span.end, span.outcome = max(last_seen, span.start), INTERRUPTED
                     cut.append(step.name)
-            finished = [(span.end, step.name) for step in self.steps.values()
-                        for span in step.spans if span.end is not None
-                        and span.outcome != INTERRUPTED]
-            self.result.interruptions.append(Interruption(
-                at=event.ts, last_seen=last_seen, during=event.from_state, steps=cut,
-                after=max(finished)[1] if finished else None))
+            finished = [
+                (span.end, step.name)
+                for step in self.steps.values()
+                for span in step.spans
+                if span.end is not None and span.outcome != INTERRUPTED
+            ]
+            self.result.interruptions.append(
+                Interruption(
+                    at=event.ts,
+                    last_seen=last_seen,
+                    during=event.from_state,
+                    steps=cut,
+                    after=max(finished)[1] if finished else None,
+                )
+            )
         elif event.from_state == lifecycle.INTERRUPTED and self.result.interruptions:
             gap = self.result.interruptions[-1]
             gap.resumed_at, gap.resumed_as = event.ts, event.to_state
@@ -453,7 +487,7 @@ class _Folder:
         for wait in result.waits:
             for event in result.external_events:
                 if event.tag in wait.tags:
-                    wait.received[event.tag] = event   # the latest status wins
+                    wait.received[event.tag] = event  # the latest status wins
                     wait.name = event.name
         return result
 
@@ -465,16 +499,25 @@ def _wait_of(step: StepHistory) -> EventWait | None:
     tags, since = result.get("expected_events"), result.get("waiting_since")
     if not tags or not isinstance(tags, list) or not isinstance(since, (int, float)):
         return None
-    return EventWait(step=step.name, name=DEFAULT_EVENT_NAME, tags=[str(t) for t in tags],
-                     since=float(since))
+    return EventWait(
+        step=step.name, name=DEFAULT_EVENT_NAME, tags=[str(t) for t in tags], since=float(since)
+    )
 
 
 def fold(row: Any, events: Iterable[Any]) -> BuildHistory:
     """A BuildHistory from a ``builds`` row and the build's events in seq order."""
-    folder = _Folder(BuildHistory(
-        build_id=row.build_id, instance_uuid=row.instance_uuid,
-        instance_name=row.instance_name, host=row.host, state=row.state, error=row.error,
-        created_at=row.created_at, updated_at=row.updated_at))
+    folder = _Folder(
+        BuildHistory(
+            build_id=row.build_id,
+            instance_uuid=row.instance_uuid,
+            instance_name=row.instance_name,
+            host=row.host,
+            state=row.state,
+            error=row.error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+    )
     for event in events:
         folder.apply(event)
     return folder.finish()
@@ -486,8 +529,9 @@ _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_time(value: float | int | str | datetime.datetime | None,
-               now: float | None = None) -> float | None:
+def parse_time(
+    value: float | int | str | datetime.datetime | None, now: float | None = None
+) -> float | None:
     """A POSIX timestamp from a timestamp, a datetime (naive = UTC), an ISO 8601 string
     (``2024-05-01``, ``2024-05-01T12:00``, ``2024-05-01 12:00:00+02:00``, ``...Z``)
     or an age (``90m``, ``2h``, ``7d``: that long before now)."""
@@ -509,7 +553,8 @@ def parse_time(value: float | int | str | datetime.datetime | None,
         except ValueError:
             raise ValueError(
                 f"cannot read time {text!r}: give ISO 8601 (2024-05-01, 2024-05-01T12:00, "
-                "2024-05-01T12:00:00Z) or an age (90m, 2h, 7d)") from None
+                "2024-05-01T12:00:00Z) or an age (90m, 2h, 7d)"
+            ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.timestamp()
@@ -519,12 +564,15 @@ def _states(value: str | Iterable[str] | None) -> list[str] | None:
     if value is None:
         return None
     items = [value] if isinstance(value, str) else list(value)
-    wanted = sorted({part.strip().upper() for item in items for part in item.split(",")
-                     if part.strip()})
+    wanted = sorted(
+        {part.strip().upper() for item in items for part in item.split(",") if part.strip()}
+    )
     unknown = [s for s in wanted if s not in lifecycle.STATES]
     if unknown:
-        raise ValueError(f"unknown build state(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(lifecycle.STATES))}")
+        raise ValueError(
+            f"unknown build state(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(lifecycle.STATES))}"
+        )
     return wanted or None
 
 
@@ -569,14 +617,16 @@ def read_engine(url: str) -> sa.Engine:
     except sa.exc.SQLAlchemyError as exc:
         raise PersistenceError(f"cannot read {shown_url(url)}: {_first_line(exc)}") from None
     if revision is None:
-        raise SchemaError(f"{shown_url(url)} holds no spawnflow history (missing or empty "
-                          "database; check --db or [database] connection)")
+        raise SchemaError(
+            f"{shown_url(url)} holds no spawnflow history (missing or empty "
+            "database; check --db or [database] connection)"
+        )
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI callback
+    def _pragmas(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -584,7 +634,7 @@ def read_engine(url: str) -> sa.Engine:
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _begin(conn):  # noqa: ANN001 - SQLAlchemy callback
+    def _begin(conn):
         conn.exec_driver_sql("BEGIN")  # deferred: a read snapshot, no write lock
 
     return engine
@@ -634,7 +684,8 @@ class History:
             return self.engine.connect()
         except sa.exc.OperationalError as exc:
             raise PersistenceError(
-                f"cannot read {shown_url(str(self.engine.url))}: {_first_line(exc)}") from None
+                f"cannot read {shown_url(str(self.engine.url))}: {_first_line(exc)}"
+            ) from None
 
     # -- one build ------------------------------------------------------------------
 
@@ -654,24 +705,32 @@ class History:
             raise UnknownBuild(f"no build {build_id} in this database")
         # A range (not LIKE) so that every backend uses the primary key index.
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        rows = conn.execute(sa.select(b.build_id).where(b.build_id >= prefix,
-                                                        b.build_id < upper)
-                            .order_by(b.build_id).limit(6)).all()
+        rows = conn.execute(
+            sa.select(b.build_id)
+            .where(b.build_id >= prefix, b.build_id < upper)
+            .order_by(b.build_id)
+            .limit(6)
+        ).all()
         rows = [r for r in rows if r.build_id.startswith(prefix)]  # collations may differ
         if not rows:
             raise UnknownBuild(f"no build {build_id} in this database")
         if len(rows) > 1:
             shown = ", ".join(r.build_id[:13] for r in rows[:5])
-            raise UnknownBuild(f"build id prefix {build_id!r} is ambiguous ({shown}"
-                               f"{', ...' if len(rows) > 5 else ''}); give more characters")
+            raise UnknownBuild(
+                f"build id prefix {build_id!r} is ambiguous ({shown}"
+                f"{', ...' if len(rows) > 5 else ''}); give more characters"
+            )
         return rows[0].build_id
 
     def _row_and_events(self, build_id: str) -> tuple[Any, list[Any]]:
         with self._connect() as conn:
             full = self.resolve(build_id, conn)
             row = conn.execute(sa.select(t.builds).where(t.builds.c.build_id == full)).first()
-            events = list(conn.execute(sa.select(t.events).where(t.events.c.build_id == full)
-                                       .order_by(t.events.c.seq)))
+            events = list(
+                conn.execute(
+                    sa.select(t.events).where(t.events.c.build_id == full).order_by(t.events.c.seq)
+                )
+            )
         return row, events
 
     def build(self, build_id: str) -> BuildHistory:
@@ -696,27 +755,43 @@ class History:
             return None
         if row is None:
             return None
-        return AgentLease(host=row.host, agent_id=row.agent_id, pid=row.pid,
-                          started_at=row.started_at, heartbeat_at=row.heartbeat_at)
+        return AgentLease(
+            host=row.host,
+            agent_id=row.agent_id,
+            pid=row.pid,
+            started_at=row.started_at,
+            heartbeat_at=row.heartbeat_at,
+        )
 
     def events(self, build_id: str) -> list[Event]:
         """The build's raw events in log order."""
         _row, events = self._row_and_events(build_id)
-        return [Event(e.seq, e.ts, e.kind, e.name, e.from_state, e.to_state, e.payload,
-                      e.subject) for e in events]
+        return [
+            Event(e.seq, e.ts, e.kind, e.name, e.from_state, e.to_state, e.payload, e.subject)
+            for e in events
+        ]
 
     def export(self, build_id: str) -> dict[str, Any]:
         """A self-contained JSON-able document of the build (see ``persistence.export``)."""
         from spawnflow.persistence.export import document
+
         row, events = self._row_and_events(build_id)
         return document(row, events, schema.current_revision(self.engine))
 
     # -- many builds ----------------------------------------------------------------
 
-    def builds(self, *, state: str | Iterable[str] | None = None, instance: str | None = None,
-               host: str | None = None, since: Any = None, until: Any = None,
-               failed_step: str | None = None, limit: int | None = 50,
-               marker: str | None = None) -> list[BuildSummary]:
+    def builds(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        instance: str | None = None,
+        host: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        failed_step: str | None = None,
+        limit: int | None = 50,
+        marker: str | None = None,
+    ) -> list[BuildSummary]:
         """Builds newest first (created_at desc, build_id desc), filtered and paginated.
 
         ``state``: one state, a comma list or an iterable; ``instance``: uuid or name;
@@ -725,16 +800,29 @@ class History:
         last build id of the previous page; ``limit``: page size (None: all).
         """
         b, e = t.builds.c, t.events.c
-        query = (sa.select(b.build_id, b.instance_uuid, b.instance_name, b.host, b.state,
-                           b.created_at, b.updated_at, b.error)
-                 .where(*_build_filters(state=state, host=host, since=since, until=until)))
+        query = sa.select(
+            b.build_id,
+            b.instance_uuid,
+            b.instance_name,
+            b.host,
+            b.state,
+            b.created_at,
+            b.updated_at,
+            b.error,
+        ).where(*_build_filters(state=state, host=host, since=since, until=until))
         if instance:
             # A uuid is looked up by the indexed column only; anything else is a name.
-            query = query.where(b.instance_uuid == instance.lower() if _is_uuid(instance)
-                                else b.instance_name == instance)
+            query = query.where(
+                b.instance_uuid == instance.lower()
+                if _is_uuid(instance)
+                else b.instance_name == instance
+            )
         if failed_step:
-            query = query.where(b.build_id.in_(
-                _failures().with_only_columns(e.build_id).where(e.name == failed_step)))
+            query = query.where(
+                b.build_id.in_(
+                    _failures().with_only_columns(e.build_id).where(e.name == failed_step)
+                )
+            )
         if limit is not None and limit < 0:
             raise ValueError("limit must be >= 0")
         with self._connect() as conn:
@@ -742,32 +830,53 @@ class History:
                 full = self.resolve(marker, conn)
                 at = conn.execute(sa.select(b.created_at).where(b.build_id == full)).scalar_one()
                 # The first term is a plain range, so the created_at index serves it.
-                query = query.where(b.created_at <= at,
-                                    sa.or_(b.created_at < at, b.build_id < full))
+                query = query.where(
+                    b.created_at <= at, sa.or_(b.created_at < at, b.build_id < full)
+                )
             query = query.order_by(b.created_at.desc(), b.build_id.desc())
             if limit:
                 query = query.limit(limit)
             rows = list(conn.execute(query))
             failed = self._failed_steps(conn, [r.build_id for r in rows])
-        return [BuildSummary(build_id=r.build_id, instance_uuid=r.instance_uuid,
-                             instance_name=r.instance_name, host=r.host, state=r.state,
-                             created_at=r.created_at, updated_at=r.updated_at, error=r.error,
-                             failed_step=failed.get(r.build_id)) for r in rows]
+        return [
+            BuildSummary(
+                build_id=r.build_id,
+                instance_uuid=r.instance_uuid,
+                instance_name=r.instance_name,
+                host=r.host,
+                state=r.state,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+                error=r.error,
+                failed_step=failed.get(r.build_id),
+            )
+            for r in rows
+        ]
 
     @staticmethod
     def _failed_steps(conn: sa.Connection, build_ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         e = t.events.c
         for start in range(0, len(build_ids), 500):
-            chunk = build_ids[start:start + 500]
-            query = (_failures().with_only_columns(e.build_id, e.name)
-                     .where(e.build_id.in_(chunk)).order_by(e.seq))
+            chunk = build_ids[start : start + 500]
+            query = (
+                _failures()
+                .with_only_columns(e.build_id, e.name)
+                .where(e.build_id.in_(chunk))
+                .order_by(e.seq)
+            )
             for row in conn.execute(query):
                 found.setdefault(row.build_id, row.name)
         return found
 
-    def stats(self, *, since: Any = None, until: Any = None, host: str | None = None,
-              state: str | Iterable[str] | None = None) -> Stats:
+    def stats(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        host: str | None = None,
+        state: str | Iterable[str] | None = None,
+    ) -> Stats:
         """Builds per lifecycle state, and per step p50/p95/max of forward and revert times.
 
         Reads every atom state change of the selected builds: narrow with
@@ -776,12 +885,17 @@ class History:
         b, e = t.builds.c, t.events.c
         where = _build_filters(state=state, host=host, since=since, until=until)
         counts_q = sa.select(b.state, sa.func.count()).where(*where).group_by(b.state)
-        steps_q = (sa.select(e.subject, e.name, e.from_state, e.to_state, e.ts)
-                   .where(e.kind == ATOM,
-                          e.to_state.in_([_RUNNING, _SUCCESS, _FAILURE, _REVERTING, _REVERTED,
-                                          _REVERT_FAILURE]),
-                          sa.or_(e.from_state.is_(None), e.from_state != e.to_state))
-                   .order_by(e.seq))
+        steps_q = (
+            sa.select(e.subject, e.name, e.from_state, e.to_state, e.ts)
+            .where(
+                e.kind == ATOM,
+                e.to_state.in_(
+                    [_RUNNING, _SUCCESS, _FAILURE, _REVERTING, _REVERTED, _REVERT_FAILURE]
+                ),
+                sa.or_(e.from_state.is_(None), e.from_state != e.to_state),
+            )
+            .order_by(e.seq)
+        )
         if where:
             steps_q = steps_q.where(e.build_id.in_(sa.select(b.build_id).where(*where)))
         forward: dict[str, list[float]] = {}
@@ -812,17 +926,26 @@ class History:
         for name, values in forward.items():
             values.sort()
             back = sorted(reverts.get(name, []))
-            steps.append(StepStats(
-                name=name, runs=len(values), failures=failures.get(name, 0),
-                p50=percentile(values, 50), p95=percentile(values, 95),
-                max=values[-1] if values else None, reverts=len(back),
-                revert_p50=percentile(back, 50), revert_p95=percentile(back, 95)))
+            steps.append(
+                StepStats(
+                    name=name,
+                    runs=len(values),
+                    failures=failures.get(name, 0),
+                    p50=percentile(values, 50),
+                    p95=percentile(values, 95),
+                    max=values[-1] if values else None,
+                    reverts=len(back),
+                    revert_p50=percentile(back, 50),
+                    revert_p95=percentile(back, 95),
+                )
+            )
         ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         return Stats(builds=ordered, steps=steps)
 
 
-def _build_filters(*, state: str | Iterable[str] | None, host: str | None, since: Any,
-                   until: Any) -> list[sa.ColumnElement[bool]]:
+def _build_filters(
+    *, state: str | Iterable[str] | None, host: str | None, since: Any, until: Any
+) -> list[sa.ColumnElement[bool]]:
     """The ``builds`` terms shared by ``History.builds`` and ``History.stats``."""
     b = t.builds.c
     where = []
@@ -843,5 +966,6 @@ def _failures() -> sa.Select:
     """Forward step failures. Constants are inlined (not bound) so that a partial
     index on exactly these terms can serve the query."""
     e = t.events.c
-    return sa.select(e.build_id).where(e.kind == sa.literal_column(f"'{ATOM}'"),
-                                       e.to_state == sa.literal_column(f"'{_FAILURE}'"))
+    return sa.select(e.build_id).where(
+        e.kind == sa.literal_column(f"'{ATOM}'"), e.to_state == sa.literal_column(f"'{_FAILURE}'")
+    )

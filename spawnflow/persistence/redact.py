@@ -34,9 +34,16 @@ def redact(value: Any) -> Any:
     when the original is later changed in place.
     """
     if isinstance(value, dict):
-        return {k: (MASK if v is not None and _secret(k)
-                    else redact(v) if isinstance(v, (dict, list, tuple)) else v)
-                for k, v in value.items()}
+        return {
+            k: (
+                MASK
+                if v is not None and _secret(k)
+                else redact(v)
+                if isinstance(v, (dict, list, tuple))
+                else v
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [redact(v) if isinstance(v, (dict, list, tuple)) else v for v in value]
     return value
@@ -63,9 +70,19 @@ def mask_url(url: str) -> str:
         netloc = f"{user}:{MASK}@{hostport}" if colon else f"{MASK}@{hostport}"
     if netloc == parts.netloc and not parts.query and not parts.fragment:
         return url  # nothing to mask
-    if url[len(parts.scheme):].startswith("://"):
+    if url[len(parts.scheme) :].startswith("://"):
         # Spelled out: urlunsplit turns sqlite:////abs (empty host) into sqlite://abs.
-        return (f"{url[:len(parts.scheme)]}://{netloc}{parts.path}"
-                + (f"?{MASK}" if parts.query else "") + (f"#{MASK}" if parts.fragment else ""))
-    return urlunsplit((parts.scheme, netloc, parts.path,
-                       MASK if parts.query else "", MASK if parts.fragment else ""))
+        return (
+            f"{url[: len(parts.scheme)]}://{netloc}{parts.path}"
+            + (f"?{MASK}" if parts.query else "")
+            + (f"#{MASK}" if parts.fragment else "")
+        )
+    return urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            parts.path,
+            MASK if parts.query else "",
+            MASK if parts.fragment else "",
+        )
+    )

@@ -18,8 +18,12 @@ from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import ATOM, BUILD, FLOW, LOGBOOK, EventLog
 
 Projections = dict[str, dict[str, dict[str, Any]]]
-_TABLES = {"builds": t.builds, "logbooks": t.logbooks, "flowdetails": t.flowdetails,
-           "atomdetails": t.atomdetails}
+_TABLES = {
+    "builds": t.builds,
+    "logbooks": t.logbooks,
+    "flowdetails": t.flowdetails,
+    "atomdetails": t.atomdetails,
+}
 _KEYS = {"builds": "build_id", "logbooks": "uuid", "flowdetails": "uuid", "atomdetails": "uuid"}
 
 
@@ -41,11 +45,17 @@ def _build_event(builds: dict[str, dict[str, Any]], event: Any) -> None:
         spec = payload.get("spec") or {}
         builds[event.build_id] = {
             "build_id": event.build_id,
-            "instance_uuid": payload.get("instance_uuid") or (spec.get("instance") or {})
-            .get("uuid"),
-            "instance_name": event.name, "host": payload.get("host"), "state": event.to_state,
-            "created_at": event.ts, "updated_at": event.ts, "spec": spec,
-            "error": None, "last_seq": event.seq}
+            "instance_uuid": payload.get("instance_uuid")
+            or (spec.get("instance") or {}).get("uuid"),
+            "instance_name": event.name,
+            "host": payload.get("host"),
+            "state": event.to_state,
+            "created_at": event.ts,
+            "updated_at": event.ts,
+            "spec": spec,
+            "error": None,
+            "last_seq": event.seq,
+        }
         return
     row.update(state=event.to_state, updated_at=event.ts, last_seq=event.seq)
     if "error" in payload:
@@ -74,15 +84,21 @@ def replay_events(events: Iterable[Any]) -> Projections:
                 _drop_book(result, event.subject)
             else:
                 doc = _apply_doc(result["logbooks"].get(event.subject), payload)
-                result["logbooks"][event.subject] = {"uuid": event.subject,
-                                                     "name": doc.get("name"), "doc": doc}
+                result["logbooks"][event.subject] = {
+                    "uuid": event.subject,
+                    "name": doc.get("name"),
+                    "doc": doc,
+                }
         elif event.kind == FLOW:
             old = result["flowdetails"].get(event.subject)
             doc = _apply_doc(old, payload)
             result["flowdetails"][event.subject] = {
                 "uuid": event.subject,
                 "book_uuid": old["book_uuid"] if old else payload["parent"],
-                "name": doc.get("name"), "state": doc.get("state"), "doc": doc}
+                "name": doc.get("name"),
+                "state": doc.get("state"),
+                "doc": doc,
+            }
         elif event.kind == ATOM:
             old = result["atomdetails"].get(event.subject)
             doc = _apply_doc(old, payload)
@@ -92,7 +108,10 @@ def replay_events(events: Iterable[Any]) -> Projections:
                 "book_uuid": event.build_id,
                 "name": doc.get("name"),
                 "atom_type": old["atom_type"] if old else payload["type"],
-                "state": doc.get("state"), "intention": doc.get("intention"), "doc": doc}
+                "state": doc.get("state"),
+                "intention": doc.get("intention"),
+                "doc": doc,
+            }
     return result
 
 
@@ -111,8 +130,9 @@ def current(log: EventLog) -> Projections:
     with log.engine.connect() as conn:
         for name, table in _TABLES.items():
             key = _KEYS[name]
-            result[name] = {row[key]: dict(row) for row in
-                            (r._mapping for r in conn.execute(sa.select(table)))}
+            result[name] = {
+                row[key]: dict(row) for row in (r._mapping for r in conn.execute(sa.select(table)))
+            }
     return result
 
 

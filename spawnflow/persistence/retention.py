@@ -25,9 +25,13 @@ from spawnflow.persistence.eventlog import EventLog
 DAY = 86400.0
 
 
-def purge(eventlog: EventLog, older_than_days: float, batch_size: int = 500,
-          now: float | None = None,
-          progress: Callable[[int], None] | None = None) -> int:
+def purge(
+    eventlog: EventLog,
+    older_than_days: float,
+    batch_size: int = 500,
+    now: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Delete finished builds that finished more than ``older_than_days`` ago.
 
     Returns how many builds were removed. ``progress(n)`` is called after each
@@ -40,10 +44,12 @@ def purge(eventlog: EventLog, older_than_days: float, batch_size: int = 500,
     cutoff = (time.time() if now is None else now) - older_than_days * DAY
     final = sorted(lifecycle.FINAL)
     b = t.builds.c
-    candidates = (sa.select(b.build_id)
-                  .where(b.state.in_(final), b.updated_at < cutoff)
-                  .order_by(b.updated_at, b.build_id)
-                  .limit(batch_size))
+    candidates = (
+        sa.select(b.build_id)
+        .where(b.state.in_(final), b.updated_at < cutoff)
+        .order_by(b.updated_at, b.build_id)
+        .limit(batch_size)
+    )
     removed = 0
     while True:
         with eventlog.transaction() as conn:
@@ -67,7 +73,10 @@ def count_purgeable(eventlog: EventLog, older_than_days: float, now: float | Non
     """How many builds ``purge`` would remove now (nothing is deleted)."""
     cutoff = (time.time() if now is None else now) - older_than_days * DAY
     b = t.builds.c
-    query = (sa.select(sa.func.count()).select_from(t.builds)
-             .where(b.state.in_(sorted(lifecycle.FINAL)), b.updated_at < cutoff))
+    query = (
+        sa.select(sa.func.count())
+        .select_from(t.builds)
+        .where(b.state.in_(sorted(lifecycle.FINAL)), b.updated_at < cutoff)
+    )
     with eventlog.engine.connect() as conn:
         return conn.execute(query).scalar_one()

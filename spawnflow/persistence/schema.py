@@ -60,7 +60,7 @@ def make_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI callback
+    def _pragmas(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -69,7 +69,7 @@ def make_engine(url: str) -> sa.Engine:
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _begin(conn):  # noqa: ANN001 - SQLAlchemy callback
+    def _begin(conn):
         write = conn.get_execution_options().get("write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
@@ -110,8 +110,12 @@ def prepare_sqlite_file(path: str) -> None:
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077 and info.st_uid == os.geteuid():
             os.chmod(name, mode & 0o700)
-            LOG.warning("%s was readable by other users (mode %04o); changed it to %04o",
-                        name, mode, mode & 0o700)
+            LOG.warning(
+                "%s was readable by other users (mode %04o); changed it to %04o",
+                name,
+                mode,
+                mode & 0o700,
+            )
 
 
 def _alembic_config(connection: sa.Connection) -> Config:
@@ -129,7 +133,8 @@ def head_revision() -> str:
 def current_revision(engine: sa.Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(
-            conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
 
 
 def check(engine: sa.Engine) -> str | None:
@@ -141,13 +146,15 @@ def check(engine: sa.Engine) -> str | None:
         shown = mask_url(engine.url.render_as_string(hide_password=True))
         raise SchemaError(
             f"{shown} is not a spawnflow database "
-            f"(tables {', '.join(sorted(names)[:5])}...); refusing to touch it")
+            f"(tables {', '.join(sorted(names)[:5])}...); refusing to touch it"
+        )
     revision = current_revision(engine)
     known = {s.revision for s in ScriptDirectory(_MIGRATIONS).walk_revisions()}
     if revision not in known:
         raise SchemaError(
             f"database revision {revision!r} is newer than this spawnflow (head "
-            f"{head_revision()!r}); upgrade spawnflow, the database was left untouched")
+            f"{head_revision()!r}); upgrade spawnflow, the database was left untouched"
+        )
     return revision
 
 

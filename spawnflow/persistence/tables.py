@@ -60,7 +60,8 @@ Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 metadata = sa.MetaData()
 
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("seq", Seq, primary_key=True, autoincrement=True),
     sa.Column("build_id", sa.String(36), nullable=True),
     sa.Column("ts", sa.Float, nullable=False),
@@ -71,13 +72,18 @@ events = sa.Table(
     sa.Column("to_state", sa.String(32), nullable=True),
     sa.Column("payload", JsonText, nullable=True),
     sa.Index("ix_events_build_seq", "build_id", "seq"),
-    sa.Index("ix_events_atom_failures", "build_id", "name",
-             sqlite_where=sa.text("kind = 'atom' AND to_state = 'FAILURE'"),
-             postgresql_where=sa.text("kind = 'atom' AND to_state = 'FAILURE'")),
+    sa.Index(
+        "ix_events_atom_failures",
+        "build_id",
+        "name",
+        sqlite_where=sa.text("kind = 'atom' AND to_state = 'FAILURE'"),
+        postgresql_where=sa.text("kind = 'atom' AND to_state = 'FAILURE'"),
+    ),
 )
 
 builds = sa.Table(
-    "builds", metadata,
+    "builds",
+    metadata,
     sa.Column("build_id", sa.String(36), primary_key=True),
     sa.Column("instance_uuid", sa.String(36), nullable=False, index=True),
     sa.Column("instance_name", sa.String(255), nullable=False),
@@ -92,20 +98,26 @@ builds = sa.Table(
     sa.Index("ix_builds_state_updated_at", "state", "updated_at"),
     # One unfinished build per instance, whoever inserts it: two concurrent
     # starts of one instance (several processes, several hosts) give one build.
-    sa.Index("ux_builds_unfinished_instance", "instance_uuid", unique=True,
-             sqlite_where=sa.text(unfinished_clause()),
-             postgresql_where=sa.text(unfinished_clause())),
+    sa.Index(
+        "ux_builds_unfinished_instance",
+        "instance_uuid",
+        unique=True,
+        sqlite_where=sa.text(unfinished_clause()),
+        postgresql_where=sa.text(unfinished_clause()),
+    ),
 )
 
 logbooks = sa.Table(
-    "logbooks", metadata,
+    "logbooks",
+    metadata,
     sa.Column("uuid", sa.String(36), primary_key=True),
     sa.Column("name", sa.String(255), nullable=True),
     sa.Column("doc", JsonText, nullable=False),
 )
 
 flowdetails = sa.Table(
-    "flowdetails", metadata,
+    "flowdetails",
+    metadata,
     sa.Column("uuid", sa.String(36), primary_key=True),
     sa.Column("book_uuid", sa.String(36), nullable=False, index=True),
     sa.Column("name", sa.String(255), nullable=True),
@@ -114,7 +126,8 @@ flowdetails = sa.Table(
 )
 
 atomdetails = sa.Table(
-    "atomdetails", metadata,
+    "atomdetails",
+    metadata,
     sa.Column("uuid", sa.String(36), primary_key=True),
     sa.Column("flow_uuid", sa.String(36), nullable=False, index=True),
     sa.Column("book_uuid", sa.String(36), nullable=False, index=True),
@@ -127,7 +140,8 @@ atomdetails = sa.Table(
 
 # Not a projection: the lease that makes one agent per host the owner of its builds.
 agents = sa.Table(
-    "agents", metadata,
+    "agents",
+    metadata,
     sa.Column("host", sa.String(255), primary_key=True),
     sa.Column("agent_id", sa.String(36), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),

@@ -10,10 +10,10 @@ _BUS_BY_PREFIX = {"vd": "virtio", "sd": "scsi", "hd": "ide"}
 
 @dataclass(frozen=True)
 class DiskMapping:
-    name: str        # 'root' or the volume id
-    dev: str         # target device, e.g. 'vda'
-    bus: str         # 'virtio' | 'scsi' | 'ide'
-    type: str        # 'disk'
+    name: str  # 'root' or the volume id
+    dev: str  # target device, e.g. 'vda'
+    bus: str  # 'virtio' | 'scsi' | 'ide'
+    type: str  # 'disk'
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)

@@ -97,8 +97,10 @@ def undefine(host: Host, uuid: str) -> bool:
         try:
             dom.undefineFlags(flags)
         except libvirt.libvirtError as exc:
-            if error_code(exc) != libvirt.VIR_ERR_INVALID_ARG and \
-                    error_code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
+            if (
+                error_code(exc) != libvirt.VIR_ERR_INVALID_ARG
+                and error_code(exc) != libvirt.VIR_ERR_NO_SUPPORT
+            ):
                 raise
             dom.undefine()  # drivers without the flags (e.g. the test driver)
         return True

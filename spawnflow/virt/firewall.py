@@ -75,11 +75,14 @@ class NWFilterFirewall:
     def setup(self, instance_uuid: str, macs: list[str], build_id: str) -> list[str]:
         """Define one filter per MAC (redefining is harmless); return the names defined."""
         if not self.host.supports_nwfilter:
-            raise NotSupportedByHost(f"libvirt at {self.host.uri} has no nwfilter driver; "
-                                     "set [firewall] driver = noop")
+            raise NotSupportedByHost(
+                f"libvirt at {self.host.uri} has no nwfilter driver; set [firewall] driver = noop"
+            )
         if not self.exists(BASE_FILTER):
-            raise FirewallError(f"base filter {BASE_FILTER} is missing on {self.host.uri} "
-                                "(install libvirt-daemon-config-nwfilter)")
+            raise FirewallError(
+                f"base filter {BASE_FILTER} is missing on {self.host.uri} "
+                "(install libvirt-daemon-config-nwfilter)"
+            )
         names = []
         for mac in macs:
             name = filter_name(instance_uuid, mac, build_id)

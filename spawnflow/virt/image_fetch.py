@@ -78,8 +78,9 @@ class FetchLimits:
 class _Watchdog:
     """Ends a fetch from another thread: stop requested, deadline, or stall."""
 
-    def __init__(self, shown: str, limits: FetchLimits,
-                 should_stop: Callable[[], bool] | None) -> None:
+    def __init__(
+        self, shown: str, limits: FetchLimits, should_stop: Callable[[], bool] | None
+    ) -> None:
         self.shown = shown
         self.limits = limits
         self.should_stop = should_stop
@@ -90,8 +91,7 @@ class _Watchdog:
         self._paused = False
         self._sock: socket.socket | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spawnflow-fetch-watch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="spawnflow-fetch-watch", daemon=True)
 
     def __enter__(self) -> _Watchdog:
         self._thread.start()
@@ -130,16 +130,25 @@ class _Watchdog:
         while not self._done.wait(_POLL):
             now = time.monotonic()
             if self.should_stop is not None and self.should_stop():
-                self._fire(ImageFetchInterrupted(
-                    f"fetch of {self.shown} interrupted (build cancelled or agent stopping)"))
+                self._fire(
+                    ImageFetchInterrupted(
+                        f"fetch of {self.shown} interrupted (build cancelled or agent stopping)"
+                    )
+                )
             elif now > self.deadline:
-                self._fire(ImageUnreachable(
-                    f"fetch of {self.shown} took longer than [images] fetch_timeout "
-                    f"({self.limits.fetch_timeout:g} s)"))
+                self._fire(
+                    ImageUnreachable(
+                        f"fetch of {self.shown} took longer than [images] fetch_timeout "
+                        f"({self.limits.fetch_timeout:g} s)"
+                    )
+                )
             elif not self._paused and now - self._last > self.limits.stall_timeout:
-                self._fire(ImageUnreachable(
-                    f"fetch of {self.shown} stalled: no data for [images] stall_timeout "
-                    f"({self.limits.stall_timeout:g} s)"))
+                self._fire(
+                    ImageUnreachable(
+                        f"fetch of {self.shown} stalled: no data for [images] stall_timeout "
+                        f"({self.limits.stall_timeout:g} s)"
+                    )
+                )
 
     def check(self) -> None:
         """Raise the reason the watchdog fired, if it did."""
@@ -160,9 +169,14 @@ class _Watchdog:
         return self.deadline - time.monotonic()
 
 
-def read_local(directory: str, path: str, sink: Sink, *,
-               limits: FetchLimits = FetchLimits(),
-               should_stop: Callable[[], bool] | None = None) -> None:
+def read_local(
+    directory: str,
+    path: str,
+    sink: Sink,
+    *,
+    limits: FetchLimits = FetchLimits(),
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Copy the regular file ``path`` (inside the allowed ``directory``) into ``sink``."""
     with _Watchdog(repr(path), limits, should_stop) as watch:
         try:
@@ -171,9 +185,11 @@ def read_local(directory: str, path: str, sink: Sink, *,
             if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EXDEV, errno.ENOTDIR):
                 raise ImageSourceRefused(
                     f"image source {path!r} is not a regular file reachable without "
-                    f"links beneath {directory} ({exc.strerror or exc})") from None
-            raise ImageUnreachable(f"image source {path!r} unreadable: "
-                                   f"{exc.strerror or exc}") from None
+                    f"links beneath {directory} ({exc.strerror or exc})"
+                ) from None
+            raise ImageUnreachable(
+                f"image source {path!r} unreadable: {exc.strerror or exc}"
+            ) from None
         with os.fdopen(fd, "rb") as f:
             sink.begin(os.fstat(f.fileno()).st_size)
             while True:
@@ -181,8 +197,9 @@ def read_local(directory: str, path: str, sink: Sink, *,
                 try:
                     chunk = f.read(CHUNK)
                 except OSError as exc:
-                    raise ImageUnreachable(f"image source {path!r} unreadable: "
-                                           f"{exc.strerror or exc}") from None
+                    raise ImageUnreachable(
+                        f"image source {path!r} unreadable: {exc.strerror or exc}"
+                    ) from None
                 if not chunk:
                     break
                 watch.progress()
@@ -193,15 +210,16 @@ def read_local(directory: str, path: str, sink: Sink, *,
 # --- HTTP(S) -----------------------------------------------------------------
 
 
-class _Refused(Exception):  # noqa: N818 - not an OSError, so urllib3 neither wraps nor retries it
+class _Refused(Exception):
     pass
 
 
-def _guarded_connect(conn: HTTPConnection, url_of: Callable[[], str], allowed: AllowedSources,
-                     watch: _Watchdog) -> socket.socket:
+def _guarded_connect(
+    conn: HTTPConnection, url_of: Callable[[], str], allowed: AllowedSources, watch: _Watchdog
+) -> socket.socket:
     """Resolve, refuse any special address, connect (interruptibly), hand the socket
     to the watchdog. Replaces urllib3's ``_new_conn``."""
-    host = conn._dns_host  # noqa: SLF001 - the host urllib3 would resolve
+    host = conn._dns_host
     try:
         infos = socket.getaddrinfo(host, conn.port, 0, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -231,8 +249,7 @@ def _guarded_connect(conn: HTTPConnection, url_of: Callable[[], str], allowed: A
     raise NewConnectionError(conn, f"cannot connect to {host}: {last}")
 
 
-def _connect(sock: socket.socket, address: tuple, timeout: float | None,
-             watch: _Watchdog) -> None:
+def _connect(sock: socket.socket, address: tuple, timeout: float | None, watch: _Watchdog) -> None:
     """connect() that the watchdog can interrupt (a blocking connect ignores shutdown)."""
     sock.setblocking(False)
     code = sock.connect_ex(address)
@@ -253,8 +270,9 @@ def _connect(sock: socket.socket, address: tuple, timeout: float | None,
     sock.setblocking(True)
 
 
-def _session(allowed: AllowedSources, watch: _Watchdog, url_of: Callable[[], str]
-             ) -> requests.Session:
+def _session(
+    allowed: AllowedSources, watch: _Watchdog, url_of: Callable[[], str]
+) -> requests.Session:
     """A session whose connections go through ``_guarded_connect``."""
 
     def new_conn(self: HTTPConnection) -> socket.socket:
@@ -268,8 +286,7 @@ def _session(allowed: AllowedSources, watch: _Watchdog, url_of: Callable[[], str
     class Adapter(HTTPAdapter):
         def init_poolmanager(self, *args: object, **kwargs: object) -> None:
             super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = {"http": pool_cls,
-                                                       "https": tls_pool_cls}
+            self.poolmanager.pool_classes_by_scheme = {"http": pool_cls, "https": tls_pool_cls}
 
     session = requests.Session()
     # No proxies, .netrc or CA bundle from the environment: the address checked
@@ -281,13 +298,18 @@ def _session(allowed: AllowedSources, watch: _Watchdog, url_of: Callable[[], str
     return session
 
 
-class _Transient(Exception):  # noqa: N818
+class _Transient(Exception):
     pass
 
 
-def read_http(url: str, sink: Sink, allowed: AllowedSources, *,
-              limits: FetchLimits = FetchLimits(),
-              should_stop: Callable[[], bool] | None = None) -> None:
+def read_http(
+    url: str,
+    sink: Sink,
+    allowed: AllowedSources,
+    *,
+    limits: FetchLimits = FetchLimits(),
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Stream ``url`` into ``sink``; retries transient errors; errors name the masked URL."""
     shown = repr(mask_url(url))
     with _Watchdog(shown, limits, should_stop) as watch:
@@ -300,14 +322,16 @@ def read_http(url: str, sink: Sink, allowed: AllowedSources, *,
             except _Transient as exc:
                 watch.check()
                 if attempt >= limits.retries:
-                    raise ImageUnreachable(f"image source {shown}: {exc} (after "
-                                           f"{attempt + 1} attempts)") from None
-                watch.sleep(min(_MAX_BACKOFF, 0.5 * 2 ** attempt))
+                    raise ImageUnreachable(
+                        f"image source {shown}: {exc} (after {attempt + 1} attempts)"
+                    ) from None
+                watch.sleep(min(_MAX_BACKOFF, 0.5 * 2**attempt))
                 attempt += 1
 
 
-def _attempt(url: str, sink: Sink, allowed: AllowedSources, watch: _Watchdog,
-             limits: FetchLimits) -> None:
+def _attempt(
+    url: str, sink: Sink, allowed: AllowedSources, watch: _Watchdog, limits: FetchLimits
+) -> None:
     """One GET of ``url`` (following allowed redirects) into ``sink``."""
     current = [url]
     session = _session(allowed, watch, lambda: current[0])
@@ -320,21 +344,28 @@ def _attempt(url: str, sink: Sink, allowed: AllowedSources, watch: _Watchdog,
             watch.progress()
             try:
                 resp = session.get(
-                    current[0], stream=True, allow_redirects=False,
+                    current[0],
+                    stream=True,
+                    allow_redirects=False,
                     verify=limits.ca_file or True,
                     headers={"Accept-Encoding": "identity"},
                     # Connect: bounded by the stall timeout; the watchdog
                     # interrupts sooner. Read: the socket timeout is only a
                     # backstop behind the watchdog's stall check.
-                    timeout=(min(limits.stall_timeout, max(watch.remaining(), 0.1)),
-                             limits.stall_timeout + 5))
+                    timeout=(
+                        min(limits.stall_timeout, max(watch.remaining(), 0.1)),
+                        limits.stall_timeout + 5,
+                    ),
+                )
             except _Refused as exc:
                 watch.check()
                 raise ImageSourceRefused(f"image source {exc}") from None
             except requests.exceptions.SSLError as exc:
                 watch.check()
-                raise ImageUnreachable(f"image source {mask_url(url)!r}: TLS verification "
-                                       f"failed: {_reason(exc, url, current[0])}") from None
+                raise ImageUnreachable(
+                    f"image source {mask_url(url)!r}: TLS verification "
+                    f"failed: {_reason(exc, url, current[0])}"
+                ) from None
             except requests.RequestException as exc:
                 watch.check()
                 raise _Transient(_reason(exc, url, current[0])) from None
@@ -348,18 +379,19 @@ def _attempt(url: str, sink: Sink, allowed: AllowedSources, watch: _Watchdog,
                 if resp.status_code in _RETRY_STATUS:
                     raise _Transient(f"HTTP {resp.status_code} {resp.reason}")
                 if resp.status_code != 200:
-                    raise ImageUnreachable(f"image source {mask_url(url)!r}: HTTP "
-                                           f"{resp.status_code} {resp.reason}")
+                    raise ImageUnreachable(
+                        f"image source {mask_url(url)!r}: HTTP {resp.status_code} {resp.reason}"
+                    )
                 _stream(resp, sink, watch, (url, current[0]))
                 return
-        raise ImageUnreachable(f"image source {mask_url(url)!r}: more than "
-                               f"{_MAX_REDIRECTS} redirects")
+        raise ImageUnreachable(
+            f"image source {mask_url(url)!r}: more than {_MAX_REDIRECTS} redirects"
+        )
     finally:
         session.close()
 
 
-def _stream(resp: requests.Response, sink: Sink, watch: _Watchdog,
-            urls: tuple[str, ...]) -> None:
+def _stream(resp: requests.Response, sink: Sink, watch: _Watchdog, urls: tuple[str, ...]) -> None:
     length = resp.headers.get("content-length")
     sink.begin(int(length) if length and length.isdigit() else None)
     raw = resp.raw
@@ -369,7 +401,7 @@ def _stream(resp: requests.Response, sink: Sink, watch: _Watchdog,
             # read1: what has arrived, up to CHUNK; urllib3 raises if the body
             # ends before Content-Length, and never reads past it.
             chunk = raw.read1(CHUNK, decode_content=False)
-        except Exception as exc:  # urllib3/http.client/ssl errors alike  # noqa: BLE001
+        except Exception as exc:  # urllib3/http.client/ssl errors alike
             watch.check()
             raise _Transient(f"read failed: {_reason(exc, *urls)}") from None
         if not chunk:

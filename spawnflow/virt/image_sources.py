@@ -44,10 +44,11 @@ from spawnflow.virt import hostpaths
 OPTION = "[images] allowed_sources"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _METADATA_NAMES = frozenset({"metadata.google.internal", "metadata"})
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
-                             "ip6-loopback"})
-_METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254"))
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
+)
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPAT = ipaddress.ip_network("::/96")
@@ -55,7 +56,7 @@ _IPV4_COMPAT = ipaddress.ip_network("::/96")
 Resolver = Callable[[str, int], list[str]]
 
 
-class SourceRefused(ValueError):  # noqa: N818 - reads as the condition it reports
+class SourceRefused(ValueError):
     """A source (or a redirect, or an address) outside the allow list; ``str`` is the reason."""
 
 
@@ -84,11 +85,13 @@ def special_address(address: str) -> str | None:
             continue
         if candidate in _METADATA_ADDRESSES:
             return "a cloud metadata address"
-        for label, flag in (("loopback", candidate.is_loopback),
-                            ("link-local", candidate.is_link_local),
-                            ("unspecified", candidate.is_unspecified),
-                            ("multicast", candidate.is_multicast),
-                            ("reserved", candidate.is_reserved)):
+        for label, flag in (
+            ("loopback", candidate.is_loopback),
+            ("link-local", candidate.is_link_local),
+            ("unspecified", candidate.is_unspecified),
+            ("multicast", candidate.is_multicast),
+            ("reserved", candidate.is_reserved),
+        ):
             if flag:
                 return f"a {label} address"
         if isinstance(candidate, ipaddress.IPv4Address) and candidate in _THIS_NETWORK:
@@ -114,8 +117,7 @@ def _canonical_host(host: str) -> str:
     except OSError:
         pass
     else:  # inet_aton accepts 127.1, 0x7f.0.0.1, 2130706433: one host, many spellings
-        raise SourceRefused(f"host {host!r} is a legacy numeric IP form; give the dotted "
-                            "address")
+        raise SourceRefused(f"host {host!r} is a legacy numeric IP form; give the dotted address")
     if host.replace(".", "").isdigit():
         raise SourceRefused(f"host {host!r} is a numeric form of no IP address")
     try:
@@ -154,11 +156,15 @@ class UrlPrefix:
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"{text!r} is not an http(s)://host/... prefix")
         if parts.username is not None or parts.query or parts.fragment:
-            raise ValueError(f"{mask_url(text)!r} must not carry userinfo, a query or "
-                             "a fragment")
+            raise ValueError(f"{mask_url(text)!r} must not carry userinfo, a query or a fragment")
         segments = [s for s in _segments(parts.path) if s]
-        return cls(text, parts.scheme, _canonical_host(parts.hostname),
-                   parts.port or _DEFAULT_PORTS[parts.scheme], tuple(segments))
+        return cls(
+            text,
+            parts.scheme,
+            _canonical_host(parts.hostname),
+            parts.port or _DEFAULT_PORTS[parts.scheme],
+            tuple(segments),
+        )
 
     @property
     def names_special_host(self) -> bool:
@@ -175,8 +181,7 @@ class UrlPrefix:
         n = len(self.segments)
         # The entry is a directory: its segments must all be whole segments of
         # the source, and the source must name something below it.
-        return tuple(segments[:n]) == self.segments and len(segments) > n \
-            and segments[-1] != ""
+        return tuple(segments[:n]) == self.segments and len(segments) > n and segments[-1] != ""
 
 
 class AllowedSources:
@@ -195,8 +200,9 @@ class AllowedSources:
             elif os.path.isabs(entry):
                 self.directories.append(hostpaths.resolve(entry))
             else:
-                raise ValueError(f"{OPTION}: {entry!r} is neither an absolute directory "
-                                 "nor an http(s):// prefix")
+                raise ValueError(
+                    f"{OPTION}: {entry!r} is neither an absolute directory nor an http(s):// prefix"
+                )
         # Paths refused whatever the list says (the instances and the database).
         self.never = [hostpaths.resolve(p) for p in never]
 
@@ -217,8 +223,9 @@ class AllowedSources:
         real = hostpaths.resolve(path)
         for never in self.never:
             if real == never or hostpaths.is_within(real, never):
-                raise SourceRefused(f"{path!r} is inside spawnflow's own state ({never}); "
-                                    "never an image source")
+                raise SourceRefused(
+                    f"{path!r} is inside spawnflow's own state ({never}); never an image source"
+                )
         directory = hostpaths.containing_dir(real, self.directories)
         if directory is None:
             shown = path if real == path else f"{path!r} (resolves to {real!r})"
@@ -267,8 +274,10 @@ class AllowedSources:
             return str(exc)
         if any(p.host == host and p.names_special_host for p in self.prefixes):
             return None
-        return (f"{mask_url(url)!r}: host {host} is at {address}, {why}; refused unless "
-                f"an {OPTION} entry names that address")
+        return (
+            f"{mask_url(url)!r}: host {host} is at {address}, {why}; refused unless "
+            f"an {OPTION} entry names that address"
+        )
 
     def check_url(self, url: str, resolver: Resolver | None = getaddrinfo_resolver) -> None:
         """Refuse ``url`` unless an entry matches it and none of its addresses is special.
@@ -285,8 +294,9 @@ class AllowedSources:
             if why:
                 raise SourceRefused(why)
 
-    def check(self, source: str, resolver: Resolver | None = getaddrinfo_resolver
-              ) -> tuple[str, str] | None:
+    def check(
+        self, source: str, resolver: Resolver | None = getaddrinfo_resolver
+    ) -> tuple[str, str] | None:
         """Raise ``SourceRefused`` unless ``source`` is allowed.
 
         Returns ``(allowed_dir, path)`` for a local source, None for a URL.
@@ -315,8 +325,11 @@ def local_path(source: str) -> str | None:
     """
     parts = urlsplit(source)
     if parts.scheme == "file":
-        if "//" not in source[:7] or parts.netloc not in ("", "localhost") \
-                or not parts.path.startswith("/"):
+        if (
+            "//" not in source[:7]
+            or parts.netloc not in ("", "localhost")
+            or not parts.path.startswith("/")
+        ):
             raise SourceRefused(f"{source!r} is not a file:///absolute/path URL")
         path = unquote(parts.path)
     elif parts.scheme == "" and source.startswith("/"):
@@ -332,4 +345,5 @@ def is_masked(url: str) -> bool:
     """Whether ``url`` is a masked form (its query, fragment or userinfo was dropped)."""
     parts = urlsplit(url)
     return MASK in (parts.query, parts.fragment) or (
-        "@" in parts.netloc and MASK in parts.netloc.rpartition("@")[0])
+        "@" in parts.netloc and MASK in parts.netloc.rpartition("@")[0]
+    )

@@ -55,8 +55,8 @@ from spawnflow.virt.image_fetch import FetchLimits, read_http, read_local
 from spawnflow.virt.image_sources import AllowedSources, SourceRefused
 
 _FORMATS = ("qcow2", "raw")
-GiB = 1024 ** 3
-MiB = 1024 ** 2
+GiB = 1024**3
+MiB = 1024**2
 _SPACE_CHECK_EVERY = 64 * MiB  # statvfs while streaming, every this many bytes
 
 
@@ -81,9 +81,12 @@ class CachePolicy:
         opts = conf.images
         return cls(
             allowed=allowed_sources(conf),
-            limits=FetchLimits(fetch_timeout=float(opts.fetch_timeout),
-                               stall_timeout=float(opts.stall_timeout),
-                               retries=opts.fetch_retries, ca_file=opts.ca_file or None),
+            limits=FetchLimits(
+                fetch_timeout=float(opts.fetch_timeout),
+                stall_timeout=float(opts.stall_timeout),
+                retries=opts.fetch_retries,
+                ca_file=opts.ca_file or None,
+            ),
             max_bytes=int(opts.max_size_gb * GiB),
             reserved_bytes=opts.reserved_disk_mb * MiB,
             cache_group=opts.cache_group or None,
@@ -100,7 +103,7 @@ def allowed_sources(conf: cfg.ConfigOpts) -> AllowedSources:
     never = [sf_conf.instances_path(conf)]
     url = sf_conf.database_url(conf)
     if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///"):].split("?", 1)[0]
+        db = url[len("sqlite:///") :].split("?", 1)[0]
         never += [db, db + "-wal", db + "-shm", db + "-journal"]
     return AllowedSources(conf.images.allowed_sources, never=never)
 
@@ -163,7 +166,8 @@ class _PartWriter:
     def _too_big(self, size: int) -> ImageUnacceptable:
         return ImageUnacceptable(
             f"image {self.label} is {'at least ' if size == self.written else ''}{size} "
-            f"bytes, more than [images] max_size_gb ({self.policy.max_bytes / GiB:g} GiB)")
+            f"bytes, more than [images] max_size_gb ({self.policy.max_bytes / GiB:g} GiB)"
+        )
 
     def _check_space(self, needed: int) -> None:
         st = os.statvfs(self.base_dir)
@@ -172,7 +176,8 @@ class _PartWriter:
             raise ImageError(
                 f"not enough free space for image {self.label} in {self.base_dir}: "
                 f"{free // MiB} MiB free, {needed // MiB} MiB more needed, and [images] "
-                f"reserved_disk_mb keeps {self.policy.reserved_bytes // MiB} MiB free")
+                f"reserved_disk_mb keeps {self.policy.reserved_bytes // MiB} MiB free"
+            )
 
     def begin(self, length: int | None) -> None:
         os.ftruncate(self.fd, 0)
@@ -194,7 +199,7 @@ class _PartWriter:
         self.digest.update(chunk)
         view = memoryview(chunk)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
 
 
 class ImageCache:
@@ -241,9 +246,15 @@ class ImageCache:
             self._check_cached(label or os.path.basename(final), final, disk_format)
             return FetchResult(final, False)
 
-    def fetch(self, source: str, expected_sha256: str | None, disk_format: str, *,
-              label: str | None = None,
-              should_stop: Callable[[], bool] | None = None) -> FetchResult:
+    def fetch(
+        self,
+        source: str,
+        expected_sha256: str | None,
+        disk_format: str,
+        *,
+        label: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FetchResult:
         """The cache entry holding ``source``'s content, fetching it unless cached.
 
         ``source`` is a local path, ``file://`` or ``http(s)://`` URL inside
@@ -269,37 +280,51 @@ class ImageCache:
                     self._check_cached(label, final, disk_format)
                     return FetchResult(final, False)
                 part = final + ".part"
-                return self._fetch_into(part, source, local, expected, disk_format, label,
-                                        should_stop)
+                return self._fetch_into(
+                    part, source, local, expected, disk_format, label, should_stop
+                )
         key = "src-" + hashlib.sha256(mask_url(source).encode()).hexdigest()[:32]
         with _flock(self._lock_path(key)):
             part = os.path.join(self.base_dir, key + ".part")
             return self._fetch_into(part, source, local, None, disk_format, label, should_stop)
 
-    def _fetch_into(self, part: str, source: str, local: tuple[str, str] | None,
-                    expected: str | None, disk_format: str, label: str,
-                    should_stop: Callable[[], bool] | None) -> FetchResult:
+    def _fetch_into(
+        self,
+        part: str,
+        source: str,
+        local: tuple[str, str] | None,
+        expected: str | None,
+        disk_format: str,
+        label: str,
+        should_stop: Callable[[], bool] | None,
+    ) -> FetchResult:
         """Fetch into ``part`` (whose lock the caller holds), verify, publish by digest."""
         _unlink(part)  # a leftover of a crash; the lock says no one is writing it
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
         except OSError as exc:
             raise HostError(f"cannot create image cache file {part}: {exc.strerror}") from exc
         try:
             try:
                 writer = _PartWriter(fd, label, self.policy, self.base_dir)
                 if local is not None:
-                    read_local(*local, writer, limits=self.policy.limits,
-                               should_stop=should_stop)
+                    read_local(*local, writer, limits=self.policy.limits, should_stop=should_stop)
                 else:
-                    read_http(source, writer, self.policy.allowed, limits=self.policy.limits,
-                              should_stop=should_stop)
+                    read_http(
+                        source,
+                        writer,
+                        self.policy.allowed,
+                        limits=self.policy.limits,
+                        should_stop=should_stop,
+                    )
                 actual = writer.digest.hexdigest()
                 if expected is not None and actual != expected:
                     raise ImageChecksumMismatch(
                         f"image {label} from {mask_url(source)!r} has sha256 {actual} "
-                        f"but the spec expects sha256 {expected}")
+                        f"but the spec expects sha256 {expected}"
+                    )
                 self._check_format(label, part, disk_format)
                 if os.geteuid() == 0:
                     os.fchown(fd, 0, self._gid if self._gid is not None else 0)
@@ -332,14 +357,17 @@ class ImageCache:
         reference other files (a backing or data file could expose host files)."""
         info = qemu_img.info(path)
         if info.format != disk_format:
-            raise ImageUnacceptable(f"image {label} is declared {disk_format} but qemu-img "
-                                    f"detects format {info.format}")
+            raise ImageUnacceptable(
+                f"image {label} is declared {disk_format} but qemu-img detects format {info.format}"
+            )
         if info.backing_file:
-            raise ImageUnacceptable(f"image {label} has a backing file "
-                                    f"({info.backing_file}); refusing it")
+            raise ImageUnacceptable(
+                f"image {label} has a backing file ({info.backing_file}); refusing it"
+            )
         if info.data_file:
-            raise ImageUnacceptable(f"image {label} has an external data file "
-                                    f"({info.data_file}); refusing it")
+            raise ImageUnacceptable(
+                f"image {label} has an external data file ({info.data_file}); refusing it"
+            )
 
     def _check_cached(self, label: str, final: str, disk_format: str) -> None:
         """A cached entry is used only if it is a plain file and has the declared format.
@@ -349,8 +377,9 @@ class ImageCache:
         """
         st = os.lstat(final)
         if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"cache entry {final} for image {label} is not a regular file; "
-                             "refusing it")
+            raise ImageError(
+                f"cache entry {final} for image {label} is not a regular file; refusing it"
+            )
         self._check_format(label, final, disk_format)
 
     def clean_partial(self) -> list[str]:
@@ -427,11 +456,16 @@ class ImageCache:
         else:
             info = qemu_img.info(disk_path)
             backing = os.path.join(os.path.dirname(disk_path), info.backing_file or "")
-            ok = (info.format == "qcow2" and bool(info.backing_file)
-                  and os.path.realpath(backing) == os.path.realpath(base_path))
+            ok = (
+                info.format == "qcow2"
+                and bool(info.backing_file)
+                and os.path.realpath(backing) == os.path.realpath(base_path)
+            )
         if not ok:
-            raise ImageError(f"{disk_path} already exists but is not a {disk_format} disk "
-                             f"made from {base_path}; refusing to touch it")
+            raise ImageError(
+                f"{disk_path} already exists but is not a {disk_format} disk "
+                f"made from {base_path}; refusing to touch it"
+            )
 
     def remove_instance_disk(self, disk_path: str) -> bool:
         """Delete ``disk_path`` and any stale ``.tmp``; True if the disk existed."""

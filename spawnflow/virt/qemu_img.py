@@ -59,9 +59,7 @@ def _run(
     try:
         # S603: an argument list, no shell; paths are ours (cache, instance dir)
         # or were checked against the operator's allow lists before any step ran.
-        proc = subprocess.run(  # noqa: S603
-            argv, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
     except FileNotFoundError as exc:
         raise HostError(f"{QEMU_IMG} is not installed or not on PATH: {exc}") from exc
     except subprocess.TimeoutExpired as exc:
@@ -118,9 +116,14 @@ def create_overlay(path: str, backing_file: str, backing_format: str) -> None:
     """
     _run(
         [
-            "create", "-q", "-f", "qcow2",
-            "-F", backing_format,
-            "-b", os.path.abspath(backing_file),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            backing_format,
+            "-b",
+            os.path.abspath(backing_file),
             os.path.abspath(path),
         ],
         path,
@@ -144,8 +147,14 @@ def convert(src: str, dst: str, src_fmt: str, dst_fmt: str) -> None:
     """Copy ``src`` into a new image ``dst``; zero areas stay sparse."""
     _run(
         [
-            "convert", "-q", "-f", src_fmt, "-O", dst_fmt,
-            os.path.abspath(src), os.path.abspath(dst),
+            "convert",
+            "-q",
+            "-f",
+            src_fmt,
+            "-O",
+            dst_fmt,
+            os.path.abspath(src),
+            os.path.abspath(dst),
         ],
         dst,
     )
@@ -169,9 +178,14 @@ def create_luks(
     if iter_time_ms is not None:
         options += f",iter-time={int(iter_time_ms)}"
     args = [
-        "create", "-q", "-f", "luks",
-        "--object", f"secret,id=sec0,file={_opt(os.path.abspath(passphrase_file))}",
-        "-o", options,
+        "create",
+        "-q",
+        "-f",
+        "luks",
+        "--object",
+        f"secret,id=sec0,file={_opt(os.path.abspath(passphrase_file))}",
+        "-o",
+        options,
         os.path.abspath(path),
         str(int(size_bytes)),
     ]

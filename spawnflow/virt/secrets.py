@@ -31,12 +31,14 @@ KEY_DIR_OPTION = "[encryption] key_dir"
 USAGES_OPTION = "[volumes] allowed_secret_usages"
 # The libvirt secret usage type a network volume's credentials must have.
 AUTH_SECRET_TYPES = {"iscsi": "iscsi", "rbd": "ceph"}
-_USAGE_TYPES = {libvirt.VIR_SECRET_USAGE_TYPE_NONE: "none",
-                libvirt.VIR_SECRET_USAGE_TYPE_VOLUME: "volume",
-                libvirt.VIR_SECRET_USAGE_TYPE_CEPH: "ceph",
-                libvirt.VIR_SECRET_USAGE_TYPE_ISCSI: "iscsi",
-                libvirt.VIR_SECRET_USAGE_TYPE_TLS: "tls",
-                libvirt.VIR_SECRET_USAGE_TYPE_VTPM: "vtpm"}
+_USAGE_TYPES = {
+    libvirt.VIR_SECRET_USAGE_TYPE_NONE: "none",
+    libvirt.VIR_SECRET_USAGE_TYPE_VOLUME: "volume",
+    libvirt.VIR_SECRET_USAGE_TYPE_CEPH: "ceph",
+    libvirt.VIR_SECRET_USAGE_TYPE_ISCSI: "iscsi",
+    libvirt.VIR_SECRET_USAGE_TYPE_TLS: "tls",
+    libvirt.VIR_SECRET_USAGE_TYPE_VTPM: "vtpm",
+}
 
 
 def _key_file_problem(shown: str, info: os.stat_result) -> str | None:
@@ -90,8 +92,10 @@ def read_key_file(path: str, key_dir: str) -> bytes:
     try:
         fd = hostpaths.open_beneath(key_dir, path)
     except OSError as exc:
-        raise EncryptionError(f"cannot open key file {path} beneath {KEY_DIR_OPTION} "
-                              f"({key_dir}): {exc.strerror or exc}") from exc
+        raise EncryptionError(
+            f"cannot open key file {path} beneath {KEY_DIR_OPTION} "
+            f"({key_dir}): {exc.strerror or exc}"
+        ) from exc
     try:
         problem = _key_file_problem(f"key file {path}", os.fstat(fd))
         if problem:
@@ -116,8 +120,9 @@ def read_key_file(path: str, key_dir: str) -> bytes:
     return key
 
 
-def check_auth_secret(host: Host | None, secret_uuid: str, driver: str,
-                      allowed_usages: list[str]) -> str | None:
+def check_auth_secret(
+    host: Host | None, secret_uuid: str, driver: str, allowed_usages: list[str]
+) -> str | None:
     """Why a network volume may not use libvirt secret ``secret_uuid``, else None.
 
     The secret must exist, have the usage type of the volume's driver (iscsi
@@ -141,8 +146,10 @@ def check_auth_secret(host: Host | None, secret_uuid: str, driver: str,
         return f"{shown} is a volume secret spawnflow made; it is never given to a guest disk"
     wanted = AUTH_SECRET_TYPES[driver]
     if kind != wanted:
-        return (f"{shown} is a secret of usage type {kind!r}; a volume of driver {driver!r} "
-                f"needs usage type {wanted!r}")
+        return (
+            f"{shown} is a secret of usage type {kind!r}; a volume of driver {driver!r} "
+            f"needs usage type {wanted!r}"
+        )
     if usage_id not in allowed_usages:
         listed = ", ".join(allowed_usages) if allowed_usages else "empty: none"
         return f"{shown} has usage {usage_id!r}, not in {USAGES_OPTION} ({listed})"
@@ -153,20 +160,23 @@ def find(host: Host, usage: str) -> str | None:
     if not host.supports_secrets:
         return None
     try:
-        return host.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage)\
-            .UUIDString()
+        return host.conn.secretLookupByUsage(
+            libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage
+        ).UUIDString()
     except libvirt.libvirtError as exc:
         if error_code(exc) == libvirt.VIR_ERR_NO_SECRET:
             return None
         raise EncryptionError(f"looking up secret {usage}: {exc}") from exc
 
 
-def define(host: Host, usage: str, passphrase: bytes,
-           description: str = "spawnflow volume passphrase") -> str:
+def define(
+    host: Host, usage: str, passphrase: bytes, description: str = "spawnflow volume passphrase"
+) -> str:
     """Define a private, persistent volume secret holding ``passphrase``; return its uuid."""
     if not host.supports_secrets:
-        raise NotSupportedByHost(f"libvirt at {host.uri} has no secret driver; "
-                                 "encrypted volumes cannot be attached here")
+        raise NotSupportedByHost(
+            f"libvirt at {host.uri} has no secret driver; encrypted volumes cannot be attached here"
+        )
     root = etree.Element("secret", ephemeral="no", private="yes")
     etree.SubElement(root, "description").text = description
     usage_el = etree.SubElement(root, "usage", type="volume")

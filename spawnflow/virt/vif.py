@@ -235,7 +235,10 @@ class BridgeVifDriver(VifDriver):
         elif vif.mtu and link.get("IFLA_MTU") != vif.mtu:
             LOG.warning(
                 "vif %s: bridge %s has MTU %s, port wants %s; leaving the shared bridge alone",
-                vif.id, name, link.get("IFLA_MTU"), vif.mtu,
+                vif.id,
+                name,
+                link.get("IFLA_MTU"),
+                vif.mtu,
             )
         if not link["flags"] & _IFF_UP:
             ipr.link("set", index=index, state="up")
@@ -261,13 +264,18 @@ class BridgeVifDriver(VifDriver):
                     )
                     return
                 if _tap_in_use(link):
-                    LOG.info("vif %s: tap %s is in use by a running domain; libvirt owns it, "
-                             "not removing it", vif.id, result.tap)
+                    LOG.info(
+                        "vif %s: tap %s is in use by a running domain; libvirt owns it, "
+                        "not removing it",
+                        vif.id,
+                        result.tap,
+                    )
                     return
                 if (link.get("IFLA_IFALIAS") or "").startswith(_ALIAS_PREFIX + ":"):
                     # Made by the tap driver for some build, not by libvirt.
-                    LOG.warning("vif %s: %s is a tap of a 'tap' VIF; not removing it",
-                                vif.id, result.tap)
+                    LOG.warning(
+                        "vif %s: %s is a tap of a 'tap' VIF; not removing it", vif.id, result.tap
+                    )
                     return
                 _delete_link(ipr, link["index"])
                 LOG.info("vif %s: removed left-over tap %s", vif.id, result.tap)
@@ -357,7 +365,8 @@ class TapVifDriver(VifDriver):
                     # not ours to delete.
                     LOG.warning(
                         "vif %s: %s does not carry this build's alias; not removing it",
-                        vif.id, result.tap,
+                        vif.id,
+                        result.tap,
                     )
                     return
                 _delete_link(ipr, link["index"])

@@ -27,13 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, uri: str, policy: str, host: str,
-                 **extra: dict):
+    def __init__(self, tmp_path: Path, uri: str, policy: str, host: str, **extra: dict):
         groups = {
             "DEFAULT": {"state_path": tmp_path / "state", "host": host},
             "images": {"allowed_sources": tmp_path},
-            "libvirt": {"connection_uri": uri, "virt_type": "qemu",
-                        "boot_timeout": 60},
+            "libvirt": {"connection_uri": uri, "virt_type": "qemu", "boot_timeout": 60},
             "firewall": {"driver": "nwfilter"},
             "network": {"vif_plugging_timeout": 30},
             "recovery": {"policy": policy, "lease_seconds": 6, "graceful_stop_timeout": 20},
@@ -57,9 +55,14 @@ class Harness:
         for fault in faults:
             args += ["--fault", fault]
         args += ["--", "--config-file", str(self.conf_path), "agent", "--poll-interval", "0.2"]
-        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed by the OS
-        return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out = open(self.log_dir / f"{name}.log", "ab")
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
     def output(self, name: str = "agent") -> str:
         path = self.log_dir / f"{name}.log"

@@ -35,7 +35,7 @@ def install(point: str) -> None:
         original = cls.execute
 
         @functools.wraps(original)
-        def execute(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        def execute(self, *args, **kwargs):
             if when == "before":
                 die()
             if when == "fail":
@@ -49,7 +49,7 @@ def install(point: str) -> None:
         original_revert = cls.revert
 
         @functools.wraps(original_revert)
-        def revert(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        def revert(self, *args, **kwargs):
             original_revert(self, *args, **kwargs)
             die()
 

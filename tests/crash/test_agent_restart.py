@@ -20,7 +20,7 @@ from tests.helpers import bridge_vif, make_spec, new_uuid
 pytestmark = pytest.mark.integration
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -36,9 +36,20 @@ def step_state(harness: Harness, build_id: str, step: str) -> str | None:
 
 
 def cli(harness: Harness, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spawnflow.cmd.main", "--config-file",
-                           str(harness.conf_path), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spawnflow.cmd.main",
+            "--config-file",
+            str(harness.conf_path),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_second_agent_on_the_same_host_refuses(tmp_path, libvirt_uri):
@@ -60,9 +71,15 @@ def test_second_agent_on_the_same_host_refuses(tmp_path, libvirt_uri):
 
 
 def test_sigterm_while_waiting_then_event_while_down_then_resume(
-        tmp_path, libvirt_uri, libvirt_conn, qcow2_image, linux_bridge, cleanup):
-    harness = Harness(tmp_path, libvirt_uri, "resume", host="term-" + new_uuid()[:8],
-                      network={"vif_plugging_timeout": 120})
+    tmp_path, libvirt_uri, libvirt_conn, qcow2_image, linux_bridge, cleanup
+):
+    harness = Harness(
+        tmp_path,
+        libvirt_uri,
+        "resume",
+        host="term-" + new_uuid()[:8],
+        network={"vif_plugging_timeout": 120},
+    )
     port = bridge_vif(linux_bridge, active=False)
     spec = make_spec(qcow2_image, vifs=[port])
     cleanup.append(spec["instance"]["uuid"])
@@ -93,10 +110,16 @@ def test_sigterm_while_waiting_then_event_while_down_then_resume(
     assert {s.name: s.attempts for s in build.steps}["resume"] == 2
 
 
-def test_cancel_from_the_cli_rolls_back_with_zero_leaks(tmp_path, libvirt_uri, libvirt_conn,
-                                                       qcow2_image, linux_bridge):
-    harness = Harness(tmp_path, libvirt_uri, "resume", host="cancel-" + new_uuid()[:8],
-                      network={"vif_plugging_timeout": 120})
+def test_cancel_from_the_cli_rolls_back_with_zero_leaks(
+    tmp_path, libvirt_uri, libvirt_conn, qcow2_image, linux_bridge
+):
+    harness = Harness(
+        tmp_path,
+        libvirt_uri,
+        "resume",
+        host="cancel-" + new_uuid()[:8],
+        network={"vif_plugging_timeout": 120},
+    )
     spec = make_spec(qcow2_image, vifs=[bridge_vif(linux_bridge, active=False)])
     build_id = harness.queue(spec)
     agent = harness.launch()
@@ -121,6 +144,7 @@ def test_spawn_no_wait_is_picked_up_by_the_agent(tmp_path, libvirt_uri, qcow2_im
     cleanup.append(spec["instance"]["uuid"])
     path = tmp_path / "vm.yaml"
     import yaml
+
     path.write_text(yaml.safe_dump(spec))
     agent = harness.launch()
     try:

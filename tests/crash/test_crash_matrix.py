@@ -45,9 +45,19 @@ def volume_conf(volume: tuple[Path, Path]) -> dict:
 
 def crash_spec(image: Path, bridge: str, volume: tuple[Path, Path]) -> dict:
     path, key = volume
-    return make_spec(image, vifs=[bridge_vif(bridge)], volumes=[{
-        "id": new_uuid(), "driver": "local", "path": str(path), "device": "vdb",
-        "encryption": {"format": "luks", "key_file": str(key)}}])
+    return make_spec(
+        image,
+        vifs=[bridge_vif(bridge)],
+        volumes=[
+            {
+                "id": new_uuid(),
+                "driver": "local",
+                "path": str(path),
+                "device": "vdb",
+                "encryption": {"format": "luks", "key_file": str(key)},
+            }
+        ],
+    )
 
 
 def lifecycle_of(harness: Harness, build_id: str) -> list[tuple[str | None, str, dict | None]]:
@@ -87,10 +97,20 @@ def crash_and_recover(harness: Harness, spec: dict, *faults: str) -> tuple[str, 
 
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("policy", ["resume", "rollback"])
-def test_kill_during_forward_steps(point, policy, tmp_path, libvirt_uri, libvirt_conn,
-                                   qcow2_image, linux_bridge, luks_volume, cleanup):
-    harness = Harness(tmp_path, libvirt_uri, policy, host="crash-" + new_uuid()[:8],
-                      **volume_conf(luks_volume))
+def test_kill_during_forward_steps(
+    point,
+    policy,
+    tmp_path,
+    libvirt_uri,
+    libvirt_conn,
+    qcow2_image,
+    linux_bridge,
+    luks_volume,
+    cleanup,
+):
+    harness = Harness(
+        tmp_path, libvirt_uri, policy, host="crash-" + new_uuid()[:8], **volume_conf(luks_volume)
+    )
     spec = crash_spec(qcow2_image, linux_bridge, luks_volume)
     cleanup.append(spec["instance"]["uuid"])
     build_id, state = crash_and_recover(harness, spec, point)
@@ -113,12 +133,14 @@ def test_kill_during_forward_steps(point, policy, tmp_path, libvirt_uri, libvirt
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_kill_in_the_middle_of_a_revert(step, tmp_path, libvirt_uri, libvirt_conn,
-                                        qcow2_image, linux_bridge, luks_volume):
+def test_kill_in_the_middle_of_a_revert(
+    step, tmp_path, libvirt_uri, libvirt_conn, qcow2_image, linux_bridge, luks_volume
+):
     # The build fails at its last step, so every step reverts; the kill comes
     # inside the revert of ``step``. Even with policy=resume it must roll back.
-    harness = Harness(tmp_path, libvirt_uri, "resume", host="crash-" + new_uuid()[:8],
-                      **volume_conf(luks_volume))
+    harness = Harness(
+        tmp_path, libvirt_uri, "resume", host="crash-" + new_uuid()[:8], **volume_conf(luks_volume)
+    )
     spec = crash_spec(qcow2_image, linux_bridge, luks_volume)
     faults = [f"revert:{step}"]
     if step != "wait_for_boot":

@@ -17,12 +17,12 @@ TEST_DRIVER = {"connection_uri": "test:///default", "virt_type": "test"}
 
 
 @pytest.fixture
-def conf(tmp_path: Path):  # noqa: ANN201
+def conf(tmp_path: Path):
     return load_conf(tmp_path, libvirt=TEST_DRIVER, firewall={"driver": "noop"})
 
 
 @pytest.fixture
-def agent(conf) -> Iterator[Agent]:  # noqa: ANN001
+def agent(conf) -> Iterator[Agent]:
     with Agent(conf) as running:
         yield running
 

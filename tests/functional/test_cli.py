@@ -13,14 +13,22 @@ from tests.helpers import make_spec, write_conf
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spawnflow.cmd.main", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spawnflow.cmd.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_spawn_then_history(tmp_path: Path, image: Path):
-    conf = write_conf(tmp_path / "cli.conf", DEFAULT={"state_path": tmp_path / "state"},
-                      libvirt={"connection_uri": "test:///default", "virt_type": "test"},
-                      firewall={"driver": "noop"}, images={"allowed_sources": tmp_path})
+    conf = write_conf(
+        tmp_path / "cli.conf",
+        DEFAULT={"state_path": tmp_path / "state"},
+        libvirt={"connection_uri": "test:///default", "virt_type": "test"},
+        firewall={"driver": "noop"},
+        images={"allowed_sources": tmp_path},
+    )
     spec = make_spec(image)
     spec_path = tmp_path / "vm.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
@@ -38,15 +46,17 @@ def test_spawn_then_history(tmp_path: Path, image: Path):
     builds = json.loads(listed.stdout)
     assert [b["State"] for b in builds] == ["ACTIVE"]
 
-    shown = run_cli("--config-file", str(conf), "history", "show", builds[0]["Build"],
-                    "-f", "json")
+    shown = run_cli("--config-file", str(conf), "history", "show", builds[0]["Build"], "-f", "json")
     steps = json.loads(shown.stdout)
     assert [s["Step"] for s in steps][0] == "disk_info" and len(steps) == 10
 
 
 def test_bad_spec_exits_nonzero_naming_the_field(tmp_path: Path, image: Path):
-    conf = write_conf(tmp_path / "cli.conf", DEFAULT={"state_path": tmp_path / "state"},
-                      libvirt={"connection_uri": "test:///default", "virt_type": "test"})
+    conf = write_conf(
+        tmp_path / "cli.conf",
+        DEFAULT={"state_path": tmp_path / "state"},
+        libvirt={"connection_uri": "test:///default", "virt_type": "test"},
+    )
     spec = make_spec(image)
     spec["flavor"]["memory_mb"] = "lots"
     spec_path = tmp_path / "vm.yaml"

@@ -30,8 +30,12 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def cli(conf_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spawnflow.cmd.main", "--config-file",
-                           str(conf_file), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spawnflow.cmd.main", "--config-file", str(conf_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
@@ -63,8 +67,11 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> str:
 
 def diagnosis_text(out: str) -> str:
     """The ``diagnosis`` paragraph of ``history show --diagnose`` (table output), one line."""
-    return " ".join(line[10:].strip() for line in out.splitlines()
-                    if line.startswith(("diagnosis", "          ")))
+    return " ".join(
+        line[10:].strip()
+        for line in out.splitlines()
+        if line.startswith(("diagnosis", "          "))
+    )
 
 
 def destroy(conn: libvirt.virConnect, instance_uuid: str) -> None:
@@ -78,7 +85,7 @@ def destroy(conn: libvirt.virConnect, instance_uuid: str) -> None:
 
 
 @pytest.fixture
-def builds(agent, conf, image, test_conn, tmp_path):  # noqa: ANN001, ANN201
+def builds(agent, conf, image, test_conn, tmp_path):
     """An ACTIVE build and a ROLLED_BACK one (bad checksum, at step image)."""
     good = make_spec(image)
     good_id = agent.start_build(good)
@@ -86,8 +93,13 @@ def builds(agent, conf, image, test_conn, tmp_path):  # noqa: ANN001, ANN201
     bad = make_spec(image)
     bad["image"]["checksum"] = "sha256:" + "0" * 64
     bad_id = agent.wait(agent.start_build(bad), timeout=60).build_id
-    yield {"conf": tmp_path / "spawnflow.conf", "active": good_id, "rolled_back": bad_id,
-           "good": good, "bad": bad}
+    yield {
+        "conf": tmp_path / "spawnflow.conf",
+        "active": good_id,
+        "rolled_back": bad_id,
+        "good": good,
+        "bad": bad,
+    }
     destroy(test_conn, good["instance"]["uuid"])
 
 
@@ -106,12 +118,23 @@ def test_list_filters_and_pages(builds):
     assert bad["Started"].endswith("Z") and bad["Duration"] > 0
 
     def ids(*args: str) -> list[str]:
-        return [r["Build"] for r in json.loads(ok(cli(conf, "history", "list", "-f", "json",
-                                                      *args)))]
+        return [
+            r["Build"] for r in json.loads(ok(cli(conf, "history", "list", "-f", "json", *args)))
+        ]
 
     host = bad["Host"]
-    assert ids("--state", "active,ROLLED_BACK", "--state", "QUEUED", "--failed-step", "image",
-               "--since", "1h", "--host", host) == [builds["rolled_back"]]
+    assert ids(
+        "--state",
+        "active,ROLLED_BACK",
+        "--state",
+        "QUEUED",
+        "--failed-step",
+        "image",
+        "--since",
+        "1h",
+        "--host",
+        host,
+    ) == [builds["rolled_back"]]
     assert ids("--instance", builds["good"]["instance"]["uuid"]) == [builds["active"]]
     assert ids("--instance", builds["good"]["instance"]["name"], "--until", "2001-01-01") == []
     assert ids("--limit", "1", "--marker", builds["rolled_back"][:8]) == [builds["active"]]
@@ -129,7 +152,14 @@ def test_show_with_diagnosis_and_revert_column(builds):
     assert diagnosis.endswith("rolled back: 2 steps reverted")
     header = next(line for line in out.splitlines() if line.startswith("| Step "))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Step", "State", "Start", "Took", "Revert", "Try", "Error"]
+        "Step",
+        "State",
+        "Start",
+        "Took",
+        "Revert",
+        "Try",
+        "Error",
+    ]
     image_row = next(line for line in out.splitlines() if line.startswith("| image "))
     cells = [c.strip() for c in image_row.strip("|").split("|")]
     assert cells[1] == "REVERTED" and cells[4] != "-" and cells[6].startswith("ImageChecks")
@@ -153,8 +183,9 @@ def test_events_and_stats(builds):
     assert [e["Seq"] for e in events] == sorted(e["Seq"] for e in events)
     assert events[0]["Kind"] == "build" and events[0]["To"] == "QUEUED"
     assert events[0]["Payload"]["spec"]["instance"]["uuid"] == builds["bad"]["instance"]["uuid"]
-    only = json.loads(ok(cli(conf, "history", "events", builds["rolled_back"], "--kind", "build",
-                             "-f", "json")))
+    only = json.loads(
+        ok(cli(conf, "history", "events", builds["rolled_back"], "--kind", "build", "-f", "json"))
+    )
     assert [e["To"] for e in only] == ["QUEUED", "RUNNING", "REVERTING", "ROLLED_BACK"]
 
     stats = fits(ok(cli(conf, "history", "stats")))
@@ -175,22 +206,30 @@ def test_export_import_round_trip(builds, tmp_path):
     assert doc["format"] == "spawnflow-build-history" and doc["build"]["state"] == "ROLLED_BACK"
 
     out = ok(cli(conf, "history", "import", str(doc_file), "--db", str(other)))
-    assert f"imported build {builds['rolled_back']} (ROLLED_BACK, {len(doc['events'])} events)" \
-        in out
+    assert (
+        f"imported build {builds['rolled_back']} (ROLLED_BACK, {len(doc['events'])} events)" in out
+    )
     original = ok(cli(conf, "history", "show", builds["rolled_back"], "-f", "json"))
-    copied = ok(cli(conf, "history", "show", builds["rolled_back"], "-f", "json", "--db",
-                    str(other)))
+    copied = ok(
+        cli(conf, "history", "show", builds["rolled_back"], "-f", "json", "--db", str(other))
+    )
     assert json.loads(copied) == json.loads(original)
-    assert ok(cli(conf, "history", "export", builds["rolled_back"], "--db", str(other))) \
-        .count('"kind"') == len(doc["events"])
+    assert ok(cli(conf, "history", "export", builds["rolled_back"], "--db", str(other))).count(
+        '"kind"'
+    ) == len(doc["events"])
 
-    refused(cli(conf, "history", "import", str(doc_file), "--db", str(other)),
-            "already in the target", "nothing imported")
+    refused(
+        cli(conf, "history", "import", str(doc_file), "--db", str(other)),
+        "already in the target",
+        "nothing imported",
+    )
     foreign = tmp_path / "foreign.sqlite"
     with sqlite3.connect(foreign) as db:
         db.execute("create table invoices (id integer primary key)")
-    refused(cli(conf, "history", "import", str(doc_file), "--db", str(foreign)),
-            "not a spawnflow database")
+    refused(
+        cli(conf, "history", "import", str(doc_file), "--db", str(foreign)),
+        "not a spawnflow database",
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("{]")
     refused(cli(conf, "history", "import", str(bad), "--db", str(other)), "is not JSON")
@@ -204,30 +243,45 @@ def test_timeline_files(builds, tmp_path):
     svg = etree.parse(str(svg_file)).getroot()
     rows = [g.get("data-step") for g in svg.iter(f"{SVG}g") if g.get("class") == "step"]
     assert rows[:2] == ["disk_info", "image"] and len(rows) == 10
-    phases = {(r.get("data-step"), r.get("data-phase")) for r in svg.iter(f"{SVG}rect")
-              if r.get("data-phase")}
-    assert {("disk_info", "forward"), ("image", "forward"), ("disk_info", "revert"),
-            ("image", "revert")} == phases
+    phases = {
+        (r.get("data-step"), r.get("data-phase"))
+        for r in svg.iter(f"{SVG}rect")
+        if r.get("data-phase")
+    }
+    assert {
+        ("disk_info", "forward"),
+        ("image", "forward"),
+        ("disk_info", "revert"),
+        ("image", "revert"),
+    } == phases
     ok(cli(conf, "history", "timeline", builds["rolled_back"], "-o", str(html_file)))
     html = html_file.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<script" not in html and "<svg" in html
-    refused(cli(conf, "history", "timeline", builds["active"], "-o", str(tmp_path / "t.png")),
-            "cannot tell the format")
+    refused(
+        cli(conf, "history", "timeline", builds["active"], "-o", str(tmp_path / "t.png")),
+        "cannot tell the format",
+    )
 
 
 def test_purge(builds, conf):
     eventlog = EventLog.open(spawnflow.conf.database_url(conf))
     try:
-        eventlog.create_build("7e57b0b0-0000-4000-8000-000000000001",
-                              instance_uuid="7e57b0b0-0000-4000-8000-000000000002",
-                              instance_name="queued", host="elsewhere", spec={})
+        eventlog.create_build(
+            "7e57b0b0-0000-4000-8000-000000000001",
+            instance_uuid="7e57b0b0-0000-4000-8000-000000000002",
+            instance_name="queued",
+            host="elsewhere",
+            spec={},
+        )
     finally:
         eventlog.close()
     conf_file = builds["conf"]
-    assert "would remove 0 finished builds" in ok(cli(conf_file, "history", "purge",
-                                                      "--older-than", "1", "--dry-run"))
-    assert "would remove 2 finished builds" in ok(cli(conf_file, "history", "purge",
-                                                      "--older-than", "0", "--dry-run"))
+    assert "would remove 0 finished builds" in ok(
+        cli(conf_file, "history", "purge", "--older-than", "1", "--dry-run")
+    )
+    assert "would remove 2 finished builds" in ok(
+        cli(conf_file, "history", "purge", "--older-than", "0", "--dry-run")
+    )
     out = ok(cli(conf_file, "history", "purge", "--older-than", "0", "--batch-size", "1"))
     assert out.strip() == "removed 2 finished builds older than 0 days"
     left = json.loads(ok(cli(conf_file, "history", "list", "-f", "json")))
@@ -256,15 +310,22 @@ def test_errors_are_one_line(tmp_path, conf):
         (("history", "export", "nope"), "no build nope"),
         (("history", "list", "--db", str(foreign)), "not a spawnflow database"),
         (("history", "show", "x", "--db", str(newer)), "newer than this"),
-        (("history", "list", "--db", "postgresql+psycopg://nobody:pw@127.0.0.1:1/none"),
-         "cannot read"),
-        (("event", "deliver", instance, "network-vif-plugged", "port"),
-         "no unfinished build for instance"),
+        (
+            ("history", "list", "--db", "postgresql+psycopg://nobody:pw@127.0.0.1:1/none"),
+            "cannot read",
+        ),
+        (
+            ("event", "deliver", instance, "network-vif-plugged", "port"),
+            "no unfinished build for instance",
+        ),
         (("event", "deliver", instance, "network-vif-unplugged", "port"), "unknown event name"),
     ]
-    results = cli_all(conf_file, *(args for args, _ in cases),
-                      ("history", "list", "--since", "last tuesday"),
-                      ("history", "list", "--state", "DONE"))
+    results = cli_all(
+        conf_file,
+        *(args for args, _ in cases),
+        ("history", "list", "--since", "last tuesday"),
+        ("history", "list", "--state", "DONE"),
+    )
     for (_args, words), result in zip(cases, results, strict=False):
         refused(result, words)
     assert not missing.exists()
@@ -277,21 +338,24 @@ def test_errors_are_one_line(tmp_path, conf):
 
 
 @pytest.fixture
-def waiting_agent(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+def waiting_agent(tmp_path, monkeypatch):
     """An agent whose domains start paused and wait for VIF events (test:///default cannot
     start a domain paused itself, so start + suspend stands in for START_PAUSED)."""
     from spawnflow.virt import domain
 
-    def start(dom, paused):  # noqa: ANN001, ANN202
+    def start(dom, paused):
         dom.createWithFlags(0)
         if paused:
             dom.suspend()
 
     monkeypatch.setattr("spawnflow.virt.host.PAUSED_CAPABLE_TYPES", frozenset({"test"}))
     monkeypatch.setattr(domain, "start", start)
-    conf = load_conf(tmp_path, libvirt={"connection_uri": "test:///default",
-                                        "virt_type": "test"},
-                     firewall={"driver": "noop"}, network={"vif_plugging_timeout": 120})
+    conf = load_conf(
+        tmp_path,
+        libvirt={"connection_uri": "test:///default", "virt_type": "test"},
+        firewall={"driver": "noop"},
+        network={"vif_plugging_timeout": 120},
+    )
     with Agent(conf) as agent:
         yield agent, conf, tmp_path / "spawnflow.conf"
 
@@ -308,7 +372,7 @@ def wait_for_step(url: str, build_id: str, step: str, state: str = "RUNNING") ->
 
 
 @pytest.fixture
-def waiting_build(waiting_agent, image, bridge, test_conn):  # noqa: ANN001, ANN201
+def waiting_build(waiting_agent, image, bridge, test_conn):
     """A build with one inactive bridge VIF, waiting at step resume for its event:
     (agent, conf_file, url, build_id, instance, port)."""
     agent, conf, conf_file = waiting_agent
@@ -329,8 +393,10 @@ def test_waiting_build_is_diagnosed_then_unblocked_by_event_deliver(waiting_buil
         since = history.build(build_id).waits[0].since
     out = fits(ok(cli(conf_file, "history", "show", build_id, "--diagnose")))
     text = diagnosis_text(out)
-    assert text.startswith(f"waiting for network-vif-plugged for port {port} since "
-                           f"{clock(since)}, deadline {clock(since + 120)}"), text
+    assert text.startswith(
+        f"waiting for network-vif-plugged for port {port} since "
+        f"{clock(since)}, deadline {clock(since + 120)}"
+    ), text
     assert "step resume running since" in text
     svg_file = tmp_path / "waiting.svg"
     ok(cli(conf_file, "history", "timeline", build_id, "-o", str(svg_file)))
@@ -350,12 +416,23 @@ def test_waiting_build_is_diagnosed_then_unblocked_by_event_deliver(waiting_buil
 
 def test_failed_vif_event_rolls_back_at_resume(waiting_build):
     agent, conf_file, _url, build_id, instance, port = waiting_build
-    ok(cli(conf_file, "event", "deliver", instance, "network-vif-plugged", port,
-           "--status", "failed"))
+    ok(
+        cli(
+            conf_file,
+            "event",
+            "deliver",
+            instance,
+            "network-vif-plugged",
+            port,
+            "--status",
+            "failed",
+        )
+    )
     outcome = agent.wait(build_id, timeout=60)
     assert outcome.state == "ROLLED_BACK" and "VifPlugFailed" in outcome.error
     out = fits(ok(cli(conf_file, "history", "show", build_id, "--diagnose")))
     assert "diagnosis failed at step resume: VifPlugFailed: network-vif-plugged" in out
-    rows = json.loads(ok(cli(conf_file, "history", "list", "--failed-step", "resume",
-                             "-f", "json")))
+    rows = json.loads(
+        ok(cli(conf_file, "history", "list", "--failed-step", "resume", "-f", "json"))
+    )
     assert [r["Build"] for r in rows] == [build_id]

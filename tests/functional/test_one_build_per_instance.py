@@ -17,9 +17,14 @@ from tests.helpers import load_conf, make_spec
 
 
 def test_start_build_of_an_active_instance_returns_the_active_build(
-        tmp_path: Path, image: Path, test_conn: libvirt.virConnect):
-    conf = load_conf(tmp_path, libvirt=TEST_DRIVER, firewall={"driver": "noop"},
-                     images={"allowed_sources": tmp_path})
+    tmp_path: Path, image: Path, test_conn: libvirt.virConnect
+):
+    conf = load_conf(
+        tmp_path,
+        libvirt=TEST_DRIVER,
+        firewall={"driver": "noop"},
+        images={"allowed_sources": tmp_path},
+    )
     spec = make_spec(image)
     instance = spec["instance"]["uuid"]
     try:
@@ -38,9 +43,20 @@ def test_start_build_of_an_active_instance_returns_the_active_build(
         spec_path = tmp_path / "vm.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
         result = subprocess.run(
-            [sys.executable, "-m", "spawnflow.cmd.main", "--config-file",
-             str(tmp_path / "spawnflow.conf"), "spawn", "--no-wait", str(spec_path)],
-            capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "spawnflow.cmd.main",
+                "--config-file",
+                str(tmp_path / "spawnflow.conf"),
+                "spawn",
+                "--no-wait",
+                str(spec_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         assert f"build {first} of instance {instance} is already ACTIVE" in result.stdout
         log = EventLog.open(spawnflow.conf.database_url(conf))

@@ -16,11 +16,21 @@ from spawnflow.flows.spawn import step_names
 from spawnflow.history import History
 from tests.helpers import bridge_vif, leaks, make_spec
 
-FORWARD = ["disk_info", "image", "volumes", "encryptor", "domain_xml", "vifs", "firewall",
-           "domain_create", "resume", "wait_for_boot"]
+FORWARD = [
+    "disk_info",
+    "image",
+    "volumes",
+    "encryptor",
+    "domain_xml",
+    "vifs",
+    "firewall",
+    "domain_create",
+    "resume",
+    "wait_for_boot",
+]
 
 
-def history_of(conf, build_id):  # noqa: ANN001, ANN201
+def history_of(conf, build_id):
     with History.open(spawnflow.conf.database_url(conf)) as history:
         return history.build(build_id)
 
@@ -63,8 +73,12 @@ def test_checksum_mismatch_rolls_back_and_leaves_nothing(agent, conf, image, tes
     assert states["image"] == "REVERTED"
     assert build.steps[1].error.startswith("ImageChecksumMismatch")
     assert all(states[name] == "PENDING" for name in FORWARD[2:])
-    assert [t.to_state for t in build.lifecycle] == ["QUEUED", "RUNNING", "REVERTING",
-                                                     "ROLLED_BACK"]
+    assert [t.to_state for t in build.lifecycle] == [
+        "QUEUED",
+        "RUNNING",
+        "REVERTING",
+        "ROLLED_BACK",
+    ]
     assert leaks(test_conn, spec["instance"]["uuid"], Path(conf.state_path) / "instances") == []
 
 
@@ -78,13 +92,13 @@ def test_right_checksum_is_accepted(agent, image, test_conn):
     dom.undefine()
 
 
-def test_domain_create_failure_reverts_every_earlier_step(agent, conf, image, bridge,
-                                                          test_conn):
+def test_domain_create_failure_reverts_every_earlier_step(agent, conf, image, bridge, test_conn):
     spec = make_spec(image, vifs=[bridge_vif(bridge)])
     # Someone else's domain already holds our domain name: defineXML refuses.
     squatter = test_conn.defineXML(
         f"<domain type='test'><name>instance-{spec['instance']['uuid']}</name>"
-        "<memory>65536</memory><os><type>hvm</type></os></domain>")
+        "<memory>65536</memory><os><type>hvm</type></os></domain>"
+    )
     try:
         outcome = agent.wait(agent.start_build(spec), timeout=60)
         assert outcome.state == "ROLLED_BACK"
@@ -97,12 +111,12 @@ def test_domain_create_failure_reverts_every_earlier_step(agent, conf, image, br
         assert states["resume"] == states["wait_for_boot"] == "PENDING"
         reverted = [s for s in build.steps if s.revert_started_at]
         # Reverts run in reverse order of the forward steps.
-        assert [s.name for s in sorted(reverted, key=lambda s: s.revert_started_at)] == \
-            list(reversed(FORWARD[:8]))
+        assert [s.name for s in sorted(reverted, key=lambda s: s.revert_started_at)] == list(
+            reversed(FORWARD[:8])
+        )
         assert squatter.UUIDString() != spec["instance"]["uuid"]
         assert test_conn.lookupByName(squatter.name())  # untouched
-        assert leaks(test_conn, spec["instance"]["uuid"],
-                     Path(conf.state_path) / "instances") == []
+        assert leaks(test_conn, spec["instance"]["uuid"], Path(conf.state_path) / "instances") == []
     finally:
         squatter.undefine()
 
@@ -118,8 +132,10 @@ def test_invalid_spec_is_rejected_with_nothing_written(agent, conf, image):
     engine = sa.create_engine(spawnflow.conf.database_url(conf))
     with engine.connect() as conn:
         # (the only events are the agent's own start; nothing about any build)
-        assert conn.execute(sa.text(
-            "select count(*) from events where build_id is not null")).scalar() == 0
+        assert (
+            conn.execute(sa.text("select count(*) from events where build_id is not null")).scalar()
+            == 0
+        )
         assert conn.execute(sa.text("select count(*) from builds")).scalar() == 0
     engine.dispose()
     assert not (Path(conf.state_path) / "instances" / spec["instance"]["uuid"]).exists()
@@ -132,8 +148,9 @@ def test_unknown_field_is_named(agent, image):
         agent.start_build(spec)
 
 
-def test_spec_is_the_first_event_and_secrets_never_reach_the_database(agent, conf, image,
-                                                                       test_conn):
+def test_spec_is_the_first_event_and_secrets_never_reach_the_database(
+    agent, conf, image, test_conn
+):
     # A secret field no step would use is refused, without echoing it ...
     with pytest.raises(InvalidSpec, match="admin_password: .*not supported") as raised:
         agent.start_build(make_spec(image, admin_password="hunter2-very-secret"))
@@ -170,6 +187,7 @@ def test_library_accepts_a_yaml_path(agent, tmp_path, image, test_conn):
     spec = make_spec(image)
     path = tmp_path / "vm.yaml"
     import yaml
+
     path.write_text(yaml.safe_dump(spec))
     outcome = agent.wait(agent.start_build(str(path)), timeout=60)
     assert outcome.state == "ACTIVE"
@@ -188,11 +206,23 @@ def test_secrets_reach_neither_database_nor_logs(conf, image, test_conn, tmp_pat
     root.setLevel(logging.DEBUG)
     root.addHandler(handler)
     try:
-        spec = make_spec(image, admin_password="pw-hunter2-admin", volumes=[{
-            "id": "7f0c0000-0000-4000-8000-00000000000a", "driver": "iscsi", "device": "vdb",
-            "portal": "10.0.0.9:3260", "iqn": "iqn.2010-10.org.openstack:v", "lun": 1,
-            "auth_username": "chap", "auth_password": "pw-hunter2-chap",
-            "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff"}])
+        spec = make_spec(
+            image,
+            admin_password="pw-hunter2-admin",
+            volumes=[
+                {
+                    "id": "7f0c0000-0000-4000-8000-00000000000a",
+                    "driver": "iscsi",
+                    "device": "vdb",
+                    "portal": "10.0.0.9:3260",
+                    "iqn": "iqn.2010-10.org.openstack:v",
+                    "lun": 1,
+                    "auth_username": "chap",
+                    "auth_password": "pw-hunter2-chap",
+                    "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff",
+                }
+            ],
+        )
         with Agent(conf) as agent:
             # Both are refused (no step would use them), naming the fields only.
             with pytest.raises(InvalidSpec) as raised:
@@ -231,9 +261,12 @@ def test_an_agent_never_touches_another_hosts_builds(tmp_path, image):
     from spawnflow.persistence.eventlog import EventLog
     from tests.helpers import load_conf
 
-    conf = load_conf(tmp_path, DEFAULT={"host": "host-b"},
-                     libvirt={"connection_uri": "test:///default", "virt_type": "test"},
-                     firewall={"driver": "noop"})
+    conf = load_conf(
+        tmp_path,
+        DEFAULT={"host": "host-b"},
+        libvirt={"connection_uri": "test:///default", "virt_type": "test"},
+        firewall={"driver": "noop"},
+    )
     log = EventLog.open(spawnflow.conf.database_url(conf))
     backend = EventLogBackend(eventlog=log)
     build_id, _ = queue_build(log, backend, parse_spec(make_spec(image)), "host-a")
@@ -257,7 +290,7 @@ def test_second_agent_in_the_same_database_refuses(conf):
 def test_cancel_rolls_back_at_the_next_boundary(conf, image, test_conn):
     spec = make_spec(image)
 
-    def progress(build_id, step, state, elapsed):  # noqa: ANN001
+    def progress(build_id, step, state, elapsed):
         if step == "volumes" and state == "SUCCESS":
             agent.cancel(build_id)
 

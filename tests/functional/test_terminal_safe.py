@@ -35,15 +35,19 @@ UNSAFE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 def cli(conf: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spawnflow.cmd.main", "--config-file",
-                           str(conf), *args], capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spawnflow.cmd.main", "--config-file", str(conf), *args],
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def clean(raw: bytes, where: str) -> str:
     """The output as text; fails if any unsafe character is in it."""
     text = raw.decode("utf-8")  # strict: no invalid bytes either
-    bad = sorted({f"U+{ord(c):04X}" for c in text
-                  if c != "\n" and unicodedata.category(c) in UNSAFE})
+    bad = sorted(
+        {f"U+{ord(c):04X}" for c in text if c != "\n" and unicodedata.category(c) in UNSAFE}
+    )
     assert not bad, f"{where}: raw {', '.join(bad)} in {text!r}"
     return text
 
@@ -82,14 +86,33 @@ def odd_build(url: str) -> str:
         log.close()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("update builds set created_at = 1e12, updated_at = 1e12 + 3 "
-                             "where build_id = :b"), {"b": build_id})
-        conn.execute(sa.text("update events set payload = '[1, 2]' where build_id = :b "
-                             "and kind = 'build' and to_state = 'RUNNING'"), {"b": build_id})
-        conn.execute(sa.text("update events set payload = '{\"set\": [3]}' where build_id = :b "
-                             "and kind = 'atom' and to_state = 'FAILURE'"), {"b": build_id})
-        conn.execute(sa.text("update events set ts = 1e12 where build_id = :b "
-                             "and kind = 'atom' and to_state = 'REVERTED'"), {"b": build_id})
+        conn.execute(
+            sa.text(
+                "update builds set created_at = 1e12, updated_at = 1e12 + 3 where build_id = :b"
+            ),
+            {"b": build_id},
+        )
+        conn.execute(
+            sa.text(
+                "update events set payload = '[1, 2]' where build_id = :b "
+                "and kind = 'build' and to_state = 'RUNNING'"
+            ),
+            {"b": build_id},
+        )
+        conn.execute(
+            sa.text(
+                "update events set payload = '{\"set\": [3]}' where build_id = :b "
+                "and kind = 'atom' and to_state = 'FAILURE'"
+            ),
+            {"b": build_id},
+        )
+        conn.execute(
+            sa.text(
+                "update events set ts = 1e12 where build_id = :b "
+                "and kind = 'atom' and to_state = 'REVERTED'"
+            ),
+            {"b": build_id},
+        )
     engine.dispose()
     return build_id
 
@@ -101,8 +124,13 @@ def hostile(tmp_path: Path) -> dict:
     doc_file = tmp_path / "hostile.json"
     doc_file.write_text(json.dumps(doc))
     target = tmp_path / "target.sqlite"
-    return {"conf": tmp_path / "spawnflow.conf", "doc": doc, "file": doc_file,
-            "db": str(target), "id": doc["build"]["build_id"]}
+    return {
+        "conf": tmp_path / "spawnflow.conf",
+        "doc": doc,
+        "file": doc_file,
+        "db": str(target),
+        "id": doc["build"]["build_id"],
+    }
 
 
 def test_hostile_names_from_an_import_are_shown_escaped_everywhere(hostile, tmp_path):
@@ -114,16 +142,23 @@ def test_hostile_names_from_an_import_are_shown_escaped_everywhere(hostile, tmp_
 
     calls = []
     for fmt in ("table", "value", "csv", "json", "yaml"):
-        calls += [("history", "list", "-f", fmt),
-                  ("history", "show", build_id, "-f", fmt, "--diagnose")]
+        calls += [
+            ("history", "list", "-f", fmt),
+            ("history", "show", build_id, "-f", fmt, "--diagnose"),
+        ]
     for fmt in ("table", "value", "csv", "json"):
         calls += [("history", "events", build_id, "-f", fmt)]
-    calls += [("history", "stats"), ("history", "stats", "-f", "csv"),
-              ("history", "stats", "--by", "state"), ("history", "export", build_id),
-              ("history", "show", odd, "--diagnose"), ("history", "show", odd, "-f", "json"),
-              ("history", "events", odd),
-              ("history", "timeline", build_id, "-o", str(tmp_path / "t.svg")),
-              ("history", "timeline", build_id, "-o", str(tmp_path / "t.html"))]
+    calls += [
+        ("history", "stats"),
+        ("history", "stats", "-f", "csv"),
+        ("history", "stats", "--by", "state"),
+        ("history", "export", build_id),
+        ("history", "show", odd, "--diagnose"),
+        ("history", "show", odd, "-f", "json"),
+        ("history", "events", odd),
+        ("history", "timeline", build_id, "-o", str(tmp_path / "t.svg")),
+        ("history", "timeline", build_id, "-o", str(tmp_path / "t.html")),
+    ]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda call: cli(conf, *call, "--db", db), calls))
     outputs = {}
@@ -139,16 +174,19 @@ def test_hostile_names_from_an_import_are_shown_escaped_everywhere(hostile, tmp_
     assert "cmp\\x1b[2J\\u2066-1" in shown and "boom\\x1b[31m" in shown  # (wrapped)
     assert "red\\u202e\\x7f" in shown
     assert "web\\x1b]0;pwned\\x07\\u202e1-bew\\u200b\\x9b31m" in outputs["history list -f value"]
-    assert "boom\\x1b[31m red\\u202e\\x7f" in outputs[f"history show {build_id} -f value "
-                                                      "--diagnose"]
+    assert (
+        "boom\\x1b[31m red\\u202e\\x7f" in outputs[f"history show {build_id} -f value --diagnose"]
+    )
     # csv doubles the backslash of each escape
     assert "x1b]0;pwned" in outputs["history list -f csv"]
     assert "x1b[31m red" in outputs[f"history show {build_id} -f csv --diagnose"]
     # json and yaml escape by themselves and give the stored text back exactly.
     listed = json.loads(outputs["history list -f json"])
     assert {row["Instance"] for row in listed} == {NAME, "odd"}
-    assert {row["Instance"] for row in yaml.safe_load(outputs["history list -f yaml"])} \
-        == {NAME, "odd"}
+    assert {row["Instance"] for row in yaml.safe_load(outputs["history list -f yaml"])} == {
+        NAME,
+        "odd",
+    }
     assert json.loads(outputs[f"history export {build_id}"])["build"]["instance_name"] == NAME
     # The older build's odd values are shown, not a crash.
     assert "1e+12" in outputs["history list -f table"]
@@ -167,8 +205,10 @@ def test_error_messages_are_escaped_too(hostile, tmp_path):
         # The refusal names the build's host, a stored string.
         (("history", "import", str(hostile["file"]), "--db", db), "already in the target"),
         # A path with escapes: the message quotes it.
-        (("history", "import", str(tmp_path / "gone\x1b[2J\u202e.json"), "--db", db),
-         "cannot read"),
+        (
+            ("history", "import", str(tmp_path / "gone\x1b[2J\u202e.json"), "--db", db),
+            "cannot read",
+        ),
     ]
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

@@ -65,26 +65,28 @@ def libvirt_conn(libvirt_uri: str) -> Iterator[object]:
 
 
 @pytest.fixture
-def real_conf(tmp_path: Path, libvirt_uri: str):  # noqa: ANN201
+def real_conf(tmp_path: Path, libvirt_uri: str):
     """``real_conf(network={...})``: a config for the real libvirtd, state under tmp_path."""
     from tests.helpers import load_conf
 
-    def make(**groups):  # noqa: ANN001, ANN202
-        base = {"libvirt": {"connection_uri": libvirt_uri, "virt_type": "qemu",
-                            "boot_timeout": 60},
-                "firewall": {"driver": "nwfilter"},
-                "network": {"vif_plugging_timeout": 30},
-                # Volumes and key files the tests make live in tmp_path.
-                "volumes": {"allowed_paths": tmp_path},
-                "encryption": {"key_dir": tmp_path}}
+    def make(**groups):
+        base = {
+            "libvirt": {"connection_uri": libvirt_uri, "virt_type": "qemu", "boot_timeout": 60},
+            "firewall": {"driver": "nwfilter"},
+            "network": {"vif_plugging_timeout": 30},
+            # Volumes and key files the tests make live in tmp_path.
+            "volumes": {"allowed_paths": tmp_path},
+            "encryption": {"key_dir": tmp_path},
+        }
         for group, options in groups.items():
             base.setdefault(group, {}).update(options)
         return load_conf(tmp_path, **base)
+
     return make
 
 
 @pytest.fixture
-def cleanup(libvirt_conn) -> Iterator[list[str]]:  # noqa: ANN001
+def cleanup(libvirt_conn) -> Iterator[list[str]]:
     """Instance uuids whose ACTIVE domain, filters, secrets and taps the test removes after.
 
     Taps are found by the ``ifalias`` the tap VIF driver tags them with (libvirt

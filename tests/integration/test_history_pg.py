@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def pg(postgres_url):  # noqa: ANN001, ANN201
+def pg(postgres_url):
     url = fresh_pg_database(postgres_url)
     yield url
     drop_pg_database(url)
@@ -38,14 +38,19 @@ def test_listing_show_stats_on_postgresql(pg):
     with History.open(pg) as history:
         assert [b.build_id for b in history.builds()] == [queued, failed, bad, ok]
         assert {b.build_id: b.failed_step for b in history.builds()} == {
-            queued: None, failed: "vifs", bad: "image", ok: None}
+            queued: None,
+            failed: "vifs",
+            bad: "image",
+            ok: None,
+        }
         assert [b.build_id for b in history.builds(failed_step="image")] == [bad]
-        assert [b.build_id for b in history.builds(state="ROLLED_BACK,FAILED",
-                                                   host="cmp-2")] == [failed, bad]
+        assert [b.build_id for b in history.builds(state="ROLLED_BACK,FAILED", host="cmp-2")] == [
+            failed,
+            bad,
+        ]
         assert [b.build_id for b in history.builds(instance="web-1", since="1h")] == [ok]
         page = history.builds(limit=2)
-        assert [b.build_id for b in history.builds(limit=2, marker=page[-1].build_id)] == [bad,
-                                                                                           ok]
+        assert [b.build_id for b in history.builds(limit=2, marker=page[-1].build_id)] == [bad, ok]
         assert history.build(bad[:10]).diagnose().text.endswith("rolled back: 2 steps reverted")
         with pytest.raises(UnknownBuild):
             history.build("zz")
@@ -108,9 +113,23 @@ def test_cli_on_postgresql_and_refusals(pg, tmp_path):
     conf = tmp_path / "empty.conf"
     conf.write_text("[DEFAULT]\n")
     started = time.time()
-    shown = subprocess.run([sys.executable, "-m", "spawnflow.cmd.main", "--config-file",
-                            str(conf), "history", "show", build_id[:8], "--db", pg],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spawnflow.cmd.main",
+            "--config-file",
+            str(conf),
+            "history",
+            "show",
+            build_id[:8],
+            "--db",
+            pg,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "state     ACTIVE" in shown.stdout and time.time() - started < 30
     empty = fresh_pg_database(pg)

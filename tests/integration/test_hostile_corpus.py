@@ -62,12 +62,24 @@ class Env:
     secret_allowed: str
     secret_refused: str
 
-    def cli(self, *args: str, log: Path | None = None, timeout: float = 120) \
-            -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, log: Path | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         extra = ["--log-file", str(log)] if log else []
         return subprocess.run(
-            [sys.executable, "-m", "spawnflow.cmd.main", "--config-file", str(self.conf_file),
-             *extra, *args], capture_output=True, text=True, timeout=timeout)
+            [
+                sys.executable,
+                "-m",
+                "spawnflow.cmd.main",
+                "--config-file",
+                str(self.conf_file),
+                *extra,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def spec(self, **overrides: object) -> dict:
         spec: dict = {
@@ -89,15 +101,16 @@ class Env:
         return path
 
 
-def _define_secret(conn, usage: str, kind: str = "iscsi") -> str:  # noqa: ANN001
-    xml = (f"<secret ephemeral='no' private='yes'><usage type='{kind}'>"
-           f"<target>{usage}</target></usage></secret>")
+def _define_secret(conn, usage: str, kind: str = "iscsi") -> str:
+    xml = (
+        f"<secret ephemeral='no' private='yes'><usage type='{kind}'>"
+        f"<target>{usage}</target></usage></secret>"
+    )
     return conn.secretDefineXML(xml).UUIDString()
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, libvirt_uri: str,
-        libvirt_conn) -> Iterator[Env]:  # noqa: ANN001
+def env(tmp_path_factory: pytest.TempPathFactory, libvirt_uri: str, libvirt_conn) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("corpus")
     images, vols, keys = root / "images", root / "vols", root / "keys"
     for directory in (images, vols, keys):
@@ -115,21 +128,38 @@ def env(tmp_path_factory: pytest.TempPathFactory, libvirt_uri: str,
     secret_refused = _define_secret(libvirt_conn, refused_usage)
     conf_file = write_conf(
         root / "spawnflow.conf",
-        DEFAULT={"state_path": root / "state", "instances_path": instances,
-                 "host": f"corpus-{tag}"},
+        DEFAULT={
+            "state_path": root / "state",
+            "instances_path": instances,
+            "host": f"corpus-{tag}",
+        },
         database={"connection": f"sqlite:///{db}"},
         libvirt={"connection_uri": libvirt_uri, "virt_type": "qemu"},
         firewall={"driver": "nwfilter"},
-        images={"allowed_sources": f"{images},https://images.example.test/pub/,"
-                                   "http://127.0.0.1:9/pub/"},
-        volumes={"allowed_paths": f"{vols},/dev/spawnflow-corpus-*",
-                 "allowed_secret_usages": allowed_usage},
+        images={
+            "allowed_sources": f"{images},https://images.example.test/pub/,http://127.0.0.1:9/pub/"
+        },
+        volumes={
+            "allowed_paths": f"{vols},/dev/spawnflow-corpus-*",
+            "allowed_secret_usages": allowed_usage,
+        },
         encryption={"key_dir": keys},
     )
-    made = Env(root=root, conf_file=conf_file, db=db, images=images, vols=vols, keys=keys,
-               instances=instances, image=image, host=f"corpus-{tag}",
-               secret_usage_allowed=allowed_usage, secret_usage_refused=refused_usage,
-               secret_allowed=secret_allowed, secret_refused=secret_refused)
+    made = Env(
+        root=root,
+        conf_file=conf_file,
+        db=db,
+        images=images,
+        vols=vols,
+        keys=keys,
+        instances=instances,
+        image=image,
+        host=f"corpus-{tag}",
+        secret_usage_allowed=allowed_usage,
+        secret_usage_refused=refused_usage,
+        secret_allowed=secret_allowed,
+        secret_refused=secret_refused,
+    )
     # An empty, upgraded database, so that every refusal below is a refusal of
     # the input and not of a missing database.
     result = made.cli("db", "upgrade")
@@ -142,6 +172,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, libvirt_uri: str,
 
 
 # -- what "nothing changed" means --------------------------------------------------------
+
 
 def _db_content(db: Path) -> str:
     """A digest of every row of every table (the file's bytes may change on a checkpoint)."""
@@ -160,7 +191,7 @@ def _build_count(db: Path) -> int:
         conn.close()
 
 
-def _host_snapshot(env: Env, conn) -> dict[str, object]:  # noqa: ANN001
+def _host_snapshot(env: Env, conn) -> dict[str, object]:
     files = []
     for top in (env.root / "state", env.instances):
         for dirpath, dirnames, filenames in os.walk(top):
@@ -169,8 +200,9 @@ def _host_snapshot(env: Env, conn) -> dict[str, object]:  # noqa: ANN001
                 if path.suffix == ".lock" or path.parent.name == "locks":
                     continue  # lock files are never deleted, by design
                 files.append(str(path))
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                           check=True).stdout
+    links = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
     return {
         "files": sorted(files),
         "links": sorted(line.split(":")[1].strip() for line in links.splitlines()),
@@ -203,6 +235,7 @@ def case(name: str, *words: str) -> Callable[[Case], Case]:
     def register(fn: Case) -> Case:
         CASES[name] = (fn, words)
         return fn
+
     return register
 
 
@@ -245,13 +278,15 @@ def _file(path: Path, data: bytes = b"x" * 512, mode: int = 0o600) -> str:
 
 # Local volumes: outside the list, the host's secrets and disks, our own files.
 _local_volume_case("etc-shadow", lambda e: "/etc/shadow", "allowed_paths")
-_local_volume_case("dev-block", lambda e: "/dev/vda" if os.path.exists("/dev/vda")
-                   else "/dev/sda", "allowed_paths")
+_local_volume_case(
+    "dev-block", lambda e: "/dev/vda" if os.path.exists("/dev/vda") else "/dev/sda", "allowed_paths"
+)
 _local_volume_case("dev-zero", lambda e: "/dev/zero")
 _local_volume_case("database", lambda e: str(e.db))
 _local_volume_case("database-wal", lambda e: str(e.db) + "-wal")
-_local_volume_case("instance-disk", lambda e: _file(
-    e.instances / "0c6f6a55-1e0c-4a52-b8f4-3d09a2b6d5a1" / "disk"))
+_local_volume_case(
+    "instance-disk", lambda e: _file(e.instances / "0c6f6a55-1e0c-4a52-b8f4-3d09a2b6d5a1" / "disk")
+)
 _local_volume_case("base-image", lambda e: _file(e.instances / "_base" / ("0" * 64)))
 _local_volume_case("state-path", lambda e: _file(e.root / "state" / "x.img"))
 _local_volume_case("symlink-out", lambda e: _symlink(e.vols / "shadow.img", "/etc/shadow"))
@@ -290,16 +325,19 @@ _image_case("prefix-encoded-dotdot", lambda e: "https://images.example.test/pub/
 _image_case("prefix-scheme", lambda e: "http://images.example.test/pub/x.img")
 _image_case("prefix-port", lambda e: "https://images.example.test:8443/pub/x.img")
 _image_case("ftp", lambda e: "ftp://images.example.test/pub/x.img")
-_image_case("userinfo-token",
-            lambda e: f"https://{TOKENS['url_userinfo']}@images.example.test/pub/x.img")
+_image_case(
+    "userinfo-token", lambda e: f"https://{TOKENS['url_userinfo']}@images.example.test/pub/x.img"
+)
 
 
 @case("queue-url-token", "image.source", "never stored")
 def _queue_token(env: Env) -> list[str]:
     # Allowed, but a queued build runs from the stored spec, which has no token.
     spec = env.spec()
-    spec["image"] = {"source": "https://images.example.test/pub/x.img?X-Amz-Signature="
-                               + TOKENS["url_query"], "disk_format": "qcow2"}
+    spec["image"] = {
+        "source": "https://images.example.test/pub/x.img?X-Amz-Signature=" + TOKENS["url_query"],
+        "disk_format": "qcow2",
+    }
     return spawn(env, "queue-url-token", spec)
 
 
@@ -308,8 +346,7 @@ def _key_case(name: str, path: Callable[[Env], str], *words: str) -> None:
     @case(f"key-{name}", "volumes.0.encryption.key_file", *words)
     def build(env: Env) -> list[str]:
         volume_path = _file(env.vols / f"luks-{name}.img", b"\0" * 4096)
-        volume = env.volume(path=volume_path, encryption={"format": "luks",
-                                                           "key_file": path(env)})
+        volume = env.volume(path=volume_path, encryption={"format": "luks", "key_file": path(env)})
         return spawn(env, f"key-{name}", env.spec(volumes=[volume]))
 
 
@@ -340,9 +377,16 @@ _key_case("dotdot", lambda e: f"{e.keys}/../vols/db/spawnflow.sqlite")
 def _secret_case(name: str, secret: Callable[[Env], str], *words: str) -> None:
     @case(f"secret-{name}", "volumes.0.secret_uuid", *words)
     def build(env: Env) -> list[str]:
-        volume = {"id": str(uuid.uuid4()), "driver": "iscsi", "device": "vdb",
-                  "portal": "192.0.2.10:3260", "iqn": "iqn.2010-10.org.example:vol", "lun": 1,
-                  "auth_username": "chap", "secret_uuid": secret(env)}
+        volume = {
+            "id": str(uuid.uuid4()),
+            "driver": "iscsi",
+            "device": "vdb",
+            "portal": "192.0.2.10:3260",
+            "iqn": "iqn.2010-10.org.example:vol",
+            "lun": 1,
+            "auth_username": "chap",
+            "secret_uuid": secret(env),
+        }
         return spawn(env, f"secret-{name}", env.spec(volumes=[volume]))
 
 
@@ -358,18 +402,28 @@ def _admin_password(env: Env) -> list[str]:
 
 @case("auth-password", "auth_password")
 def _auth_password(env: Env) -> list[str]:
-    volume = {"id": str(uuid.uuid4()), "driver": "iscsi", "device": "vdb",
-              "portal": "192.0.2.10:3260", "iqn": "iqn.2010-10.org.example:vol", "lun": 1,
-              "auth_username": "chap", "secret_uuid": env.secret_allowed,
-              "auth_password": TOKENS["auth_password"]}
+    volume = {
+        "id": str(uuid.uuid4()),
+        "driver": "iscsi",
+        "device": "vdb",
+        "portal": "192.0.2.10:3260",
+        "iqn": "iqn.2010-10.org.example:vol",
+        "lun": 1,
+        "auth_username": "chap",
+        "secret_uuid": env.secret_allowed,
+        "auth_password": TOKENS["auth_password"],
+    }
     return spawn(env, "auth-password", env.spec(volumes=[volume]))
 
 
 def _name_case(name: str, instance_name: str) -> None:
     @case(f"name-{name}", "instance.name")
     def build(env: Env) -> list[str]:
-        return spawn(env, f"name-{name}", env.spec(
-            instance={"uuid": str(uuid.uuid4()), "name": instance_name}))
+        return spawn(
+            env,
+            f"name-{name}",
+            env.spec(instance={"uuid": str(uuid.uuid4()), "name": instance_name}),
+        )
 
 
 _name_case("osc-escape", NAME_ESCAPE)
@@ -419,8 +473,7 @@ def _binary(env: Env) -> list[str]:
 
 @case("spec-vcpus-huge", "flavor.vcpus")
 def _vcpus(env: Env) -> list[str]:
-    return spawn(env, "vcpus", env.spec(flavor={"vcpus": 10 ** 30, "memory_mb": 64,
-                                                 "root_gb": 0}))
+    return spawn(env, "vcpus", env.spec(flavor={"vcpus": 10**30, "memory_mb": 64, "root_gb": 0}))
 
 
 @case("spec-checksum-garbage", "image.checksum")
@@ -431,6 +484,7 @@ def _checksum(env: Env) -> list[str]:
 
 
 # -- history import ------------------------------------------------------------------------
+
 
 def _export(env: Env) -> dict:
     """The export of the corpus's one real build (made by test_secret_tokens_*)."""
@@ -466,27 +520,52 @@ def _set(doc: dict, fn: Callable[[dict], None]) -> dict:
 
 _import_case("already-there", lambda e, d: d, "already")
 _import_case("foreign-flow-and-atom-ids", lambda e, d: _fresh_build_id(d))
-_import_case("time-1e12", lambda e, d: _set(
-    _fresh_all(d), lambda x: _first_event(x, "atom").__setitem__("ts", 1e12)))
-_import_case("payload-list", lambda e, d: _set(
-    _fresh_all(d), lambda x: _first_event(x, "atom").__setitem__("payload", [1, 2])))
-_import_case("atom-without-parent", lambda e, d: _set(
-    _fresh_all(d), lambda x: _first_event(x, "atom")["payload"].pop("parent", None)
-    or _first_event(x, "atom")["payload"].pop("parent_uuid", None)))
-_import_case("events-not-list", lambda e, d: _set(
-    _fresh_all(d), lambda x: x.__setitem__("events", {"a": 1})))
+_import_case(
+    "time-1e12",
+    lambda e, d: _set(_fresh_all(d), lambda x: _first_event(x, "atom").__setitem__("ts", 1e12)),
+)
+_import_case(
+    "payload-list",
+    lambda e, d: _set(
+        _fresh_all(d), lambda x: _first_event(x, "atom").__setitem__("payload", [1, 2])
+    ),
+)
+_import_case(
+    "atom-without-parent",
+    lambda e, d: _set(
+        _fresh_all(d),
+        lambda x: (
+            _first_event(x, "atom")["payload"].pop("parent", None)
+            or _first_event(x, "atom")["payload"].pop("parent_uuid", None)
+        ),
+    ),
+)
+_import_case(
+    "events-not-list", lambda e, d: _set(_fresh_all(d), lambda x: x.__setitem__("events", {"a": 1}))
+)
 _import_case("nested-100k", lambda e, d: '{"a":' * 100_000 + "1" + "}" * 100_000)
 _import_case("not-json", lambda e, d: "this is not json")
 _import_case("empty", lambda e, d: "")
-_import_case("wrong-format", lambda e, d: _set(
-    _fresh_all(d), lambda x: x.__setitem__("format", "something-else")))
-_import_case("newer-version", lambda e, d: _set(
-    _fresh_all(d), lambda x: x.__setitem__("version", 99)))
-_import_case("nan-time", lambda e, d: json.dumps(_fresh_all(d)).replace(
-    '"ts": ', '"ts": NaN, "was": ', 1))
-_import_case("escape-in-name", lambda e, d: _set(
-    _fresh_all(d), lambda x: x["build"].__setitem__("instance_name", NAME_ESCAPE)
-    or x.__setitem__("version", "1\x1b[2J")))
+_import_case(
+    "wrong-format",
+    lambda e, d: _set(_fresh_all(d), lambda x: x.__setitem__("format", "something-else")),
+)
+_import_case(
+    "newer-version", lambda e, d: _set(_fresh_all(d), lambda x: x.__setitem__("version", 99))
+)
+_import_case(
+    "nan-time", lambda e, d: json.dumps(_fresh_all(d)).replace('"ts": ', '"ts": NaN, "was": ', 1)
+)
+_import_case(
+    "escape-in-name",
+    lambda e, d: _set(
+        _fresh_all(d),
+        lambda x: (
+            x["build"].__setitem__("instance_name", NAME_ESCAPE)
+            or x.__setitem__("version", "1\x1b[2J")
+        ),
+    ),
+)
 
 
 def _fresh_all(doc: dict) -> dict:
@@ -497,22 +576,33 @@ def _fresh_all(doc: dict) -> dict:
 
     def swap(match: re.Match) -> str:
         return seen.setdefault(match.group(0), str(uuid.uuid4()))
-    return json.loads(re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                             swap, text))
+
+    return json.loads(
+        re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", swap, text)
+    )
 
 
 # -- other commands -------------------------------------------------------------------------
 
+
 @case("history-db-password", "***")
 def _db_password(env: Env) -> list[str]:
-    return ["history", "list", "--db",
-            f"postgresql+psycopg://spawnflow:{TOKENS['db_password']}@127.0.0.1:1/x"]
+    return [
+        "history",
+        "list",
+        "--db",
+        f"postgresql+psycopg://spawnflow:{TOKENS['db_password']}@127.0.0.1:1/x",
+    ]
 
 
 @case("history-db-malformed-url")
 def _db_malformed(env: Env) -> list[str]:
-    return ["history", "list", "--db",
-            f"postgresql://spawnflow:{TOKENS['db_password']}@127.0.0.1:notaport/x"]
+    return [
+        "history",
+        "list",
+        "--db",
+        f"postgresql://spawnflow:{TOKENS['db_password']}@127.0.0.1:notaport/x",
+    ]
 
 
 @case("history-show-escape-id", "no build")
@@ -532,13 +622,16 @@ def _event(env: Env) -> list[str]:
 
 # -- the tests ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def real_build(env: Env) -> dict:
     """One real build whose image URL carries a token in its query and fragment;
     it fails at the image step (nothing listens) and rolls back. Its export is
     the seed of the import cases."""
-    source = (f"http://127.0.0.1:9/pub/cirros.img?X-Amz-Signature={TOKENS['url_query']}"
-              f"#{TOKENS['url_fragment']}")
+    source = (
+        f"http://127.0.0.1:9/pub/cirros.img?X-Amz-Signature={TOKENS['url_query']}"
+        f"#{TOKENS['url_fragment']}"
+    )
     spec = env.spec()
     spec["image"] = {"source": source, "disk_format": "qcow2"}
     log = env.root / "spawn.log"
@@ -551,13 +644,13 @@ def real_build(env: Env) -> dict:
     export = env.root / "real-export.json"
     exported = env.cli("history", "export", build_id, "-o", str(export))
     assert exported.returncode == 0, exported.stderr
-    return {"build_id": build_id, "output": output + exported.stdout + exported.stderr,
-            "log": log}
+    return {"build_id": build_id, "output": output + exported.stdout + exported.stderr, "log": log}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_hostile_input_is_refused_cleanly(name: str, env: Env, real_build: dict,
-                                          libvirt_conn) -> None:  # noqa: ANN001
+def test_hostile_input_is_refused_cleanly(
+    name: str, env: Env, real_build: dict, libvirt_conn
+) -> None:
     make, words = CASES[name]
     argv = make(env)
     before = (_build_count(env.db), _db_content(env.db), _host_snapshot(env, libvirt_conn))
@@ -579,17 +672,16 @@ def test_secret_tokens_never_reach_disk_or_output(env: Env, real_build: dict) ->
     # Run every case once more in one go (they are refused), so their inputs
     # also had the chance to reach the log, then look everywhere.
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        outputs = list(pool.map(lambda fn: env.cli(*fn(env)),
-                                [make for make, _words in CASES.values()]))
+        outputs = list(
+            pool.map(lambda fn: env.cli(*fn(env)), [make for make, _words in CASES.values()])
+        )
     text = real_build["output"] + "".join(r.stdout + r.stderr for r in outputs)
     blobs = {"command output": text.encode()}
-    for path in (env.db, Path(f"{env.db}-wal"), real_build["log"],
-                 env.root / "real-export.json"):
+    for path in (env.db, Path(f"{env.db}-wal"), real_build["log"], env.root / "real-export.json"):
         if path.exists():
             blobs[str(path)] = path.read_bytes()
     for where, blob in blobs.items():
         for name, token in TOKENS.items():
             assert token.encode() not in blob, f"{name} token found in {where}"
     # The masked URL is there: the history still says where the image came from.
-    assert b"127.0.0.1:9/pub/cirros.img" in blobs[str(env.db)] + blobs.get(
-        f"{env.db}-wal", b"")
+    assert b"127.0.0.1:9/pub/cirros.img" in blobs[str(env.db)] + blobs.get(f"{env.db}-wal", b"")

@@ -56,7 +56,7 @@ class Server:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"  # one request per connection, EOF ends a body
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 server.gets[path] = server.gets.get(path, 0) + 1
                 try:
@@ -90,7 +90,7 @@ class Server:
 
             def serve_stall(self) -> None:
                 self._head(200, len(BODY))
-                self.wfile.write(BODY[:64 * 1024])
+                self.wfile.write(BODY[: 64 * 1024])
                 self.wfile.flush()
                 server.release.wait(30)
 
@@ -135,9 +135,28 @@ def server() -> Iterator[Server]:
 def certificate(tmp_path: Path) -> tuple[str, str]:
     """A self-signed certificate for IP 127.0.0.1 (cert file, key file)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(cert), str(key)
 
 
@@ -150,14 +169,18 @@ def tls_server(certificate) -> Iterator[Server]:
 
 def cache_for(tmp_path: Path, *prefixes: str, **policy) -> ImageCache:
     limits = policy.pop("limits", FetchLimits(stall_timeout=5, retries=0))
-    return ImageCache(str(tmp_path / "_base"), str(tmp_path / "locks"),
-                      CachePolicy(allowed=AllowedSources(list(prefixes)), limits=limits,
-                                  **policy))
+    return ImageCache(
+        str(tmp_path / "_base"),
+        str(tmp_path / "locks"),
+        CachePolicy(allowed=AllowedSources(list(prefixes)), limits=limits, **policy),
+    )
 
 
 def no_part(cache: ImageCache) -> None:
-    assert not os.path.isdir(cache.base_dir) or \
-        [n for n in os.listdir(cache.base_dir) if n.endswith(".part")] == []
+    assert (
+        not os.path.isdir(cache.base_dir)
+        or [n for n in os.listdir(cache.base_dir) if n.endswith(".part")] == []
+    )
 
 
 def test_plain_fetch_and_content_addressed_reuse(tmp_path, server):
@@ -170,8 +193,7 @@ def test_plain_fetch_and_content_addressed_reuse(tmp_path, server):
 
 
 def test_content_length_shorter_than_body_is_retried_then_fails(tmp_path, server):
-    cache = cache_for(tmp_path, server.base + "/",
-                      limits=FetchLimits(stall_timeout=5, retries=2))
+    cache = cache_for(tmp_path, server.base + "/", limits=FetchLimits(stall_timeout=5, retries=2))
     with pytest.raises(ImageUnreachable, match=r"/short'.*after 3 attempts"):
         cache.fetch(server.base + "/short", None, "raw")
     assert server.gets["/short"] == 3
@@ -199,7 +221,7 @@ def test_max_size_by_content_length_and_while_streaming(tmp_path, server):
 
 
 def test_reserved_disk_space(tmp_path, server):
-    cache = cache_for(tmp_path, server.base + "/", reserved_bytes=2 ** 60)
+    cache = cache_for(tmp_path, server.base + "/", reserved_bytes=2**60)
     for path in ("/ok", "/nolength"):
         with pytest.raises(ImageError, match=r"reserved_disk_mb"):
             cache.fetch(server.base + path, None, "raw")
@@ -236,19 +258,23 @@ def test_stall_timeout(tmp_path, server):
 
 
 def test_fetch_timeout(tmp_path, server):
-    cache = cache_for(tmp_path, server.base + "/",
-                      limits=FetchLimits(stall_timeout=60, fetch_timeout=1))
+    cache = cache_for(
+        tmp_path, server.base + "/", limits=FetchLimits(stall_timeout=60, fetch_timeout=1)
+    )
     with pytest.raises(ImageUnreachable, match=r"fetch_timeout"):
         cache.fetch(server.base + "/stall", None, "raw")
     no_part(cache)
 
 
-@pytest.mark.parametrize("target", [
-    "http://127.0.0.2:{port}/allowed/ok",          # another loopback address
-    "{base}/elsewhere/ok",                         # outside the allowed prefixes
-    "http://169.254.169.254/latest/meta-data/?token=s3cret",
-    "http://localhost:{port}/allowed/ok",          # another spelling of the host
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{port}/allowed/ok",  # another loopback address
+        "{base}/elsewhere/ok",  # outside the allowed prefixes
+        "http://169.254.169.254/latest/meta-data/?token=s3cret",
+        "http://localhost:{port}/allowed/ok",  # another spelling of the host
+    ],
+)
 def test_redirect_to_refused_location(tmp_path, server, target):
     port = server.base.rsplit(":", 1)[1]
     server.redirects["/redirect"] = target.format(port=port, base=server.base)
@@ -287,24 +313,29 @@ def test_loopback_not_named_is_refused_before_connecting(tmp_path, server):
     assert server.gets == {"/ok": 1}
 
 
-def test_self_signed_certificate_refused_then_accepted_with_ca_file(tmp_path, tls_server,
-                                                                     certificate):
-    cache = cache_for(tmp_path, tls_server.base + "/",
-                      limits=FetchLimits(stall_timeout=5, retries=2))
+def test_self_signed_certificate_refused_then_accepted_with_ca_file(
+    tmp_path, tls_server, certificate
+):
+    cache = cache_for(
+        tmp_path, tls_server.base + "/", limits=FetchLimits(stall_timeout=5, retries=2)
+    )
     with pytest.raises(ImageUnreachable, match="TLS verification failed.*certif"):
         cache.fetch(tls_server.base + "/ok?token=s3cret", None, "raw")
     assert tls_server.gets == {}  # never retried, never served
-    trusted = cache_for(tmp_path, tls_server.base + "/",
-                        limits=FetchLimits(stall_timeout=5, ca_file=certificate[0]))
+    trusted = cache_for(
+        tmp_path, tls_server.base + "/", limits=FetchLimits(stall_timeout=5, ca_file=certificate[0])
+    )
     assert trusted.fetch(tls_server.base + "/ok", _sha(BODY), "raw").downloaded
     no_part(trusted)
 
 
-def test_cancel_through_the_agent_rolls_back_within_seconds(real_conf, server, tmp_path,
-                                                            qcow2_image, cleanup):
+def test_cancel_through_the_agent_rolls_back_within_seconds(
+    real_conf, server, tmp_path, qcow2_image, cleanup
+):
     conf = real_conf(images={"allowed_sources": f"{tmp_path},{server.base}/"})
-    spec = dict(make_spec(qcow2_image), image={"source": server.base + "/stall",
-                                               "disk_format": "raw"})
+    spec = dict(
+        make_spec(qcow2_image), image={"source": server.base + "/stall", "disk_format": "raw"}
+    )
     cleanup.append(spec["instance"]["uuid"])
     with Agent(conf) as agent:
         build_id = agent.start_build(spec)

@@ -23,7 +23,7 @@ TABLES = ("builds", "events", "logbooks", "flowdetails", "atomdetails")
 
 
 @pytest.fixture
-def pg(postgres_url):  # noqa: ANN001, ANN201
+def pg(postgres_url):
     url = fresh_pg_database(postgres_url)
     yield url
     drop_pg_database(url)
@@ -33,8 +33,10 @@ def rows(url: str) -> dict[str, set[str]]:
     """Every row of every table (as text, so JSON columns compare too)."""
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        found = {table: {str(tuple(r)) for r in conn.execute(sa.text(f"select * from {table}"))}
-                 for table in TABLES}
+        found = {
+            table: {str(tuple(r)) for r in conn.execute(sa.text(f"select * from {table}"))}
+            for table in TABLES
+        }
     engine.dispose()
     return found
 
@@ -55,8 +57,9 @@ def test_import_into_postgresql_adds_only_its_build(pg, tmp_path):
         log.close()
     engine = sa.create_engine(pg)
     with engine.connect() as conn:
-        victim_atom = conn.execute(sa.text("select uuid from atomdetails where book_uuid = :b "
-                                           "limit 1"), {"b": victim}).scalar_one()
+        victim_atom = conn.execute(
+            sa.text("select uuid from atomdetails where book_uuid = :b limit 1"), {"b": victim}
+        ).scalar_one()
     engine.dispose()
     own_atom = next(e["subject"] for e in doc["events"] if e["kind"] == "atom")
     before = rows(pg)

@@ -25,7 +25,7 @@ ROUNDS = 3  # three instances, one after the other: three chances for a race to 
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path, postgres_url):  # noqa: ANN001, ANN201
+def db_url(request, tmp_path, postgres_url):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/race.sqlite"
         return
@@ -34,7 +34,7 @@ def db_url(request, tmp_path, postgres_url):  # noqa: ANN001, ANN201
     drop_pg_database(url)
 
 
-def start(url: str, spec: dict, barrier, results) -> None:  # noqa: ANN001
+def start(url: str, spec: dict, barrier, results) -> None:
     """One process: open the log, wait for the others, queue the build."""
     from spawnflow.engine.agent import queue_build
     from spawnflow.flows.spec import parse_spec
@@ -60,8 +60,10 @@ def test_concurrent_starts_of_one_instance_give_one_build(db_url, tmp_path: Path
         spec = make_spec(tmp_path / "image.qcow2")
         barrier = ctx.Barrier(PROCESSES)
         results = ctx.Queue()
-        workers = [ctx.Process(target=start, args=(db_url, spec, barrier, results))
-                   for _ in range(PROCESSES)]
+        workers = [
+            ctx.Process(target=start, args=(db_url, spec, barrier, results))
+            for _ in range(PROCESSES)
+        ]
         for worker in workers:
             worker.start()
         answers = [results.get(timeout=120) for _ in workers]
@@ -78,8 +80,7 @@ def test_concurrent_starts_of_one_instance_give_one_build(db_url, tmp_path: Path
             builds = log.builds(instance_uuid=spec["instance"]["uuid"])
             assert [b.build_id for b in builds] == list(ids)
             assert [b.state for b in builds] == [lifecycle.QUEUED]
-            assert len(log.builds(instance_uuid=spec["instance"]["uuid"],
-                                  states=unfinished)) == 1
+            assert len(log.builds(instance_uuid=spec["instance"]["uuid"], states=unfinished)) == 1
         finally:
             log.close()
 
@@ -97,9 +98,20 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance(db_url):
         command.upgrade(schema._alembic_config(conn), "0004")
     with engine.begin() as conn:
         for build_id, state in [("dup-1", "INTERRUPTED"), ("dup-2", "REVERTING")]:
-            conn.execute(sa.insert(t.builds).values(
-                build_id=build_id, instance_uuid="inst-a", instance_name="vm", host="cmp1",
-                state=state, created_at=1.0, updated_at=1.0, spec={}, error=None, last_seq=0))
+            conn.execute(
+                sa.insert(t.builds).values(
+                    build_id=build_id,
+                    instance_uuid="inst-a",
+                    instance_name="vm",
+                    host="cmp1",
+                    state=state,
+                    created_at=1.0,
+                    updated_at=1.0,
+                    spec={},
+                    error=None,
+                    last_seq=0,
+                )
+            )
     engine.dispose()
     with pytest.raises(SchemaError, match="dup-1 INTERRUPTED on host cmp1.*dup-2 REVERTING"):
         EventLog.open(db_url)
@@ -107,6 +119,7 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance(db_url):
     try:
         assert schema.current_revision(engine) == "0004"
         assert "ux_builds_unfinished_instance" not in {
-            i["name"] for i in sa.inspect(engine).get_indexes("builds")}
+            i["name"] for i in sa.inspect(engine).get_indexes("builds")
+        }
     finally:
         engine.dispose()

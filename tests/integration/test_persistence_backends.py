@@ -90,16 +90,20 @@ def run_flows(url: str, count: int, fail_every: int = 3) -> None:
         steps = [Step(name=f"s{j}") for j in range(4)]
         if i % fail_every == 0:
             steps.append(Fails(name="last"))
-        engine = taskflow.engines.load(linear_flow.Flow("f").add(*steps), book=book,
-                                       flow_detail=flow_detail, backend=backend,
-                                       engine="serial")
+        engine = taskflow.engines.load(
+            linear_flow.Flow("f").add(*steps),
+            book=book,
+            flow_detail=flow_detail,
+            backend=backend,
+            engine="serial",
+        )
         with contextlib.suppress(RuntimeError):
             engine.run()
     backend.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path, postgres_url):  # noqa: ANN001, ANN201
+def db_url(request, tmp_path, postgres_url):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/concurrent.sqlite"
         return
@@ -120,8 +124,9 @@ def check_log(url: str, books: int) -> None:
             # Within one build, later events never carry earlier times.
             assert ts >= last.get(build_id, 0.0)
             last[build_id] = ts
-        states = dict(conn.execute(sa.text(
-            "select state, count(*) from flowdetails group by state")).all())
+        states = dict(
+            conn.execute(sa.text("select state, count(*) from flowdetails group by state")).all()
+        )
     assert set(states) <= {"SUCCESS", "REVERTED"}
     backend.close()
 

@@ -55,11 +55,12 @@ STEPS = step_names()
 
 # -- harness ------------------------------------------------------------------------------
 
+
 class _ImageHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)
         super().do_GET()
 
@@ -70,10 +71,12 @@ def image_server(tmp_path: Path) -> Iterator[tuple[Path, str, list[str]]]:
     root = tmp_path / "www"
     root.mkdir()
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_ImageHandler, directory=str(root)))
+        ("127.0.0.1", 0), functools.partial(_ImageHandler, directory=str(root))
+    )
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="image-server",
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="image-server", daemon=True
+    )
     thread.start()
     try:
         yield root, f"http://127.0.0.1:{server.server_address[1]}", server.requests
@@ -103,14 +106,17 @@ def assert_valid_domain_xml(xml: str, where: Path) -> None:
     assert proc.returncode == 0, f"{where} fails virt-xml-validate:\n{proc.stdout}{proc.stderr}"
 
 
-def recorded_results(conf, build_id: str) -> dict[str, Any]:  # noqa: ANN001
+def recorded_results(conf, build_id: str) -> dict[str, Any]:
     """Each step's result as recorded when it succeeded (from the history events)."""
     found: dict[str, Any] = {}
     with History.open(spawnflow.conf.database_url(conf)) as history:
         for event in history.events(build_id):
             changes = (event.payload or {}).get("set", {})
-            if event.kind == ATOM and event.to_state == "SUCCESS" and \
-                    changes.get("results") is not None:
+            if (
+                event.kind == ATOM
+                and event.to_state == "SUCCESS"
+                and changes.get("results") is not None
+            ):
                 found[event.name] = changes["results"]
     return found
 
@@ -130,8 +136,12 @@ def every_generated_xml_is_valid(tmp_path: Path) -> Iterator[None]:
     with History.open("sqlite:///" + str(database)) as history:
         for row in history.builds(limit=1000):
             for event in history.events(row.build_id):
-                if event.kind == ATOM and event.name == "domain_xml" and \
-                        event.to_state == "SUCCESS" and event.from_state == "RUNNING":
+                if (
+                    event.kind == ATOM
+                    and event.name == "domain_xml"
+                    and event.to_state == "SUCCESS"
+                    and event.from_state == "RUNNING"
+                ):
                     xml = event.payload["set"]["results"]
                     assert isinstance(xml, str) and xml.startswith("<domain"), event
                     xmls.append(xml)
@@ -139,8 +149,7 @@ def every_generated_xml_is_valid(tmp_path: Path) -> Iterator[None]:
         assert_valid_domain_xml(xml, tmp_path / f"generated-{index}.xml")
 
 
-def assert_rolled_back(conf, outcome, failed_step: str, error_type: str,  # noqa: ANN001
-                       *texts: str):  # noqa: ANN201
+def assert_rolled_back(conf, outcome, failed_step: str, error_type: str, *texts: str):
     """The build rolled back because ``failed_step`` raised ``error_type``; all before REVERTED."""
     assert outcome.state == "ROLLED_BACK", outcome
     assert outcome.error.startswith(f"{error_type}: "), outcome.error
@@ -148,37 +157,46 @@ def assert_rolled_back(conf, outcome, failed_step: str, error_type: str,  # noqa
         assert text in outcome.error, (text, outcome.error)
     build = history_of(conf, outcome.build_id)
     assert (build.state, build.error) == ("ROLLED_BACK", outcome.error)
-    assert [t.to_state for t in build.lifecycle] == ["QUEUED", "RUNNING", "REVERTING",
-                                                     "ROLLED_BACK"]
+    assert [t.to_state for t in build.lifecycle] == [
+        "QUEUED",
+        "RUNNING",
+        "REVERTING",
+        "ROLLED_BACK",
+    ]
     assert build.failed_step == failed_step
     steps = {s.name: s for s in build.steps}
     failed = STEPS.index(failed_step)
     assert {name: steps[name].state for name in STEPS} == {
-        name: "REVERTED" if i <= failed else "PENDING" for i, name in enumerate(STEPS)}
+        name: "REVERTED" if i <= failed else "PENDING" for i, name in enumerate(STEPS)
+    }
     assert steps[failed_step].error == outcome.error
     assert all(steps[name].error is None for name in STEPS if name != failed_step)
-    for name in STEPS[:failed + 1]:
+    for name in STEPS[: failed + 1]:
         step = steps[name]
         assert step.attempts == 1 and step.revert_ended_at is not None, step
         assert step.revert_started_at >= steps[failed_step].ended_at, step
     return build
 
 
-def assert_no_leaks(conf, spec: dict, libvirt_conn) -> None:  # noqa: ANN001
+def assert_no_leaks(conf, spec: dict, libvirt_conn) -> None:
     instances = Path(spawnflow.conf.instances_path(conf))
     taps = [vif.tap_name(port["id"]) for port in spec.get("vifs", [])]
     assert leaks(libvirt_conn, spec["instance"]["uuid"], instances, taps=taps) == []
 
 
-def assert_running(libvirt_conn, spec: dict, tmp_path: Path) -> libvirt.virDomain:  # noqa: ANN001
+def assert_running(libvirt_conn, spec: dict, tmp_path: Path) -> libvirt.virDomain:
     dom = libvirt_conn.lookupByUUIDString(spec["instance"]["uuid"])
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     assert_valid_domain_xml(dom.XMLDesc(0), tmp_path / "live.xml")
     return dom
 
 
-def run(conf, spec: dict, progress: Callable | None = None,  # noqa: ANN001, ANN201
-        events: Callable[[Agent], None] | None = None):
+def run(
+    conf,
+    spec: dict,
+    progress: Callable | None = None,
+    events: Callable[[Agent], None] | None = None,
+):
     """Start a build, let ``events(agent)`` deliver events, wait for its outcome."""
     with Agent(conf, progress=progress) as agent:
         build_id = agent.start_build(spec)
@@ -202,7 +220,7 @@ def at_step(step: str, state: str, action: Callable[[], None]) -> tuple[Callable
             done.set()
             try:
                 action()
-            except BaseException as exc:  # noqa: BLE001 - reported by the test
+            except BaseException as exc:
                 errors.append(exc)
 
     progress.done = done
@@ -215,8 +233,13 @@ def luks_volume(tmp_path: Path, device: str = "vdb") -> dict:
     os.chmod(key, 0o600)
     path = tmp_path / f"{device}.luks"
     qemu_img.create_luks(str(path), 16 * 1024 * 1024, str(key), iter_time_ms=10)
-    return {"id": new_uuid(), "driver": "local", "path": str(path), "device": device,
-            "encryption": {"format": "luks", "key_file": str(key)}}
+    return {
+        "id": new_uuid(),
+        "driver": "local",
+        "path": str(path),
+        "device": device,
+        "encryption": {"format": "luks", "key_file": str(key)},
+    }
 
 
 def raw_volume(tmp_path: Path, device: str = "vdb") -> dict:
@@ -227,9 +250,11 @@ def raw_volume(tmp_path: Path, device: str = "vdb") -> dict:
 
 # -- 1-3: the image over http -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("with_checksum", [False, True], ids=["no-checksum", "sha256"])
-def test_image_over_http_goes_active(real_conf, qcow2_image, image_server, libvirt_conn,
-                                     cleanup, tmp_path, with_checksum):
+def test_image_over_http_goes_active(
+    real_conf, qcow2_image, image_server, libvirt_conn, cleanup, tmp_path, with_checksum
+):
     root, url, requests = image_server
     shutil.copy(qcow2_image, root / "cirros.qcow2")
     image = {"source": f"{url}/cirros.qcow2", "disk_format": "qcow2"}
@@ -256,8 +281,9 @@ def test_image_over_http_goes_active(real_conf, qcow2_image, image_server, libvi
 
 
 @pytest.mark.parametrize("where", ["http-404", "closed-port"])
-def test_image_unreachable_rolls_back(real_conf, qcow2_image, image_server, libvirt_conn,
-                                      cleanup, where):
+def test_image_unreachable_rolls_back(
+    real_conf, qcow2_image, image_server, libvirt_conn, cleanup, where
+):
     _root, url, requests = image_server
     if where == "http-404":
         source, text = f"{url}/missing.qcow2", "HTTP 404"
@@ -276,22 +302,33 @@ def test_image_unreachable_rolls_back(real_conf, qcow2_image, image_server, libv
     assert not base.exists() or list(base.iterdir()) == []
 
 
-def test_image_checksum_mismatch_over_http_leaves_no_part(real_conf, qcow2_image, image_server,
-                                                          libvirt_conn, cleanup):
+def test_image_checksum_mismatch_over_http_leaves_no_part(
+    real_conf, qcow2_image, image_server, libvirt_conn, cleanup
+):
     root, url, requests = image_server
     shutil.copy(qcow2_image, root / "cirros.qcow2")
     wrong = hashlib.sha256(b"another image").hexdigest()
     conf = real_conf(images={"allowed_sources": f"{url}/"})
-    spec = dict(make_spec(qcow2_image), image={"source": f"{url}/cirros.qcow2",
-                                               "checksum": f"sha256:{wrong}",
-                                               "disk_format": "qcow2"})
+    spec = dict(
+        make_spec(qcow2_image),
+        image={
+            "source": f"{url}/cirros.qcow2",
+            "checksum": f"sha256:{wrong}",
+            "disk_format": "qcow2",
+        },
+    )
     cleanup.append(spec["instance"]["uuid"])
 
     outcome = run(conf, spec)
 
-    assert_rolled_back(conf, outcome, "image", "ImageChecksumMismatch",
-                       f"has sha256 {sha256_of(qcow2_image)}",
-                       f"but the spec expects sha256 {wrong}")
+    assert_rolled_back(
+        conf,
+        outcome,
+        "image",
+        "ImageChecksumMismatch",
+        f"has sha256 {sha256_of(qcow2_image)}",
+        f"but the spec expects sha256 {wrong}",
+    )
     assert requests == ["/cirros.qcow2"]  # it was downloaded, then refused
     assert_no_leaks(conf, spec, libvirt_conn)
     base = Path(spawnflow.conf.instances_path(conf)) / "_base"
@@ -310,8 +347,9 @@ FOREIGN_DOMAIN = """<domain type='qemu'>
 
 
 @pytest.mark.parametrize("clash", ["same-name", "same-uuid"])
-def test_domain_step_fails_and_leaves_another_domain_untouched(real_conf, qcow2_image,
-                                                               libvirt_conn, cleanup, clash):
+def test_domain_step_fails_and_leaves_another_domain_untouched(
+    real_conf, qcow2_image, libvirt_conn, cleanup, clash
+):
     """same-name: defineXML fails (the name ``instance-<uuid>`` is held by another uuid);
     same-uuid: the step refuses to adopt a domain this build did not define."""
     conf = real_conf()
@@ -324,8 +362,10 @@ def test_domain_step_fails_and_leaves_another_domain_untouched(real_conf, qcow2_
         texts = ("defineXML failed", name, foreign_uuid)
     else:
         name, foreign_uuid = "sf-foreign-" + instance[:8], instance
-        texts = (f"a domain with uuid {instance} already exists and was not defined by this "
-                 "build; refusing to touch it",)
+        texts = (
+            f"a domain with uuid {instance} already exists and was not defined by this "
+            "build; refusing to touch it",
+        )
     foreign = libvirt_conn.defineXML(FOREIGN_DOMAIN.format(name=name, uuid=foreign_uuid))
     before = foreign.XMLDesc(0)
 
@@ -333,8 +373,9 @@ def test_domain_step_fails_and_leaves_another_domain_untouched(real_conf, qcow2_
 
     assert_rolled_back(conf, outcome, "domain_create", "DomainError", *texts)
     instances = Path(spawnflow.conf.instances_path(conf))
-    assert leaks(libvirt_conn, instance, instances) == \
-        ([] if clash == "same-name" else [f"domain {instance}"])  # only the other one
+    assert leaks(libvirt_conn, instance, instances) == (
+        [] if clash == "same-name" else [f"domain {instance}"]
+    )  # only the other one
     still = libvirt_conn.lookupByName(name)
     assert (still.UUIDString(), still.isActive(), still.isPersistent()) == (foreign_uuid, 0, 1)
     assert still.XMLDesc(0) == before
@@ -343,12 +384,15 @@ def test_domain_step_fails_and_leaves_another_domain_untouched(real_conf, qcow2_
 @contextlib.contextmanager
 def held_open_by_another_process(path: str) -> Iterator[None]:
     """``qemu-io`` keeps ``path`` open read-write (with QEMU's image locks) meanwhile."""
-    holder = subprocess.Popen(["qemu-io", "-f", "raw", path], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        ["qemu-io", "-f", "raw", path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
-        while not any(os.path.realpath(fd) == path
-                      for fd in glob.glob(f"/proc/{holder.pid}/fd/*")):
+        while not any(os.path.realpath(fd) == path for fd in glob.glob(f"/proc/{holder.pid}/fd/*")):
             assert holder.poll() is None and time.monotonic() < deadline, "qemu-io did not start"
             time.sleep(0.05)
         yield
@@ -357,8 +401,9 @@ def held_open_by_another_process(path: str) -> Iterator[None]:
         holder.wait(10)
 
 
-def test_start_fails_when_another_process_holds_the_volume(real_conf, qcow2_image, tmp_path,
-                                                           linux_bridge, libvirt_conn, cleanup):
+def test_start_fails_when_another_process_holds_the_volume(
+    real_conf, qcow2_image, tmp_path, linux_bridge, libvirt_conn, cleanup
+):
     """A real reason QEMU refuses to start: another process has the volume open for writing
     (QEMU's image lock). libvirt made the bridge port's tap before launching QEMU; the
     rollback leaves none of it behind, and the shared bridge stays."""
@@ -371,15 +416,22 @@ def test_start_fails_when_another_process_holds_the_volume(real_conf, qcow2_imag
     with held_open_by_another_process(volume["path"]):
         outcome = run(conf, spec)
 
-    assert_rolled_back(conf, outcome, "domain_create", "DomainError",
-                       f"starting domain {spec['instance']['uuid']} failed",
-                       'Failed to get shared "write" lock', volume["path"])
+    assert_rolled_back(
+        conf,
+        outcome,
+        "domain_create",
+        "DomainError",
+        f"starting domain {spec['instance']['uuid']} failed",
+        'Failed to get shared "write" lock',
+        volume["path"],
+    )
     assert_no_leaks(conf, spec, libvirt_conn)
     assert vif.tap_exists(linux_bridge)  # the shared bridge stays
 
 
-def test_start_fails_when_the_volume_vanishes_after_the_xml(real_conf, qcow2_image, tmp_path,
-                                                            libvirt_conn, cleanup):
+def test_start_fails_when_the_volume_vanishes_after_the_xml(
+    real_conf, qcow2_image, tmp_path, libvirt_conn, cleanup
+):
     """The harness deletes the volume file once the XML is made: QEMU cannot open it."""
     volume = raw_volume(tmp_path)
     conf = real_conf()
@@ -390,14 +442,21 @@ def test_start_fails_when_the_volume_vanishes_after_the_xml(real_conf, qcow2_ima
     outcome = run(conf, spec, progress=progress)
 
     assert progress.done.is_set() and errors == []
-    assert_rolled_back(conf, outcome, "domain_create", "DomainError",
-                       f"starting domain {spec['instance']['uuid']} failed", volume["path"])
+    assert_rolled_back(
+        conf,
+        outcome,
+        "domain_create",
+        "DomainError",
+        f"starting domain {spec['instance']['uuid']} failed",
+        volume["path"],
+    )
     assert_no_leaks(conf, spec, libvirt_conn)
 
 
 @pytest.mark.parametrize("fault", ["xen-bus-volume", "multicast-mac"])
-def test_xml_fails_after_volumes_and_secrets(real_conf, qcow2_image, tmp_path, libvirt_conn,
-                                             cleanup, monkeypatch, fault):
+def test_xml_fails_after_volumes_and_secrets(
+    real_conf, qcow2_image, tmp_path, libvirt_conn, cleanup, monkeypatch, fault
+):
     """The XML layer refuses a device after a LUKS volume was connected and its libvirt
     secret defined.
 
@@ -413,15 +472,22 @@ def test_xml_fails_after_volumes_and_secrets(real_conf, qcow2_image, tmp_path, l
     cleanup.append(spec["instance"]["uuid"])
     secret_defined = []
     usage = f"spawnflow/{spec['instance']['uuid']}/{volume['id']}/"
-    progress, errors = at_step("encryptor", "SUCCESS", lambda: secret_defined.append(
-        any((s.usageID() or "").startswith(usage) for s in libvirt_conn.listAllSecrets())))
+    progress, errors = at_step(
+        "encryptor",
+        "SUCCESS",
+        lambda: secret_defined.append(
+            any((s.usageID() or "").startswith(usage) for s in libvirt_conn.listAllSecrets())
+        ),
+    )
     multicast = "01:00:5e:00:00:05"
     real_execute = BuildDomainXmlTask.execute
 
-    def execute(self, disk_info, image, volumes, volume_secrets):  # noqa: ANN001, ANN202
+    def execute(self, disk_info, image, volumes, volume_secrets):
         if fault == "xen-bus-volume":
-            disk_info = {**disk_info,
-                         volume["id"]: {**disk_info[volume["id"]], "dev": "xvdb", "bus": "xen"}}
+            disk_info = {
+                **disk_info,
+                volume["id"]: {**disk_info[volume["id"]], "dev": "xvdb", "bus": "xen"},
+            }
         else:
             spec = self.ctx.spec
             port = spec.vifs[0].model_copy(update={"mac": multicast})
@@ -434,32 +500,45 @@ def test_xml_fails_after_volumes_and_secrets(real_conf, qcow2_image, tmp_path, l
 
     assert errors == [] and secret_defined == [True]
     if fault == "xen-bus-volume":
-        assert_rolled_back(conf, outcome, "domain_xml", "VolumeError",
-                           f"volume {volume['id']}: cannot describe the guest disk",
-                           "GuestDisk.target_bus: 'xen' is not one of")
+        assert_rolled_back(
+            conf,
+            outcome,
+            "domain_xml",
+            "VolumeError",
+            f"volume {volume['id']}: cannot describe the guest disk",
+            "GuestDisk.target_bus: 'xen' is not one of",
+        )
     else:
-        assert_rolled_back(conf, outcome, "domain_xml", "VifError",
-                           f"{multicast}' is a multicast address")
+        assert_rolled_back(
+            conf, outcome, "domain_xml", "VifError", f"{multicast}' is a multicast address"
+        )
     assert_no_leaks(conf, spec, libvirt_conn)
     assert Path(volume["path"]).exists()  # a local volume is never ours to delete
 
 
 # -- 7-8: boot timeout, VIF events --------------------------------------------------------
 
+
 def test_boot_timeout_destroys_and_undefines(real_conf, qcow2_image, libvirt_conn, cleanup):
     conf = real_conf(libvirt={"boot_timeout": 1})
     spec = make_spec(qcow2_image)
     cleanup.append(spec["instance"]["uuid"])
     progress, errors = at_step(
-        "resume", "SUCCESS",
-        lambda: libvirt_conn.lookupByUUIDString(spec["instance"]["uuid"]).suspend())
+        "resume",
+        "SUCCESS",
+        lambda: libvirt_conn.lookupByUUIDString(spec["instance"]["uuid"]).suspend(),
+    )
 
     outcome = run(conf, spec, progress=progress)
 
     assert progress.done.is_set() and errors == []
-    build = assert_rolled_back(conf, outcome, "wait_for_boot", "BootTimeout",
-                               f"domain {spec['instance']['uuid']} still paused after "
-                               "boot_timeout=1s")
+    build = assert_rolled_back(
+        conf,
+        outcome,
+        "wait_for_boot",
+        "BootTimeout",
+        f"domain {spec['instance']['uuid']} still paused after boot_timeout=1s",
+    )
     assert next(s for s in build.steps if s.name == "wait_for_boot").duration >= 1
     assert_no_leaks(conf, spec, libvirt_conn)
     # Neither persistent nor left running as a transient domain.
@@ -473,23 +552,37 @@ def test_failed_vif_event_is_fatal(real_conf, qcow2_image, linux_bridge, libvirt
     spec = make_spec(qcow2_image, vifs=[port])
     cleanup.append(spec["instance"]["uuid"])
 
-    outcome = run(conf, spec, events=lambda agent: agent.deliver_event(
-        spec["instance"]["uuid"], "network-vif-plugged", port["id"], status="failed"))
+    outcome = run(
+        conf,
+        spec,
+        events=lambda agent: agent.deliver_event(
+            spec["instance"]["uuid"], "network-vif-plugged", port["id"], status="failed"
+        ),
+    )
 
-    assert_rolled_back(conf, outcome, "resume", "VifPlugFailed",
-                       f"network-vif-plugged reported failed for port(s) {port['id']}")
+    assert_rolled_back(
+        conf,
+        outcome,
+        "resume",
+        "VifPlugFailed",
+        f"network-vif-plugged reported failed for port(s) {port['id']}",
+    )
     assert_no_leaks(conf, spec, libvirt_conn)
 
 
-def test_vif_timeout_not_fatal_goes_active(real_conf, qcow2_image, linux_bridge, libvirt_conn,
-                                           cleanup, tmp_path):
+def test_vif_timeout_not_fatal_goes_active(
+    real_conf, qcow2_image, linux_bridge, libvirt_conn, cleanup, tmp_path
+):
     conf = real_conf(network={"vif_plugging_timeout": 1, "vif_plugging_is_fatal": False})
     port = bridge_vif(linux_bridge, active=False)
     spec = make_spec(qcow2_image, vifs=[port])
     cleanup.append(spec["instance"]["uuid"])
     paused = []
-    progress, _ = at_step("resume", "RUNNING", lambda: paused.append(
-        libvirt_conn.lookupByUUIDString(spec["instance"]["uuid"]).state()[0]))
+    progress, _ = at_step(
+        "resume",
+        "RUNNING",
+        lambda: paused.append(libvirt_conn.lookupByUUIDString(spec["instance"]["uuid"]).state()[0]),
+    )
 
     outcome = run(conf, spec, progress=progress)
 
@@ -506,6 +599,7 @@ def test_vif_timeout_not_fatal_goes_active(real_conf, qcow2_image, linux_bridge,
 
 # -- 9: tap VIFs --------------------------------------------------------------------------
 
+
 def _tun_fds_of_qemu(dom: libvirt.virDomain) -> list[str]:
     """Interface names of the tun/tap fds the domain's QEMU process holds open."""
     pid = int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text())
@@ -515,8 +609,9 @@ def _tun_fds_of_qemu(dom: libvirt.virDomain) -> list[str]:
             text = fdinfo.read_text()
         except OSError:
             continue  # closed meanwhile
-        names += [line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("iff:")]
+        names += [
+            line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("iff:")
+        ]
     return names
 
 
@@ -536,21 +631,30 @@ def test_tap_vif_goes_active_on_our_tap(real_conf, qcow2_image, libvirt_conn, cl
     assert iface.get("type") == "ethernet"
     assert iface.find("target").attrib == {"dev": tap, "managed": "no"}
     assert iface.find("mac").get("address") == port["mac"]
-    assert iface.find("filterref").get("filter") == \
-        filter_name(instance, port["mac"], outcome.build_id) == \
-        f"spawnflow-{instance}-{port['mac'].replace(':', '')}-{outcome.build_id}"
+    assert (
+        iface.find("filterref").get("filter")
+        == filter_name(instance, port["mac"], outcome.build_id)
+        == f"spawnflow-{instance}-{port['mac'].replace(':', '')}-{outcome.build_id}"
+    )
     assert _tun_fds_of_qemu(dom) == [tap]  # the guest's NIC is our tap
     assert dom.interfaceStats(tap) is not None
     alias = Path(f"/sys/class/net/{tap}/ifalias").read_text().strip()
-    assert alias == vif.tap_alias(instance, port["id"], outcome.build_id) == \
-        f"spawnflow:{instance}:{port['id']}:{outcome.build_id}"
+    assert (
+        alias
+        == vif.tap_alias(instance, port["id"], outcome.build_id)
+        == f"spawnflow:{instance}:{port['id']}:{outcome.build_id}"
+    )
     # The leak check sees every kind of thing a build leaves while it is alive.
     instances = Path(spawnflow.conf.instances_path(conf))
     nwfilter = iface.find("filterref").get("filter")
     assert leaks(libvirt_conn, instance, instances, taps=[tap]) == [
-        f"domain {instance}", f"instance dir {instances / instance}", f"tap {tap}",
+        f"domain {instance}",
+        f"instance dir {instances / instance}",
+        f"tap {tap}",
         f"secret {secrets.usage_id(instance, spec['volumes'][0]['id'], outcome.build_id)}",
-        f"nwfilter {nwfilter}", f"nwfilter binding {tap} -> {nwfilter}"]
+        f"nwfilter {nwfilter}",
+        f"nwfilter binding {tap} -> {nwfilter}",
+    ]
 
 
 @pytest.fixture
@@ -568,8 +672,9 @@ def not_a_bridge() -> Iterator[str]:
                 ipr.link("del", index=index)
 
 
-def test_tap_vif_rollback_removes_the_tap(real_conf, qcow2_image, not_a_bridge, libvirt_conn,
-                                          cleanup):
+def test_tap_vif_rollback_removes_the_tap(
+    real_conf, qcow2_image, not_a_bridge, libvirt_conn, cleanup
+):
     """The first port's tap is made, then the second port's bridge turns out to be a tap
     device: the failed step's own revert (no result recorded) finds the tap by its alias
     and removes it, and leaves the device it did not make alone."""
@@ -578,40 +683,60 @@ def test_tap_vif_rollback_removes_the_tap(real_conf, qcow2_image, not_a_bridge, 
     spec = make_spec(qcow2_image, vifs=[port, bridge_vif(not_a_bridge)])
     cleanup.append(spec["instance"]["uuid"])
     seen = []
-    progress, _ = at_step("vifs", "FAILURE",
-                          lambda: seen.append(vif.tap_exists(vif.tap_name(port["id"]))))
+    progress, _ = at_step(
+        "vifs", "FAILURE", lambda: seen.append(vif.tap_exists(vif.tap_name(port["id"])))
+    )
 
     outcome = run(conf, spec, progress=progress)
 
     assert seen == [True]  # the tap existed when the step failed
-    assert_rolled_back(conf, outcome, "vifs", "VifError",
-                       f"device {not_a_bridge!r} exists but is a tun device, not a bridge")
+    assert_rolled_back(
+        conf,
+        outcome,
+        "vifs",
+        "VifError",
+        f"device {not_a_bridge!r} exists but is a tun device, not a bridge",
+    )
     assert_no_leaks(conf, spec, libvirt_conn)
     assert vif.tap_exists(not_a_bridge)
 
 
 # -- 10: revert twice ---------------------------------------------------------------------
 
-def test_reverting_a_rolled_back_build_again_is_harmless(real_conf, qcow2_image, linux_bridge,
-                                                         tmp_path, libvirt_conn, cleanup):
+
+def test_reverting_a_rolled_back_build_again_is_harmless(
+    real_conf, qcow2_image, linux_bridge, tmp_path, libvirt_conn, cleanup
+):
     """Every task's revert() runs again on the cleaned host, with and without its result."""
     conf = real_conf()
     tap_port, bridge_port = tap_vif(active=False), bridge_vif(linux_bridge, active=True)
     spec = make_spec(qcow2_image, vifs=[tap_port, bridge_port], volumes=[luks_volume(tmp_path)])
     cleanup.append(spec["instance"]["uuid"])
-    outcome = run(conf, spec, events=lambda agent: agent.deliver_event(
-        spec["instance"]["uuid"], "network-vif-plugged", tap_port["id"], status="failed"))
+    outcome = run(
+        conf,
+        spec,
+        events=lambda agent: agent.deliver_event(
+            spec["instance"]["uuid"], "network-vif-plugged", tap_port["id"], status="failed"
+        ),
+    )
     assert_rolled_back(conf, outcome, "resume", "VifPlugFailed")
     assert_no_leaks(conf, spec, libvirt_conn)
     results = recorded_results(conf, outcome.build_id)
-    assert set(results) == set(STEPS[:STEPS.index("resume")])  # all made something to revert
+    assert set(results) == set(STEPS[: STEPS.index("resume")])  # all made something to revert
 
     with History.open(spawnflow.conf.database_url(conf)) as history:
         persisted = history.events(outcome.build_id)[0].payload["spec"]  # redacted spec
     with Agent(conf) as agent:  # the host services, built the way the agent builds them
-        ctx = BuildContext(build_id=outcome.build_id, spec=parse_spec(persisted), conf=conf,
-                           host=agent.host, images=agent.images, firewall=agent.firewall,
-                           events=agent.events, instances_path=agent.instances_path)
+        ctx = BuildContext(
+            build_id=outcome.build_id,
+            spec=parse_spec(persisted),
+            conf=conf,
+            host=agent.host,
+            images=agent.images,
+            firewall=agent.firewall,
+            events=agent.events,
+            instances_path=agent.instances_path,
+        )
         tasks = list(build_spawn_flow(ctx))
         assert [t.name for t in tasks] == STEPS
         for task in reversed(tasks):
@@ -626,7 +751,8 @@ def test_reverting_a_rolled_back_build_again_is_harmless(real_conf, qcow2_image,
 
 # -- 11: an old build reverted again after a new build of the same instance --------------
 
-def _host_state_of(conn: libvirt.virConnect, conf, spec: dict, build_id: str) -> dict:  # noqa: ANN001
+
+def _host_state_of(conn: libvirt.virConnect, conf, spec: dict, build_id: str) -> dict:
     """What build ``build_id`` of ``spec`` has on the host, for before/after comparisons."""
     instance = spec["instance"]["uuid"]
     dom = conn.lookupByUUIDString(instance)
@@ -638,21 +764,29 @@ def _host_state_of(conn: libvirt.virConnect, conf, spec: dict, build_id: str) ->
         "qemu taps": sorted(_tun_fds_of_qemu(dom)),
         "dir marker": (instance_dir / ".spawnflow-build").read_text(),
         "disk": (disk.stat().st_ino, qemu_img.info(str(disk)).backing_file),
-        "taps": {tap: Path(f"/sys/class/net/{tap}/ifindex").read_text().strip()
-                 for tap in taps},
-        "tap aliases": {tap: Path(f"/sys/class/net/{tap}/ifalias").read_text().strip()
-                        for tap in taps},
-        "secrets": sorted((s.UUIDString(), s.usageID()) for s in conn.listAllSecrets()
-                          if instance in (s.usageID() or "")),
-        "filters": sorted((f.name(), f.UUIDString()) for f in conn.listAllNWFilters()
-                          if instance in f.name()),
-        "bindings": sorted((b.portDev(), b.filterName()) for b in conn.listAllNWFilterBindings()
-                           if b.portDev() in taps),
+        "taps": {tap: Path(f"/sys/class/net/{tap}/ifindex").read_text().strip() for tap in taps},
+        "tap aliases": {
+            tap: Path(f"/sys/class/net/{tap}/ifalias").read_text().strip() for tap in taps
+        },
+        "secrets": sorted(
+            (s.UUIDString(), s.usageID())
+            for s in conn.listAllSecrets()
+            if instance in (s.usageID() or "")
+        ),
+        "filters": sorted(
+            (f.name(), f.UUIDString()) for f in conn.listAllNWFilters() if instance in f.name()
+        ),
+        "bindings": sorted(
+            (b.portDev(), b.filterName())
+            for b in conn.listAllNWFilterBindings()
+            if b.portDev() in taps
+        ),
     }
 
 
 def test_reverting_an_old_build_again_leaves_a_later_build_intact(
-        real_conf, qcow2_image, linux_bridge, tmp_path, libvirt_conn, cleanup):
+    real_conf, qcow2_image, linux_bridge, tmp_path, libvirt_conn, cleanup
+):
     """Build A of an instance rolls back; build B of the same spec (same instance uuid, ports,
     MACs, volume) goes ACTIVE; then every task of A reverts again, with A's recorded results
     and without. Every revert removes only what A made: B's domain keeps running, and its
@@ -662,15 +796,23 @@ def test_reverting_an_old_build_again_leaves_a_later_build_intact(
     spec = make_spec(qcow2_image, vifs=[tap_port, bridge_port], volumes=[luks_volume(tmp_path)])
     instance = spec["instance"]["uuid"]
     cleanup.append(instance)
-    a = run(conf, spec, events=lambda agent: agent.deliver_event(
-        instance, "network-vif-plugged", tap_port["id"], status="failed"))
+    a = run(
+        conf,
+        spec,
+        events=lambda agent: agent.deliver_event(
+            instance, "network-vif-plugged", tap_port["id"], status="failed"
+        ),
+    )
     assert_rolled_back(conf, a, "resume", "VifPlugFailed")
     assert_no_leaks(conf, spec, libvirt_conn)
     a_results = recorded_results(conf, a.build_id)
-    assert set(a_results) == set(STEPS[:STEPS.index("resume")])
+    assert set(a_results) == set(STEPS[: STEPS.index("resume")])
 
-    b = run(conf, spec, events=lambda agent: agent.deliver_event(
-        instance, "network-vif-plugged", tap_port["id"]))
+    b = run(
+        conf,
+        spec,
+        events=lambda agent: agent.deliver_event(instance, "network-vif-plugged", tap_port["id"]),
+    )
     assert (b.state, b.error) == ("ACTIVE", None)
     assert_running(libvirt_conn, spec, tmp_path)
     b_state = _host_state_of(libvirt_conn, conf, spec, b.build_id)
@@ -680,18 +822,27 @@ def test_reverting_an_old_build_again_leaves_a_later_build_intact(
     assert b_state["qemu taps"] == sorted(taps)
     assert b_state["dir marker"] == b.build_id
     assert b_state["tap aliases"][taps[0]] == vif.tap_alias(instance, tap_port["id"], b.build_id)
-    assert [usage for _, usage in b_state["secrets"]] == \
-        [secrets.usage_id(instance, spec["volumes"][0]["id"], b.build_id)]
+    assert [usage for _, usage in b_state["secrets"]] == [
+        secrets.usage_id(instance, spec["volumes"][0]["id"], b.build_id)
+    ]
     assert [name for name, _ in b_state["filters"]] == sorted(
-        filter_name(instance, port["mac"], b.build_id) for port in spec["vifs"])
+        filter_name(instance, port["mac"], b.build_id) for port in spec["vifs"]
+    )
     assert [tap for tap, _ in b_state["bindings"]] == sorted(taps)
 
     with History.open(spawnflow.conf.database_url(conf)) as history:
         persisted = history.events(a.build_id)[0].payload["spec"]  # A's redacted spec
     with Agent(conf) as agent:
-        ctx = BuildContext(build_id=a.build_id, spec=parse_spec(persisted), conf=conf,
-                           host=agent.host, images=agent.images, firewall=agent.firewall,
-                           events=agent.events, instances_path=agent.instances_path)
+        ctx = BuildContext(
+            build_id=a.build_id,
+            spec=parse_spec(persisted),
+            conf=conf,
+            host=agent.host,
+            images=agent.images,
+            firewall=agent.firewall,
+            events=agent.events,
+            instances_path=agent.instances_path,
+        )
         tasks = list(build_spawn_flow(ctx))
         for task in reversed(tasks):
             task.revert(result=a_results.get(task.name), flow_failures={})

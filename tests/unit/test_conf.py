@@ -29,7 +29,20 @@ def test_load_reads_a_config_file(tmp_path):
 
 def test_committed_sample_is_up_to_date(tmp_path):
     out = tmp_path / "sample.conf"
-    subprocess.run([sys.executable, "-m", "oslo_config.generator", "--namespace", "spawnflow",
-                    "--wrap-width", "79", "--output-file", str(out)], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oslo_config.generator",
+            "--namespace",
+            "spawnflow",
+            "--wrap-width",
+            "79",
+            "--output-file",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     committed = (ROOT / "etc/spawnflow/spawnflow.conf.sample").read_text()
     assert out.read_text() == committed, "run `make genconfig` and commit the sample"

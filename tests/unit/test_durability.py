@@ -43,9 +43,14 @@ class SeesItself(task.Task):
     def execute(self) -> str:
         self.seen[self.name] = (
             committed(self.db, "SELECT state FROM atomdetails WHERE name = ?", self.name),
-            committed(self.db, "SELECT count(*) FROM events WHERE name = ? AND to_state = ?",
-                      self.name, states.RUNNING)[0][0],
-            committed(self.db, "SELECT state FROM flowdetails")[0][0])
+            committed(
+                self.db,
+                "SELECT count(*) FROM events WHERE name = ? AND to_state = ?",
+                self.name,
+                states.RUNNING,
+            )[0][0],
+            committed(self.db, "SELECT state FROM flowdetails")[0][0],
+        )
         return f"{self.name} done"
 
 
@@ -58,10 +63,15 @@ def new_book(backend: EventLogBackend) -> tuple[models.LogBook, models.FlowDetai
     return book, flow_detail
 
 
-def load(flow: linear_flow.Flow, backend: EventLogBackend, book: models.LogBook,
-         flow_detail: models.FlowDetail):  # noqa: ANN201 - a TaskFlow engine
-    return taskflow.engines.load(flow, flow_detail=flow_detail, book=book, backend=backend,
-                                 engine="serial")
+def load(
+    flow: linear_flow.Flow,
+    backend: EventLogBackend,
+    book: models.LogBook,
+    flow_detail: models.FlowDetail,
+):
+    return taskflow.engines.load(
+        flow, flow_detail=flow_detail, book=book, backend=backend, engine="serial"
+    )
 
 
 @pytest.fixture
@@ -70,7 +80,7 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def backend(db: Path):  # noqa: ANN201
+def backend(db: Path):
     backend = open_backend(f"sqlite:///{db}")
     yield backend
     backend.close()
@@ -80,20 +90,29 @@ def test_each_step_is_on_disk_as_running_before_it_runs(db, backend):
     seen: dict[str, object] = {}
     names = [f"s{i}" for i in range(4)]
     book, flow_detail = new_book(backend)
-    load(linear_flow.Flow("f").add(*(SeesItself(n, db, seen) for n in names)), backend, book,
-         flow_detail).run()
+    load(
+        linear_flow.Flow("f").add(*(SeesItself(n, db, seen) for n in names)),
+        backend,
+        book,
+        flow_detail,
+    ).run()
     # The flow's own RUNNING rode along with the first step's commit.
     assert seen == {n: ([(states.RUNNING,)], 1, states.RUNNING) for n in names}
 
 
 def test_the_end_of_a_run_is_on_disk_when_run_returns(db, backend):
     book, flow_detail = new_book(backend)
-    load(linear_flow.Flow("f").add(*(SeesItself(f"s{i}", db, {}) for i in range(3))), backend,
-         book, flow_detail).run()
+    load(
+        linear_flow.Flow("f").add(*(SeesItself(f"s{i}", db, {}) for i in range(3))),
+        backend,
+        book,
+        flow_detail,
+    ).run()
     # Nothing closed or flushed: another process already sees every result.
     assert committed(db, "SELECT state FROM flowdetails") == [(states.SUCCESS,)]
     assert committed(db, "SELECT name, state FROM atomdetails ORDER BY name") == [
-        (f"s{i}", states.SUCCESS) for i in range(3)]
+        (f"s{i}", states.SUCCESS) for i in range(3)
+    ]
     docs = committed(db, "SELECT doc FROM atomdetails WHERE name = 's2'")
     assert '"results": "s2 done"' in docs[0][0]
 
@@ -103,14 +122,17 @@ def test_saves_between_durability_points_ride_along(db, backend):
     engine = backend.eventlog.engine
 
     @sa.event.listens_for(engine, "connect")
-    def trace(dbapi_conn, _record):  # noqa: ANN001
-        dbapi_conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT"
-                                      else None)
+    def trace(dbapi_conn, _record):
+        dbapi_conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
 
     backend.eventlog.close()  # reconnect through the traced pool
     book, flow_detail = new_book(backend)
-    load(linear_flow.Flow("f").add(*(SeesItself(f"s{i}", db, {}) for i in range(5))), backend,
-         book, flow_detail).run()
+    load(
+        linear_flow.Flow("f").add(*(SeesItself(f"s{i}", db, {}) for i in range(5))),
+        backend,
+        book,
+        flow_detail,
+    ).run()
     # The logbook, each step's RUNNING, the flow's SUCCESS; results, progress
     # and the flow's RUNNING rode along.
     assert len(commits) == 1 + 5 + 1
@@ -124,11 +146,17 @@ class Boom(task.Task):
 def test_a_failed_commit_drops_that_save_and_keeps_the_earlier_ones(db, backend):
     book, flow_detail = new_book(backend)
     with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TRIGGER full_disk BEFORE INSERT ON events "
-                     "WHEN NEW.name = 'boom' AND NEW.to_state = 'RUNNING' "
-                     "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    engine = load(linear_flow.Flow("f").add(SeesItself("first", db, {}), Boom("boom")), backend,
-                  book, flow_detail)
+        conn.execute(
+            "CREATE TRIGGER full_disk BEFORE INSERT ON events "
+            "WHEN NEW.name = 'boom' AND NEW.to_state = 'RUNNING' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    engine = load(
+        linear_flow.Flow("f").add(SeesItself("first", db, {}), Boom("boom")),
+        backend,
+        book,
+        flow_detail,
+    )
     with pytest.raises(sa.exc.DBAPIError, match="disk full"):
         engine.run()
     # first's result rode with boom's RUNNING, whose commit failed: it went back
@@ -138,13 +166,18 @@ def test_a_failed_commit_drops_that_save_and_keeps_the_earlier_ones(db, backend)
         conn.execute("DROP TRIGGER full_disk")
     backend.eventlog.flush(all_builds=True)
     assert committed(db, "SELECT state FROM atomdetails WHERE name = 'first'") == [
-        (states.SUCCESS,)]
-    order = committed(db, "SELECT kind, name, to_state FROM events WHERE to_state IN "
-                          "('SUCCESS', 'FAILURE') AND from_state != to_state ORDER BY seq")
+        (states.SUCCESS,)
+    ]
+    order = committed(
+        db,
+        "SELECT kind, name, to_state FROM events WHERE to_state IN "
+        "('SUCCESS', 'FAILURE') AND from_state != to_state ORDER BY seq",
+    )
     assert order == [("atom", "first", states.SUCCESS), ("flow", "flow", states.FAILURE)]
     # boom's RUNNING was never written: the log does not claim the step started.
-    assert committed(db, "SELECT count(*) FROM events WHERE name = 'boom' AND "
-                         "to_state = 'RUNNING'") == [(0,)]
+    assert committed(
+        db, "SELECT count(*) FROM events WHERE name = 'boom' AND to_state = 'RUNNING'"
+    ) == [(0,)]
     assert replay.replay(backend.eventlog) == replay.current(backend.eventlog)
 
 
@@ -172,14 +205,18 @@ def test_an_illegal_transition_in_a_flow_save_writes_nothing(db, backend):
         backend.eventlog.flush(all_builds=True)
         assert committed(db, "SELECT count(*) FROM events") == before
         assert committed(db, "SELECT name, state FROM atomdetails ORDER BY name") == [
-            ("first", states.PENDING), ("second", states.PENDING)]
+            ("first", states.PENDING),
+            ("second", states.PENDING),
+        ]
 
         # Nothing of the refused save stayed behind in the backend either.
         ok_alone = first.copy()
         ok_alone.state = states.RUNNING
         conn.update_atom_details(ok_alone)
         assert committed(db, "SELECT name, state FROM atomdetails ORDER BY name") == [
-            ("first", states.RUNNING), ("second", states.PENDING)]
+            ("first", states.RUNNING),
+            ("second", states.PENDING),
+        ]
         with pytest.raises(IllegalTransition, match="RUNNING -> PENDING"):
             conn.update_atom_details(first)  # still PENDING: back from RUNNING
 
@@ -209,7 +246,7 @@ def test_two_threads_saving_the_same_new_logbook_both_succeed(db, backend):
         try:
             with contextlib.closing(backend.get_connection()) as conn:
                 conn.save_logbook(twin)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=save) for _ in range(2)]
@@ -258,5 +295,6 @@ def test_a_result_that_cannot_be_stored_fails_its_own_build_only(db, backend):
     book2, flow2 = new_book(backend)
     load(linear_flow.Flow("g").add(SeesItself("fine", db, {})), backend, book2, flow2).run()
     assert committed(db, "SELECT state FROM flowdetails WHERE uuid = ?", flow2.uuid) == [
-        (states.SUCCESS,)]
+        (states.SUCCESS,)
+    ]
     backend.eventlog.flush(all_builds=True)

@@ -84,8 +84,9 @@ def exported_db(tmp_path: Path) -> Path:
     return db
 
 
-def test_history_export_writes_0600_under_umask_022(exported_db: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture):
+def test_history_export_writes_0600_under_umask_022(
+    exported_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     out = tmp_path / "b1.json"
     out.write_text("old, world-readable")
     os.chmod(out, 0o644)
@@ -97,8 +98,9 @@ def test_history_export_writes_0600_under_umask_022(exported_db: Path, tmp_path:
     capsys.readouterr()
 
 
-def test_history_export_never_writes_through_a_symlink(exported_db: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture):
+def test_history_export_never_writes_through_a_symlink(
+    exported_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     victim = tmp_path / "victim"
     victim.write_text("precious")
     link = tmp_path / "export.json"

@@ -50,8 +50,10 @@ def test_rollback_shows_failure_and_revert_spans(log, url):
     assert build.step("volumes").error.startswith("ImageChecksumMismatch: volumes: sha256")
     assert build.reverted_steps == ["disk_info", "image", "volumes"]
     image = build.step("image")
-    assert [(s.phase, s.outcome) for s in image.spans] == [("forward", "SUCCESS"),
-                                                           ("revert", "REVERTED")]
+    assert [(s.phase, s.outcome) for s in image.spans] == [
+        ("forward", "SUCCESS"),
+        ("revert", "REVERTED"),
+    ]
     assert image.revert_duration is not None and image.revert_started_at >= image.ended_at
     assert build.step("vifs").spans == [] and build.step("vifs").state == "PENDING"
     # Reverts run newest first.
@@ -120,6 +122,7 @@ def test_filters(log, url):
     now = time.time()
     backdate(url, a, now - 10 * 86400)
     with History.open(url) as history:
+
         def ids(**kw: Any) -> set[str]:
             return {r.build_id for r in history.builds(**kw)}
 

@@ -25,7 +25,7 @@ from tests.unit.conftest import STEPS, Step, run_build, run_flow
 PORT_A, PORT_B = str(uuid.uuid4()), str(uuid.uuid4())
 
 
-def history(url: str, build_id: str):  # noqa: ANN201
+def history(url: str, build_id: str):
     with History.open(url) as h:
         return h.build(build_id)
 
@@ -34,8 +34,10 @@ def test_rolled_back(log, url):
     build_id = run_build(log, fail_at="image")
     diagnosis = history(url, build_id).diagnose()
     assert diagnosis.kind == "rolled_back" and diagnosis.step == "image"
-    assert diagnosis.text == ("failed at step image: ImageChecksumMismatch: image: sha256 abc "
-                              "does not match def; rolled back: 2 steps reverted")
+    assert diagnosis.text == (
+        "failed at step image: ImageChecksumMismatch: image: sha256 abc "
+        "does not match def; rolled back: 2 steps reverted"
+    )
 
 
 def test_failed_rollback_names_what_is_left(log, url):
@@ -66,20 +68,27 @@ def test_waiting_for_vif_events_names_ports_since_and_deadline(log, url):
         seen["late"] = build.diagnose(vif_plugging_timeout=300, now=since + 400).text
         seen["open"] = build.diagnose().text
 
-    run_build(log, results={"vifs": {"expected_events": [PORT_A, PORT_B], "plugged": [],
-                                     "waiting_since": since}},
-              hooks={"resume": inside_resume})
+    run_build(
+        log,
+        results={
+            "vifs": {"expected_events": [PORT_A, PORT_B], "plugged": [], "waiting_since": since}
+        },
+        hooks={"resume": inside_resume},
+    )
     build = seen["build"]
     assert build.state == "RUNNING" and [s.name for s in build.current_steps] == ["resume"]
     (wait,) = build.waits
     assert (wait.step, wait.tags, wait.outstanding) == ("vifs", [PORT_A, PORT_B], [PORT_B])
     got = build.external_events[0]
-    expected = (f"waiting for network-vif-plugged for port {PORT_B} since {clock(since)}, "
-                f"deadline {clock(since + 300)}; received {PORT_A} completed at "
-                f"{clock(got.at)}; step resume running since ")
+    expected = (
+        f"waiting for network-vif-plugged for port {PORT_B} since {clock(since)}, "
+        f"deadline {clock(since + 300)}; received {PORT_A} completed at "
+        f"{clock(got.at)}; step resume running since "
+    )
     assert seen["text"].startswith(expected), seen["text"]
-    assert "passed 100s ago" in seen["late"] and "is the agent of host cmp-1 running" in seen[
-        "late"]
+    assert (
+        "passed 100s ago" in seen["late"] and "is the agent of host cmp-1 running" in seen["late"]
+    )
     assert "deadline" not in seen["open"]  # no timeout given: no deadline claimed
 
 
@@ -91,9 +100,15 @@ def test_running_step_and_dead_agent(log, url):
     def inside_image() -> None:
         build_id = log.builds(states=frozenset({"RUNNING"}))[0].build_id
         with log.transaction() as conn:
-            conn.execute(sa.insert(t.agents).values(
-                host="cmp-1", agent_id=str(uuid.uuid4()), pid=1, started_at=time.time() - 900,
-                heartbeat_at=time.time() - 600))
+            conn.execute(
+                sa.insert(t.agents).values(
+                    host="cmp-1",
+                    agent_id=str(uuid.uuid4()),
+                    pid=1,
+                    started_at=time.time() - 900,
+                    heartbeat_at=time.time() - 600,
+                )
+            )
         seen["text"] = history(url, build_id).diagnose(lease_seconds=30).text
 
     run_build(log, hooks={"image": inside_image})
@@ -121,9 +136,13 @@ def rollback_flow(eventlog: EventLog, build_id: str, reason: str) -> None:
     backend = EventLogBackend(eventlog=eventlog)
     book = backend.get_connection().get_logbook(build_id)
     flow_detail = next(iter(book))
-    engine = taskflow.engines.load(linear_flow.Flow("spawn").add(*[Step(n) for n in STEPS]),
-                                   flow_detail=flow_detail, book=book, backend=backend,
-                                   engine="serial")
+    engine = taskflow.engines.load(
+        linear_flow.Flow("spawn").add(*[Step(n) for n in STEPS]),
+        flow_detail=flow_detail,
+        book=book,
+        backend=backend,
+        engine="serial",
+    )
     engine.compile()
     engine.prepare()
     for ad in flow_detail:
@@ -142,19 +161,25 @@ def test_interrupted_then_resumed(log, url, tmp_path):
         diagnosis = build.diagnose(recovery_policy="auto", resume_window=600)
         assert diagnosis.kind == "interrupted" and diagnosis.step == "vifs"
         assert diagnosis.text.startswith("interrupted at step vifs (last event ")
-        assert ("the agent of host cmp-1 will resume it on start ([recovery] policy auto: "
-                in diagnosis.text)
-        old = build.diagnose(recovery_policy="auto", resume_window=600,
-                             now=build.created_at + 3600).text
+        assert (
+            "the agent of host cmp-1 will resume it on start ([recovery] policy auto: "
+            in diagnosis.text
+        )
+        old = build.diagnose(
+            recovery_policy="auto", resume_window=600, now=build.created_at + 3600
+        ).text
         assert "will roll it back on start ([recovery] policy auto: 60m00s old" in old
-        assert "roll it back on start ([recovery] policy rollback)" in build.diagnose(
-            recovery_policy="rollback").text
+        assert (
+            "roll it back on start ([recovery] policy rollback)"
+            in build.diagnose(recovery_policy="rollback").text
+        )
         (gap,) = build.interruptions
         assert (gap.steps, gap.after, gap.during) == (["vifs"], "volumes", "RUNNING")
         assert build.step("vifs").spans[-1].outcome == "INTERRUPTED"
 
-        eventlog.transition_build(build_id, lifecycle.RUNNING,
-                                  payload={"reason": "[recovery] policy = resume"})
+        eventlog.transition_build(
+            build_id, lifecycle.RUNNING, payload={"reason": "[recovery] policy = resume"}
+        )
         assert run_flow(eventlog, build_id, [Step(n) for n in STEPS]) == "ACTIVE"
     finally:
         eventlog.close()
@@ -166,8 +191,13 @@ def test_interrupted_then_resumed(log, url, tmp_path):
     (gap,) = build.interruptions
     assert (gap.resumed_as, gap.reason) == ("RUNNING", "[recovery] policy = resume")
     assert gap.last_seen <= gap.at <= gap.resumed_at
-    assert [t.to_state for t in build.lifecycle] == ["QUEUED", "RUNNING", "INTERRUPTED",
-                                                     "RUNNING", "ACTIVE"]
+    assert [t.to_state for t in build.lifecycle] == [
+        "QUEUED",
+        "RUNNING",
+        "INTERRUPTED",
+        "RUNNING",
+        "ACTIVE",
+    ]
     assert "resumed after 1 interruption (first at step vifs)" in build.diagnose().text
 
 

@@ -10,8 +10,25 @@ from spawnflow.history import Event
 
 
 def test_took_is_at_most_five_columns():
-    samples = [0, 0.0004, 0.012, 0.9994, 0.9996, 1.234, 9.99, 12.34, 99.9, 123, 999, 1024,
-               5999, 6000, 3600 * 99, 3600 * 100, 86400 * 400]
+    samples = [
+        0,
+        0.0004,
+        0.012,
+        0.9994,
+        0.9996,
+        1.234,
+        9.99,
+        12.34,
+        99.9,
+        123,
+        999,
+        1024,
+        5999,
+        6000,
+        3600 * 99,
+        3600 * 100,
+        86400 * 400,
+    ]
     shown = [took(v) for v in samples]
     assert all(len(s) <= 5 for s in shown), shown
     assert shown[:6] == ["<1ms", "<1ms", "12ms", "999ms", "1.00s", "1.23s"]
@@ -19,10 +36,9 @@ def test_took_is_at_most_five_columns():
     assert human(0.1484) == "0.148s" and human(10820) == "3h00m20s" and human(125) == "2m05s"
 
 
-def width(columns, rows) -> int:  # noqa: ANN001
+def width(columns, rows) -> int:
     cells = [columns] + [[str(c) for c in row] for row in rows]
-    return sum(max(len(r[i]) for r in cells) for i in range(len(columns))) \
-        + 3 * len(columns) + 1
+    return sum(max(len(r[i]) for r in cells) for i in range(len(columns))) + 3 * len(columns) + 1
 
 
 def test_fit_shortens_flexible_columns_only_and_not_below_their_floor():
@@ -38,17 +54,45 @@ def test_fit_shortens_flexible_columns_only_and_not_below_their_floor():
 
 
 def test_payload_summary_leaves_out_what_columns_say():
-    event = Event(1, 0.0, "atom", "image", "RUNNING", "FAILURE", {"set": {
-        "state": "FAILURE", "failure": {"exc_type_names": ["spawnflow.exceptions.ImageError"],
-                                        "exception_str": "x"}}})
+    event = Event(
+        1,
+        0.0,
+        "atom",
+        "image",
+        "RUNNING",
+        "FAILURE",
+        {
+            "set": {
+                "state": "FAILURE",
+                "failure": {
+                    "exc_type_names": ["spawnflow.exceptions.ImageError"],
+                    "exception_str": "x",
+                },
+            }
+        },
+    )
     assert payload_summary(event) == "failure=ImageError"
     created = Event(2, 0.0, "atom", "vifs", None, "PENDING", {"set": {"state": "PENDING"}})
     assert payload_summary(created) == "created"
-    build = Event(3, 0.0, "build", "vm", None, "QUEUED", {
-        "host": "h", "spec": {"flavor": {"vcpus": 2, "memory_mb": 512}, "vifs": [{}]}})
+    build = Event(
+        3,
+        0.0,
+        "build",
+        "vm",
+        None,
+        "QUEUED",
+        {"host": "h", "spec": {"flavor": {"vcpus": 2, "memory_mb": 512}, "vifs": [{}]}},
+    )
     assert payload_summary(build) == "host=h, spec=2vcpu/512MB 1vif 0vol"
-    progress = Event(4, 0.0, "atom", "x", "RUNNING", "RUNNING",
-                     {"set": {"meta": {"progress": 0.5}}, "unset": ["results"]})
+    progress = Event(
+        4,
+        0.0,
+        "atom",
+        "x",
+        "RUNNING",
+        "RUNNING",
+        {"set": {"meta": {"progress": 0.5}}, "unset": ["results"]},
+    )
     assert payload_summary(progress) == "progress=0.5, -results"
 
 
@@ -99,19 +143,32 @@ def test_odd_rows_of_an_older_database_still_read(log, url):
     build_id = run_build(log, fail_at="image")
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("update builds set created_at = 1e12, updated_at = 1e12 + 5 "
-                             "where build_id = :b"), {"b": build_id})
-        for kind, to_state, payload in (("build", "RUNNING", '"text"'),
-                                        ("atom", "FAILURE", '{"set": {"failure": "boom", '
-                                                            '"state": "FAILURE"}}'),
-                                        ("atom", "REVERTED", '{"set": [1, 2]}'),
-                                        ("flow", "RUNNING", "[1, 2]")):
-            conn.execute(sa.text("update events set payload = :p where build_id = :b and "
-                                 "kind = :k and to_state = :t"),
-                         {"p": payload, "b": build_id, "k": kind, "t": to_state})
-        conn.execute(sa.text("update events set payload = :p where build_id = :b and "
-                             "kind = 'build' and to_state = 'QUEUED'"),
-                     {"p": '{"spec": ["x"], "host": "cmp-1"}', "b": build_id})
+        conn.execute(
+            sa.text(
+                "update builds set created_at = 1e12, updated_at = 1e12 + 5 where build_id = :b"
+            ),
+            {"b": build_id},
+        )
+        for kind, to_state, payload in (
+            ("build", "RUNNING", '"text"'),
+            ("atom", "FAILURE", '{"set": {"failure": "boom", "state": "FAILURE"}}'),
+            ("atom", "REVERTED", '{"set": [1, 2]}'),
+            ("flow", "RUNNING", "[1, 2]"),
+        ):
+            conn.execute(
+                sa.text(
+                    "update events set payload = :p where build_id = :b and "
+                    "kind = :k and to_state = :t"
+                ),
+                {"p": payload, "b": build_id, "k": kind, "t": to_state},
+            )
+        conn.execute(
+            sa.text(
+                "update events set payload = :p where build_id = :b and "
+                "kind = 'build' and to_state = 'QUEUED'"
+            ),
+            {"p": '{"spec": ["x"], "host": "cmp-1"}', "b": build_id},
+        )
     engine.dispose()
     with History.open(url) as history:
         (row,) = history.builds()

@@ -25,11 +25,16 @@ def counts(url: str, build_id: str) -> dict[str, int]:
     engine = sa.create_engine(url)
     out = {}
     with engine.connect() as conn:
-        for table, column in (("events", "build_id"), ("builds", "build_id"),
-                              ("logbooks", "uuid"), ("flowdetails", "book_uuid"),
-                              ("atomdetails", "book_uuid")):
-            out[table] = conn.execute(sa.text(f"select count(*) from {table} where {column} = :b"),
-                                      {"b": build_id}).scalar()
+        for table, column in (
+            ("events", "build_id"),
+            ("builds", "build_id"),
+            ("logbooks", "uuid"),
+            ("flowdetails", "book_uuid"),
+            ("atomdetails", "book_uuid"),
+        ):
+            out[table] = conn.execute(
+                sa.text(f"select count(*) from {table} where {column} = :b"), {"b": build_id}
+            ).scalar()
     engine.dispose()
     return out
 
@@ -47,7 +52,8 @@ def test_old_finished_builds_go_with_every_row(log, url):
     assert retention.purge(log, 30) == 3
     for build_id in (old_ok, old_bad, old_failed):
         assert counts(url, build_id) == dict.fromkeys(
-            ("events", "builds", "logbooks", "flowdetails", "atomdetails"), 0)
+            ("events", "builds", "logbooks", "flowdetails", "atomdetails"), 0
+        )
     assert counts(url, young)["events"] > 0
     with History.open(url) as history:
         assert [b.build_id for b in history.builds()] == [young]
@@ -95,8 +101,7 @@ def test_a_writer_is_not_blocked_for_the_whole_purge(log, url):
 
     def between_batches(done: int) -> None:
         if done == 2:
-            thread = threading.Thread(target=lambda: (new_build(other),
-                                                      wrote.append(time.time())))
+            thread = threading.Thread(target=lambda: (new_build(other), wrote.append(time.time())))
             thread.start()
             thread.join(5)
 

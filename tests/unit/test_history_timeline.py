@@ -37,8 +37,11 @@ def rolled_back(url: str) -> BuildHistory:
 
 
 def bars(svg: etree._Element, step: str, phase: str) -> list[etree._Element]:
-    return [r for r in svg.iter(f"{SVG}rect")
-            if r.get("data-step") == step and r.get("data-phase") == phase]
+    return [
+        r
+        for r in svg.iter(f"{SVG}rect")
+        if r.get("data-step") == step and r.get("data-phase") == phase
+    ]
 
 
 def test_svg_has_a_labelled_row_and_bars_per_step(rolled_back):
@@ -100,38 +103,70 @@ def test_html_page_embeds_the_chart_and_the_step_table(rolled_back, tmp_path):
 def crafted() -> BuildHistory:
     """A build that waited for two ports, was interrupted for 3 hours, then resumed."""
     t0 = 1_700_000_000.0
-    build = BuildHistory(build_id="b" * 8 + "-0000-4000-8000-000000000000",
-                         instance_uuid="i" * 36, instance_name="web-1", host="cmp-1",
-                         state="ACTIVE", error=None, created_at=t0,
-                         updated_at=t0 + 3 * 3600 + 20)
-    build.lifecycle = [Transition(t0, None, "QUEUED", None),
-                       Transition(t0 + 0.1, "QUEUED", "RUNNING", None),
-                       Transition(t0 + 3 * 3600, "RUNNING", "INTERRUPTED", None),
-                       Transition(t0 + 3 * 3600 + 1, "INTERRUPTED", "RUNNING", {"reason": "x"}),
-                       Transition(t0 + 3 * 3600 + 20, "RUNNING", "ACTIVE", None)]
-    vifs = StepHistory("vifs", "SUCCESS", t0 + 1, t0 + 2, attempts=1,
-                       spans=[Span("forward", 1, t0 + 1, t0 + 2, "SUCCESS")])
-    resume = StepHistory("resume", "SUCCESS", t0 + 3 * 3600 + 1, t0 + 3 * 3600 + 10,
-                         attempts=2,
-                         spans=[Span("forward", 1, t0 + 3, t0 + 8, "INTERRUPTED"),
-                                Span("forward", 2, t0 + 3 * 3600 + 1, t0 + 3 * 3600 + 10,
-                                     "SUCCESS")])
+    build = BuildHistory(
+        build_id="b" * 8 + "-0000-4000-8000-000000000000",
+        instance_uuid="i" * 36,
+        instance_name="web-1",
+        host="cmp-1",
+        state="ACTIVE",
+        error=None,
+        created_at=t0,
+        updated_at=t0 + 3 * 3600 + 20,
+    )
+    build.lifecycle = [
+        Transition(t0, None, "QUEUED", None),
+        Transition(t0 + 0.1, "QUEUED", "RUNNING", None),
+        Transition(t0 + 3 * 3600, "RUNNING", "INTERRUPTED", None),
+        Transition(t0 + 3 * 3600 + 1, "INTERRUPTED", "RUNNING", {"reason": "x"}),
+        Transition(t0 + 3 * 3600 + 20, "RUNNING", "ACTIVE", None),
+    ]
+    vifs = StepHistory(
+        "vifs",
+        "SUCCESS",
+        t0 + 1,
+        t0 + 2,
+        attempts=1,
+        spans=[Span("forward", 1, t0 + 1, t0 + 2, "SUCCESS")],
+    )
+    resume = StepHistory(
+        "resume",
+        "SUCCESS",
+        t0 + 3 * 3600 + 1,
+        t0 + 3 * 3600 + 10,
+        attempts=2,
+        spans=[
+            Span("forward", 1, t0 + 3, t0 + 8, "INTERRUPTED"),
+            Span("forward", 2, t0 + 3 * 3600 + 1, t0 + 3 * 3600 + 10, "SUCCESS"),
+        ],
+    )
     build.steps = [vifs, resume]
     a = ExternalEvent(1, t0 + 5, "network-vif-plugged", "port-a", "completed")
     b = ExternalEvent(2, t0 + 3 * 3600 + 9, "network-vif-plugged", "port-b", "failed")
     build.external_events = [a, b]
-    build.waits = [EventWait("vifs", "network-vif-plugged", ["port-a", "port-b"], t0 + 2,
-                             {"port-a": a, "port-b": b})]
-    build.interruptions = [Interruption(at=t0 + 3 * 3600, last_seen=t0 + 8, during="RUNNING",
-                                        steps=["resume"], after="vifs",
-                                        resumed_at=t0 + 3 * 3600 + 1, resumed_as="RUNNING")]
+    build.waits = [
+        EventWait(
+            "vifs", "network-vif-plugged", ["port-a", "port-b"], t0 + 2, {"port-a": a, "port-b": b}
+        )
+    ]
+    build.interruptions = [
+        Interruption(
+            at=t0 + 3 * 3600,
+            last_seen=t0 + 8,
+            during="RUNNING",
+            steps=["resume"],
+            after="vifs",
+            resumed_at=t0 + 3 * 3600 + 1,
+            resumed_as="RUNNING",
+        )
+    ]
     build.last_event_at = build.updated_at
     return build
 
 
 def test_interruption_wait_and_broken_axis():
-    svg = etree.fromstring(timeline.render_svg(crafted(), vif_plugging_timeout=300,
-                                               now=1_700_020_000.0))
+    svg = etree.fromstring(
+        timeline.render_svg(crafted(), vif_plugging_timeout=300, now=1_700_020_000.0)
+    )
     classes = [e.get("class") or "" for e in svg.iter()]
     assert "interruption" in classes
     (band,) = [r for r in svg.iter(f"{SVG}rect") if r.get("class") == "interruption"]

@@ -22,10 +22,12 @@ from spawnflow.virt.image_sources import (
 )
 from tests.helpers import load_conf
 
-ENTRIES = ["https://img.example.com/images/", "http://10.0.0.5:8080/pub",
-           "http://127.0.0.1:9000/"]
-DNS = {"img.example.com": ["203.0.113.7"], "xn--bcher-kva.example": ["203.0.113.8"],
-       "rebind.example.com": ["203.0.113.9", "127.0.0.1"]}
+ENTRIES = ["https://img.example.com/images/", "http://10.0.0.5:8080/pub", "http://127.0.0.1:9000/"]
+DNS = {
+    "img.example.com": ["203.0.113.7"],
+    "xn--bcher-kva.example": ["203.0.113.8"],
+    "rebind.example.com": ["203.0.113.9", "127.0.0.1"],
+}
 
 
 def table(host: str, _port: int) -> list[str]:
@@ -37,45 +39,51 @@ def allowed() -> AllowedSources:
     return AllowedSources(ENTRIES)
 
 
-@pytest.mark.parametrize("url", [
-    "https://img.example.com/images/cirros.qcow2",
-    "https://IMG.Example.COM/images/cirros.qcow2",                 # host case
-    "https://img.example.com./images/cirros.qcow2",                # trailing dot
-    "https://img.example.com:443/images/cirros.qcow2",             # default port spelled
-    "https://img.example.com/images/sub/cirros.qcow2?X-Amz-Signature=abc",
-    "http://10.0.0.5:8080/pub/x.raw",                              # RFC 1918: named, allowed
-    "http://127.0.0.1:9000/x.qcow2",                               # loopback, named by its IP
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://img.example.com/images/cirros.qcow2",
+        "https://IMG.Example.COM/images/cirros.qcow2",  # host case
+        "https://img.example.com./images/cirros.qcow2",  # trailing dot
+        "https://img.example.com:443/images/cirros.qcow2",  # default port spelled
+        "https://img.example.com/images/sub/cirros.qcow2?X-Amz-Signature=abc",
+        "http://10.0.0.5:8080/pub/x.raw",  # RFC 1918: named, allowed
+        "http://127.0.0.1:9000/x.qcow2",  # loopback, named by its IP
+    ],
+)
 def test_allowed_urls(allowed, url):
     allowed.check(url, resolver=table)
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("https://img.example.com.evil/images/x", "outside"),          # string-prefix trick
-    ("https://img.example.com@evil.example/images/x", "credentials"),
-    ("https://evil.example/img.example.com/images/x", "outside"),
-    ("http://img.example.com/images/x", "outside"),                # scheme
-    ("https://img.example.com:8443/images/x", "outside"),          # port
-    ("https://img.example.com/imagesX/x", "outside"),              # not the directory
-    ("https://img.example.com/images", "outside"),                 # the prefix itself
-    ("https://img.example.com/images/", "outside"),
-    ("https://img.example.com/images/../secret/x", "'..' segment"),
-    ("https://img.example.com/images/%2e%2e/secret/x", "'..' segment"),
-    ("https://img.example.com/images/%2E%2e%2fsecret", "'..' segment"),
-    ("https://img.example.com/images/./x", "segment"),
-    ("https://img.example.com/images/x%00.qcow2", "NUL"),
-    ("https://img.example.com/images/..%5csecret", "backslash"),
-    ("http://10.0.0.5:8080/public/x", "outside"),                  # /pub is a directory
-    ("http://127.0.0.1:9001/x", "outside"),
-    ("http://localhost:9000/x", "outside"),                        # another spelling
-    ("http://2130706433:9000/x", "legacy numeric"),                # decimal 127.0.0.1
-    ("http://0x7f.1:9000/x", "legacy numeric"),
-    ("http://127.1:9000/x", "legacy numeric"),
-    ("http://[::ffff:127.0.0.1]:9000/x", "outside"),               # v4-mapped spelling
-    ("http://169.254.169.254/latest/meta-data/", "outside"),
-    ("ftp://img.example.com/images/x", "not an http"),
-    ("https://img.example.com:99999/images/x", "not a valid URL"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("https://img.example.com.evil/images/x", "outside"),  # string-prefix trick
+        ("https://img.example.com@evil.example/images/x", "credentials"),
+        ("https://evil.example/img.example.com/images/x", "outside"),
+        ("http://img.example.com/images/x", "outside"),  # scheme
+        ("https://img.example.com:8443/images/x", "outside"),  # port
+        ("https://img.example.com/imagesX/x", "outside"),  # not the directory
+        ("https://img.example.com/images", "outside"),  # the prefix itself
+        ("https://img.example.com/images/", "outside"),
+        ("https://img.example.com/images/../secret/x", "'..' segment"),
+        ("https://img.example.com/images/%2e%2e/secret/x", "'..' segment"),
+        ("https://img.example.com/images/%2E%2e%2fsecret", "'..' segment"),
+        ("https://img.example.com/images/./x", "segment"),
+        ("https://img.example.com/images/x%00.qcow2", "NUL"),
+        ("https://img.example.com/images/..%5csecret", "backslash"),
+        ("http://10.0.0.5:8080/public/x", "outside"),  # /pub is a directory
+        ("http://127.0.0.1:9001/x", "outside"),
+        ("http://localhost:9000/x", "outside"),  # another spelling
+        ("http://2130706433:9000/x", "legacy numeric"),  # decimal 127.0.0.1
+        ("http://0x7f.1:9000/x", "legacy numeric"),
+        ("http://127.1:9000/x", "legacy numeric"),
+        ("http://[::ffff:127.0.0.1]:9000/x", "outside"),  # v4-mapped spelling
+        ("http://169.254.169.254/latest/meta-data/", "outside"),
+        ("ftp://img.example.com/images/x", "not an http"),
+        ("https://img.example.com:99999/images/x", "not a valid URL"),
+    ],
+)
 def test_refused_urls(allowed, url, reason):
     with pytest.raises(SourceRefused, match=reason):
         allowed.check(url, resolver=table)
@@ -89,21 +97,35 @@ def test_idn_host_matches_its_punycode():
         allowed.check("https://bucher.example/x.qcow2", resolver=table)
 
 
-@pytest.mark.parametrize("address, kind", [
-    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
-    ("169.254.169.254", "metadata"), ("169.254.1.1", "link-local"),
-    ("fe80::1", "link-local"), ("fd00:ec2::254", "metadata"), ("0.0.0.0", "unspecified"),
-    ("::", "unspecified"), ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254",
-                                                              "metadata"),
-    ("64:ff9b::7f00:1", "loopback"), ("2002:7f00:1::", "loopback"),   # NAT64, 6to4
-    ("0.1.2.3", "0.0.0.0/8"), ("224.0.0.1", "multicast"), ("100.100.100.200", "metadata"),
-])
+@pytest.mark.parametrize(
+    "address, kind",
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "metadata"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("fd00:ec2::254", "metadata"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("64:ff9b::7f00:1", "loopback"),
+        ("2002:7f00:1::", "loopback"),  # NAT64, 6to4
+        ("0.1.2.3", "0.0.0.0/8"),
+        ("224.0.0.1", "multicast"),
+        ("100.100.100.200", "metadata"),
+    ],
+)
 def test_special_addresses(address, kind):
     assert kind in special_address(address)
 
 
-@pytest.mark.parametrize("address", ["10.0.0.5", "192.168.1.1", "172.16.0.1", "203.0.113.7",
-                                     "2001:db8::1", "fd12:3456::1"])
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.5", "192.168.1.1", "172.16.0.1", "203.0.113.7", "2001:db8::1", "fd12:3456::1"],
+)
 def test_ordinary_addresses(address):
     assert special_address(address) is None
 
@@ -116,8 +138,9 @@ def test_name_resolving_to_loopback_is_refused_even_if_listed():
 
 def test_real_resolver_sees_numeric_and_loopback_names():
     assert "127.0.0.1" in getaddrinfo_resolver("2130706433", 80)  # why legacy forms are refused
-    allowed = AllowedSources(["http://localhost:9000/", "http://ip6-localhost:9000/",
-                              "http://vm:9000/"])
+    allowed = AllowedSources(
+        ["http://localhost:9000/", "http://ip6-localhost:9000/", "http://vm:9000/"]
+    )
     allowed.check("http://localhost:9000/x")  # names localhost: allowed
     with pytest.raises(SourceRefused, match="loopback"):
         allowed.check("http://vm:9000/x")  # /etc/hosts maps it to 127.0.0.1
@@ -127,17 +150,27 @@ def test_metadata_refused_unless_named():
     with pytest.raises(SourceRefused):
         AllowedSources([]).check("http://169.254.169.254/x")
     AllowedSources(["http://169.254.169.254/"]).check("http://169.254.169.254/x")
-    assert AllowedSources(["http://169.254.169.254/"]).address_refusal(
-        "http://169.254.169.254/x", "169.254.169.254") is None
+    assert (
+        AllowedSources(["http://169.254.169.254/"]).address_refusal(
+            "http://169.254.169.254/x", "169.254.169.254"
+        )
+        is None
+    )
     assert "metadata" in AllowedSources(["https://img.example.com/"]).address_refusal(
-        "https://img.example.com/x", "169.254.169.254")
+        "https://img.example.com/x", "169.254.169.254"
+    )
 
 
 def test_redirect_must_stay_inside(allowed):
-    assert allowed.check_redirect("https://img.example.com/images/a", "b?sig=1") == \
-        "https://img.example.com/images/b?sig=1"
-    for target in ("http://127.0.0.1:9001/x", "https://img.example.com/other/x",
-                   "http://169.254.169.254/latest/meta-data/?token=s3cret"):
+    assert (
+        allowed.check_redirect("https://img.example.com/images/a", "b?sig=1")
+        == "https://img.example.com/images/b?sig=1"
+    )
+    for target in (
+        "http://127.0.0.1:9001/x",
+        "https://img.example.com/other/x",
+        "http://169.254.169.254/latest/meta-data/?token=s3cret",
+    ):
         with pytest.raises(SourceRefused, match="redirects to") as err:
             allowed.check_redirect("https://img.example.com/images/a", target)
         assert "s3cret" not in str(err.value)
@@ -161,8 +194,9 @@ def tree(tmp_path):
     return tmp_path, AllowedSources([str(images)])
 
 
-@pytest.mark.parametrize("name", ["good.qcow2", "sub/nested.raw", "link-in.qcow2",
-                                  "not-yet-there.qcow2"])
+@pytest.mark.parametrize(
+    "name", ["good.qcow2", "sub/nested.raw", "link-in.qcow2", "not-yet-there.qcow2"]
+)
 def test_local_allowed(tree, name):
     root, allowed = tree
     directory, path = allowed.check(str(root / "images" / name))
@@ -170,19 +204,34 @@ def test_local_allowed(tree, name):
     assert allowed.check((root / "images" / name).as_uri())[1] == str(root / "images" / name)
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("link-out.qcow2", "outside"), ("shadow", "outside"), ("zero.raw", "outside"),
-    ("pipe.raw", "not a regular file"), ("sub", "not a regular file"),
-    ("../secret", "outside"), ("sub/../../secret", "outside"), ("", "outside"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("link-out.qcow2", "outside"),
+        ("shadow", "outside"),
+        ("zero.raw", "outside"),
+        ("pipe.raw", "not a regular file"),
+        ("sub", "not a regular file"),
+        ("../secret", "outside"),
+        ("sub/../../secret", "outside"),
+        ("", "outside"),
+    ],
+)
 def test_local_refused(tree, name, reason):
     root, allowed = tree
     with pytest.raises(SourceRefused, match=reason):
         allowed.check(str(root / "images") + "/" + name)
 
 
-@pytest.mark.parametrize("source", ["file:relative/x.qcow2", "file://otherhost/x.qcow2",
-                                    "file:/images/x", "file:///images/x%00.qcow2"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "file:relative/x.qcow2",
+        "file://otherhost/x.qcow2",
+        "file:/images/x",
+        "file:///images/x%00.qcow2",
+    ],
+)
 def test_file_url_forms_refused(source):
     with pytest.raises(SourceRefused):
         AllowedSources(["/images"]).check(source)
@@ -205,15 +254,19 @@ def test_is_masked():
 
 
 def _spec(source: str):
-    return parse_spec({"instance": {"uuid": "6f1c2a7e-4a57-4f0e-9a49-3d0f7c0d1a01",
-                                    "name": "vm"},
-                       "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 0},
-                       "image": {"source": source}})
+    return parse_spec(
+        {
+            "instance": {"uuid": "6f1c2a7e-4a57-4f0e-9a49-3d0f7c0d1a01", "name": "vm"},
+            "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 0},
+            "image": {"source": source},
+        }
+    )
 
 
 def test_image_refusals_name_field_value_and_option(tmp_path):
-    conf = load_conf(tmp_path, images={"allowed_sources": f"{tmp_path}/images,"
-                                                          "https://img.example.com/"})
+    conf = load_conf(
+        tmp_path, images={"allowed_sources": f"{tmp_path}/images,https://img.example.com/"}
+    )
     assert image_refusals(_spec(f"{tmp_path}/images/a.qcow2"), conf) == []
     (refusal,) = image_refusals(_spec("/etc/shadow"), conf)
     assert refusal.field == "image.source"

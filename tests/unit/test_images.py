@@ -56,8 +56,9 @@ def make_cache(tmp_path, *urls: str, **policy) -> ImageCache:
     """A cache under tmp_path that may read tmp_path and the given URL prefixes."""
     policy.setdefault("limits", FetchLimits(stall_timeout=5.0, retries=0))
     allowed = AllowedSources([str(tmp_path), *urls])
-    return ImageCache(str(tmp_path / "_base"), str(tmp_path / "locks"),
-                      CachePolicy(allowed=allowed, **policy))
+    return ImageCache(
+        str(tmp_path / "_base"), str(tmp_path / "locks"), CachePolicy(allowed=allowed, **policy)
+    )
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ class _Server:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 with server._mutex:
                     server.gets[path] = server.gets.get(path, 0) + 1
@@ -153,6 +154,7 @@ def test_cache_modes_not_readable_by_others(cache, tmp_path, raw_image):
     src2.write_bytes(raw_image)
     path = grouped.fetch(str(src2), None, "raw").path
     import grp
+
     gid = grp.getgrnam("libvirt-qemu").gr_gid
     entry, base = os.stat(path), os.stat(grouped.base_dir)
     assert (entry.st_mode & 0o777, entry.st_gid) == (0o640, gid)
@@ -191,8 +193,9 @@ def test_checksum_given_reuses_entry_without_fetching(http_cache, server, qcow2_
     server.files["/b.qcow2"] = qcow2_image
     first = http_cache.fetch(server.base + "/a.qcow2", _sha(qcow2_image), "qcow2")
     # Another URL, another label, same digest: the entry is used, nothing fetched.
-    second = http_cache.fetch(server.base + "/b.qcow2", _sha(qcow2_image), "qcow2",
-                              label="different-id")
+    second = http_cache.fetch(
+        server.base + "/b.qcow2", _sha(qcow2_image), "qcow2", label="different-id"
+    )
     assert (second.path, second.downloaded) == (first.path, False)
     assert server.gets == {"/a.qcow2": 1}
 
@@ -326,8 +329,17 @@ def test_qcow2_with_backing_file_refused(cache, tmp_path):
 def test_qcow2_with_data_file_refused(cache, tmp_path):
     src = tmp_path / "evil.qcow2"
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path}/d.raw",
-         str(src), "1M"],
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"data_file={tmp_path}/d.raw",
+            str(src),
+            "1M",
+        ],
         check=True,
     )
     with pytest.raises(ImageUnacceptable, match="data file"):
@@ -374,7 +386,7 @@ def test_max_size_and_reserved_space_for_local_files(tmp_path, raw_image):
     with pytest.raises(ImageUnacceptable, match=r"max_size_gb"):
         small.fetch(str(src), None, "raw")
     _no_leftovers(small)
-    full = make_cache(tmp_path, reserved_bytes=2 ** 60)
+    full = make_cache(tmp_path, reserved_bytes=2**60)
     with pytest.raises(ImageError, match=r"reserved_disk_mb"):
         full.fetch(str(src), None, "raw")
     _no_leftovers(full)
@@ -609,15 +621,25 @@ def _image_task(tmp_path, cache: ImageCache, source: str, checksum: str | None):
     image = {"source": source, "disk_format": "raw"}
     if checksum:
         image["checksum"] = "sha256:" + checksum
-    spec = parse_spec({"instance": {"uuid": "6f1c2a7e-4a57-4f0e-9a49-3d0f7c0d1a01",
-                                    "name": "vm"},
-                       "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 0},
-                       "image": image})
+    spec = parse_spec(
+        {
+            "instance": {"uuid": "6f1c2a7e-4a57-4f0e-9a49-3d0f7c0d1a01", "name": "vm"},
+            "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 0},
+            "image": image,
+        }
+    )
     # What recovery does: the spec rebuilt from its persisted (redacted) form.
     recovered = BuildSpec.model_validate(spec.redacted())
-    ctx = BuildContext(build_id="b1", spec=recovered, conf=load_conf(tmp_path), host=None,
-                       images=cache, firewall=None, events=None,
-                       instances_path=str(tmp_path / "instances"))
+    ctx = BuildContext(
+        build_id="b1",
+        spec=recovered,
+        conf=load_conf(tmp_path),
+        host=None,
+        images=cache,
+        firewall=None,
+        events=None,
+        instances_path=str(tmp_path / "instances"),
+    )
     return CreateImageTask(ctx)
 
 
@@ -630,8 +652,9 @@ def test_recovered_build_with_masked_url_fails_clearly(http_cache, tmp_path, ser
     assert server.gets == {} and not (tmp_path / "instances").exists()
 
 
-def test_recovered_build_with_masked_url_uses_the_checksum_entry(http_cache, tmp_path, server,
-                                                                 raw_image):
+def test_recovered_build_with_masked_url_uses_the_checksum_entry(
+    http_cache, tmp_path, server, raw_image
+):
     server.files["/img.raw"] = raw_image
     url = server.base + "/img.raw?sig=s3cret"
     http_cache.fetch(url, _sha(raw_image), "raw")  # the first run fetched it

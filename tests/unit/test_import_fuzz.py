@@ -33,8 +33,18 @@ from tests.unit.test_history_export import fingerprint
 
 TABLES = ("builds", "events", "logbooks", "flowdetails", "atomdetails")
 # What a terminal or a database may choke on, beside ordinary text.
-TEXT = ["\x1b]0;pwned\x07", "\x9b31m", "\u202e", "\u200b", "\ufeff", "\x00", "\n", "é", "💥",
-        "'; drop table builds; --"]
+TEXT = [
+    "\x1b]0;pwned\x07",
+    "\x9b31m",
+    "\u202e",
+    "\u200b",
+    "\ufeff",
+    "\x00",
+    "\n",
+    "é",
+    "💥",
+    "'; drop table builds; --",
+]
 HOSTILE = [*TEXT, "\ud800"]  # a lone surrogate is not UTF-8: never stored
 
 
@@ -50,8 +60,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     source = f"sqlite:///{tmp}/source.sqlite"
     log = EventLog.open(source)
     try:
-        ids = [run_build(log), run_build(log, fail_at="image"),
-               run_build(log, fail_at="vifs", revert_fail_at="image"), new_build(log)]
+        ids = [
+            run_build(log),
+            run_build(log, fail_at="image"),
+            run_build(log, fail_at="vifs", revert_fail_at="image"),
+            new_build(log),
+        ]
         interrupted, crashed = snapshot_while(log, source, tmp, "firewall")
     finally:
         log.close()
@@ -72,9 +86,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         log.close()
     import_document(url, docs[0])  # one of the documents is already there
     with sqlite3.connect(target) as db:
-        taken = [row[0] for table, column in (("builds", "build_id"), ("flowdetails", "uuid"),
-                                              ("atomdetails", "uuid"))
-                 for row in db.execute(f"select {column} from {table}")]  # noqa: S608
+        taken = [
+            row[0]
+            for table, column in (
+                ("builds", "build_id"),
+                ("flowdetails", "uuid"),
+                ("atomdetails", "uuid"),
+            )
+            for row in db.execute(f"select {column} from {table}")
+        ]
     db.close()
     return Corpus(docs=docs, target=target, taken=taken, tmp=tmp)
 
@@ -88,7 +108,7 @@ def dump(path: Path) -> dict[str, set[tuple]]:
     """Every row of every table, as stored."""
     db = sqlite3.connect(path)
     try:
-        return {table: set(db.execute(f"select * from {table}")) for table in TABLES}  # noqa: S608
+        return {table: set(db.execute(f"select * from {table}")) for table in TABLES}
     finally:
         db.close()
 
@@ -123,14 +143,22 @@ def nested(depth: int) -> Any:
 
 def values(ids: list[str]) -> st.SearchStrategy:
     """Values of every JSON type (and a few that are not), hostile text, others' ids."""
-    text = st.lists(st.one_of(st.characters(), st.sampled_from(HOSTILE)), max_size=6) \
-        .map("".join)
+    text = st.lists(st.one_of(st.characters(), st.sampled_from(HOSTILE)), max_size=6).map("".join)
     return st.one_of(
-        st.none(), st.booleans(), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
-        st.floats(), st.sampled_from([1e12, -1.0, 0.0, 946684799.0, 253402300800.0]),
-        text, st.sampled_from(ids), st.sampled_from(sorted(lifecycle.STATES | {"PENDING"})),
-        st.lists(st.integers(), max_size=2), st.dictionaries(text, st.integers(), max_size=2),
-        st.integers(50, 300).map(nested), st.just(float("nan")), st.just({1: 2}))
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(),
+        st.sampled_from([1e12, -1.0, 0.0, 946684799.0, 253402300800.0]),
+        text,
+        st.sampled_from(ids),
+        st.sampled_from(sorted(lifecycle.STATES | {"PENDING"})),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(text, st.integers(), max_size=2),
+        st.integers(50, 300).map(nested),
+        st.just(float("nan")),
+        st.just({1: 2}),
+    )
 
 
 def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict:
@@ -139,14 +167,33 @@ def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict
     ``benign``: only changes of what steps and specs said (payload values import
     leaves alone), so that many documents import and their reads are exercised.
     """
-    op = "payload" if benign else data.draw(st.sampled_from(
-        ["drop", "retype", "retype", "id", "rename", "time", "seq", "reorder", "text",
-         "payload"]), label="op")
+    op = (
+        "payload"
+        if benign
+        else data.draw(
+            st.sampled_from(
+                [
+                    "drop",
+                    "retype",
+                    "retype",
+                    "id",
+                    "rename",
+                    "time",
+                    "seq",
+                    "reorder",
+                    "text",
+                    "payload",
+                ]
+            ),
+            label="op",
+        )
+    )
     events = doc.get("events") if isinstance(doc.get("events"), list) else []
     if op == "rename":  # one id replaced everywhere: a consistent forgery
         text = json.dumps(doc)
-        own = sorted({s for s in (at(doc, p) for p in paths(doc))
-                      if isinstance(s, str) and _is_uuid(s)})
+        own = sorted(
+            {s for s in (at(doc, p) for p in paths(doc)) if isinstance(s, str) and _is_uuid(s)}
+        )
         if own:
             old = data.draw(st.sampled_from(own), label="old id")
             new = data.draw(st.sampled_from(ids + own), label="new id")
@@ -157,9 +204,13 @@ def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict
         if not isinstance(events[i], dict):
             return doc
         if op == "time":
-            events[i]["ts"] = data.draw(st.one_of(
-                st.sampled_from([1e12, -1e12, 1e300, float("inf"), float("nan"), True, "now"]),
-                st.floats()), label="ts")
+            events[i]["ts"] = data.draw(
+                st.one_of(
+                    st.sampled_from([1e12, -1e12, 1e300, float("inf"), float("nan"), True, "now"]),
+                    st.floats(),
+                ),
+                label="ts",
+            )
         elif op == "seq" and i > 0 and isinstance(events[i - 1], dict):
             events[i]["seq"] = events[i - 1].get("seq")
         elif op == "reorder":
@@ -176,11 +227,11 @@ def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict
     if events and data.draw(st.integers(0, 4), label="within one event") > 0:
         # Uniform over the events (sampled_from favours the first candidates).
         i = data.draw(st.integers(0, len(events) - 1), label="event")
-        candidates = [p for p in candidates if p[:2] == ("events", i) and len(p) > 2] \
-            or candidates
+        candidates = [p for p in candidates if p[:2] == ("events", i) and len(p) > 2] or candidates
     if op == "id":
-        candidates = [p for p in candidates if isinstance(at(doc, p), str)
-                      and _is_uuid(at(doc, p))] or candidates
+        candidates = [
+            p for p in candidates if isinstance(at(doc, p), str) and _is_uuid(at(doc, p))
+        ] or candidates
     if op == "text":
         candidates = [p for p in candidates if isinstance(at(doc, p), str)] or candidates
     if op == "payload":  # inside what a step or a spec said: imports, then must read
@@ -194,12 +245,21 @@ def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict
     elif op == "id":
         parent[key] = data.draw(st.sampled_from(ids), label="id")
     elif benign:
-        parent[key] = data.draw(st.recursive(
-            st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 63 - 1)
-            | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(TEXT),
-            lambda inner: st.lists(inner, max_size=3)
-            | st.dictionaries(st.sampled_from(TEXT), inner, max_size=3),
-            max_leaves=6), label="JSON value")
+        parent[key] = data.draw(
+            st.recursive(
+                st.none()
+                | st.booleans()
+                | st.integers(-(2**63), 2**63 - 1)
+                | st.floats(allow_nan=False, allow_infinity=False)
+                | st.sampled_from(TEXT),
+                lambda inner: (
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(TEXT), inner, max_size=3)
+                ),
+                max_leaves=6,
+            ),
+            label="JSON value",
+        )
     else:
         parent[key] = data.draw(values(ids), label="value")
     return doc
@@ -211,8 +271,9 @@ def _free(path: tuple) -> bool:
         return False
     if path[3] == "spec":
         return path[4] != "instance"
-    return path[3] == "set" and (path[4] in ("results", "revert_results")
-                                 or path[4] == "meta" and len(path) > 5)
+    return path[3] == "set" and (
+        path[4] in ("results", "revert_results") or path[4] == "meta" and len(path) > 5
+    )
 
 
 def _is_uuid(text: str) -> bool:
@@ -243,8 +304,12 @@ def everything_reads(url: str) -> None:
         history.stats()
         for row in builds:
             build = history.build(row.build_id)
-            build.diagnose(vif_plugging_timeout=300, recovery_policy="auto",
-                           resume_window=600, lease_seconds=30)
+            build.diagnose(
+                vif_plugging_timeout=300,
+                recovery_policy="auto",
+                resume_window=600,
+                lease_seconds=30,
+            )
             summary(build, 80), step_rows(build, 80), step_full_rows(build)
             for event in history.events(row.build_id):
                 payload_summary(event)
@@ -256,8 +321,12 @@ def everything_reads(url: str) -> None:
         log.close()
 
 
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data())
 def test_mutated_exports_import_cleanly_or_change_nothing(corpus, data):
     copies = corpus.setdefault("copies", _copies(corpus))

@@ -11,13 +11,24 @@ from spawnflow.persistence.eventlog import EventLog
 def test_table_matches_the_design():
     assert lifecycle.FINAL == {"ACTIVE", "ROLLED_BACK", "FAILED"}
     lifecycle.check(None, "QUEUED")
-    for a, b in [("QUEUED", "RUNNING"), ("RUNNING", "ACTIVE"), ("RUNNING", "REVERTING"),
-                 ("REVERTING", "ROLLED_BACK"), ("REVERTING", "FAILED"),
-                 ("RUNNING", "INTERRUPTED"), ("INTERRUPTED", "RUNNING"),
-                 ("INTERRUPTED", "REVERTING")]:
+    for a, b in [
+        ("QUEUED", "RUNNING"),
+        ("RUNNING", "ACTIVE"),
+        ("RUNNING", "REVERTING"),
+        ("REVERTING", "ROLLED_BACK"),
+        ("REVERTING", "FAILED"),
+        ("RUNNING", "INTERRUPTED"),
+        ("INTERRUPTED", "RUNNING"),
+        ("INTERRUPTED", "REVERTING"),
+    ]:
         lifecycle.check(a, b)
-    for a, b in [("ACTIVE", "RUNNING"), ("ROLLED_BACK", "RUNNING"), ("QUEUED", "ACTIVE"),
-                 ("FAILED", "REVERTING"), (None, "RUNNING")]:
+    for a, b in [
+        ("ACTIVE", "RUNNING"),
+        ("ROLLED_BACK", "RUNNING"),
+        ("QUEUED", "ACTIVE"),
+        ("FAILED", "REVERTING"),
+        (None, "RUNNING"),
+    ]:
         with pytest.raises(IllegalTransition):
             lifecycle.check(a, b)
 
@@ -36,8 +47,13 @@ def test_illegal_build_transition_writes_nothing(tmp_path):
 
 def test_build_events_are_ordered_and_redacted(tmp_path):
     log = EventLog.open(f"sqlite:///{tmp_path}/log.sqlite")
-    log.create_build("b2", instance_uuid="i2", instance_name="n", host="h",
-                     spec={"admin_password": "s3cret", "volumes": [{"auth_password": "x1"}]})
+    log.create_build(
+        "b2",
+        instance_uuid="i2",
+        instance_name="n",
+        host="h",
+        spec={"admin_password": "s3cret", "volumes": [{"auth_password": "x1"}]},
+    )
     first = log.events("b2")[0]
     assert first.payload["spec"]["admin_password"] == "***"
     assert first.payload["spec"]["volumes"][0]["auth_password"] == "***"

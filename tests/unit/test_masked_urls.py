@@ -20,8 +20,12 @@ URLS = {
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spawnflow.cmd.main", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spawnflow.cmd.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def commands(url: str, tmp_path: Path) -> list[tuple[str, ...]]:
@@ -43,11 +47,15 @@ def commands(url: str, tmp_path: Path) -> list[tuple[str, ...]]:
 
 
 def test_a_refused_database_url_is_shown_masked(tmp_path: Path):
-    calls = [*commands(URLS["refused connection"], tmp_path),
-             *commands(URLS["port not a number"], tmp_path)]
+    calls = [
+        *commands(URLS["refused connection"], tmp_path),
+        *commands(URLS["port not a number"], tmp_path),
+    ]
     for problem in ("password in the query", "unknown dialect"):
-        calls += [("history", "list", "--db", URLS[problem]),
-                  commands(URLS[problem], tmp_path)[-4]]  # db current from the config
+        calls += [
+            ("history", "list", "--db", URLS[problem]),
+            commands(URLS[problem], tmp_path)[-4],
+        ]  # db current from the config
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda args: run(*args), calls))
     for args, result in zip(calls, results, strict=True):
@@ -58,8 +66,11 @@ def test_a_refused_database_url_is_shown_masked(tmp_path: Path):
         assert len(result.stderr.strip().splitlines()) == 1, shown
         if "--db" in args and "import" not in args:
             # Where it names the database, it is the masked URL.
-            assert "u:***@" in result.stderr or "?***" in result.stderr \
-                or "connection failed" in result.stderr, shown
+            assert (
+                "u:***@" in result.stderr
+                or "?***" in result.stderr
+                or "connection failed" in result.stderr
+            ), shown
 
 
 def test_db_commands_name_the_database_masked(tmp_path: Path):

@@ -19,11 +19,12 @@ from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
 from tests.helpers import make_spec, new_uuid
 
-MIGRATION = (Path(schema.__file__).parent / "migrations" / "versions"
-             / "0005_one_unfinished_build.py")
+MIGRATION = (
+    Path(schema.__file__).parent / "migrations" / "versions" / "0005_one_unfinished_build.py"
+)
 
 
-def load_migration():  # noqa: ANN201
+def load_migration():
     spec = importlib.util.spec_from_file_location("migration_0005", MIGRATION)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -49,16 +50,27 @@ def test_migration_clause_is_the_lifecycle_non_final_set():
 
 
 @pytest.fixture
-def log(tmp_path: Path):  # noqa: ANN201
+def log(tmp_path: Path):
     eventlog = EventLog.open(f"sqlite:///{tmp_path}/one.sqlite")
     yield eventlog
     eventlog.close()
 
 
 def insert_build(conn: sa.Connection, instance: str, state: str) -> None:
-    conn.execute(sa.insert(t.builds).values(
-        build_id=new_uuid(), instance_uuid=instance, instance_name="vm", host="h",
-        state=state, created_at=1.0, updated_at=1.0, spec={}, error=None, last_seq=0))
+    conn.execute(
+        sa.insert(t.builds).values(
+            build_id=new_uuid(),
+            instance_uuid=instance,
+            instance_name="vm",
+            host="h",
+            state=state,
+            created_at=1.0,
+            updated_at=1.0,
+            spec={},
+            error=None,
+            last_seq=0,
+        )
+    )
 
 
 @pytest.mark.parametrize("state", sorted(lifecycle.STATES))
@@ -108,12 +120,16 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance_and_changes_nothi
     path = tmp_path / "old.sqlite"
     url = at_revision(path, "0004")
     with sqlite3.connect(path) as conn:
-        for build_id, instance, state in [("dup-1", "inst-a", "RUNNING"),
-                                          ("dup-2", "inst-a", "QUEUED"),
-                                          ("done-1", "inst-a", "ROLLED_BACK"),
-                                          ("solo-1", "inst-b", "QUEUED")]:
-            conn.execute("insert into builds values (?, ?, 'vm', 'cmp1', ?, 1, 1, '{}', null, 0)",
-                         (build_id, instance, state))
+        for build_id, instance, state in [
+            ("dup-1", "inst-a", "RUNNING"),
+            ("dup-2", "inst-a", "QUEUED"),
+            ("done-1", "inst-a", "ROLLED_BACK"),
+            ("solo-1", "inst-b", "QUEUED"),
+        ]:
+            conn.execute(
+                "insert into builds values (?, ?, 'vm', 'cmp1', ?, 1, 1, '{}', null, 0)",
+                (build_id, instance, state),
+            )
     conn.close()
     with pytest.raises(SchemaError) as refused:
         EventLog.open(url)
@@ -124,7 +140,8 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance_and_changes_nothi
     engine = schema.make_engine(url)
     assert schema.current_revision(engine) == "0004"
     assert "ux_builds_unfinished_instance" not in {
-        i["name"] for i in sa.inspect(engine).get_indexes("builds")}
+        i["name"] for i in sa.inspect(engine).get_indexes("builds")
+    }
     engine.dispose()
 
     # Once the operator settled them, the same database upgrades.
@@ -137,12 +154,13 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance_and_changes_nothi
 
 
 @pytest.fixture
-def queue(log, tmp_path):  # noqa: ANN001, ANN201
+def queue(log, tmp_path):
     backend = EventLogBackend(eventlog=log)
     spec = parse_spec(make_spec(tmp_path / "image.qcow2"))
 
     def run(host: str = "cmp1") -> tuple[str, bool]:
         return queue_build(log, backend, spec, host)
+
     run.spec = spec
     yield run
     backend.close()

@@ -6,14 +6,13 @@ import pytest
 from taskflow import states
 from taskflow.persistence import models
 
-import spawnflow.conf  # noqa: I001
+import spawnflow.conf
 from spawnflow.engine.recovery import RESUME, ROLLBACK, decide
 from tests.helpers import write_conf
 
 
-def conf_with(tmp_path, **recovery):  # noqa: ANN001, ANN201
-    path = write_conf(tmp_path / "r.conf", recovery=recovery,
-                      network={"vif_plugging_timeout": 300})
+def conf_with(tmp_path, **recovery):
+    path = write_conf(tmp_path / "r.conf", recovery=recovery, network={"vif_plugging_timeout": 300})
     return spawnflow.conf.load(["--config-file", str(path)])
 
 
@@ -32,15 +31,19 @@ NOW = 10_000.0
 RUNNING_IMAGE = flow(("disk_info", states.SUCCESS, {}), ("image", states.RUNNING, None))
 
 
-@pytest.mark.parametrize("policy,age,expected", [
-    ("resume", 10_000, RESUME),
-    ("rollback", 1, ROLLBACK),
-    ("auto", 10, RESUME),
-    ("auto", 10_000, ROLLBACK),
-])
+@pytest.mark.parametrize(
+    "policy,age,expected",
+    [
+        ("resume", 10_000, RESUME),
+        ("rollback", 1, ROLLBACK),
+        ("auto", 10, RESUME),
+        ("auto", 10_000, ROLLBACK),
+    ],
+)
 def test_policy(tmp_path, policy, age, expected):
-    decision = decide(conf_with(tmp_path, policy=policy, resume_window=600),
-                      NOW - age, RUNNING_IMAGE, now=NOW)
+    decision = decide(
+        conf_with(tmp_path, policy=policy, resume_window=600), NOW - age, RUNNING_IMAGE, now=NOW
+    )
     assert decision.action == expected
     assert decision.reason
 
@@ -52,12 +55,22 @@ def test_a_build_that_was_reverting_always_rolls_back(tmp_path):
 
 
 def test_passed_event_deadline_rolls_back(tmp_path):
-    waiting = flow(("vifs", states.SUCCESS,
-                    {"expected_events": ["p1"], "waiting_since": NOW - 400, "plugged": []}),
-                   ("resume", states.RUNNING, None))
+    waiting = flow(
+        (
+            "vifs",
+            states.SUCCESS,
+            {"expected_events": ["p1"], "waiting_since": NOW - 400, "plugged": []},
+        ),
+        ("resume", states.RUNNING, None),
+    )
     decision = decide(conf_with(tmp_path, policy="resume"), NOW - 400, waiting, now=NOW)
     assert decision.action == ROLLBACK and "deadline" in decision.reason
-    in_time = flow(("vifs", states.SUCCESS,
-                    {"expected_events": ["p1"], "waiting_since": NOW - 10, "plugged": []}),
-                   ("resume", states.RUNNING, None))
+    in_time = flow(
+        (
+            "vifs",
+            states.SUCCESS,
+            {"expected_events": ["p1"], "waiting_since": NOW - 10, "plugged": []},
+        ),
+        ("resume", states.RUNNING, None),
+    )
     assert decide(conf_with(tmp_path, policy="resume"), NOW, in_time, now=NOW).action == RESUME

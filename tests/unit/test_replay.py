@@ -35,8 +35,11 @@ NEXT = {
 op = st.one_of(
     st.tuples(st.just("state"), st.integers(0, 4), st.integers(0, 1)),
     st.tuples(st.just("result"), st.integers(0, 4), st.integers(-5, 5)),
-    st.tuples(st.just("intention"), st.integers(0, 4),
-              st.sampled_from([states.EXECUTE, states.REVERT, states.IGNORE])),
+    st.tuples(
+        st.just("intention"),
+        st.integers(0, 4),
+        st.sampled_from([states.EXECUTE, states.REVERT, states.IGNORE]),
+    ),
     st.tuples(st.just("progress"), st.integers(0, 4), st.floats(0, 1)),
     st.tuples(st.just("flow_meta"), st.integers(0, 4), st.text(max_size=5)),
     st.tuples(st.just("fail"), st.integers(0, 4), st.text(max_size=8)),
@@ -48,11 +51,11 @@ class Noop(task.Task):
         return 1
 
 
-def new_backend(tmp: str):  # noqa: ANN201
+def new_backend(tmp: str):
     return open_backend(f"sqlite:///{tmp}/replay.sqlite")
 
 
-def assert_replay_equals_projection(backend) -> None:  # noqa: ANN001
+def assert_replay_equals_projection(backend) -> None:
     log = backend.eventlog
     log.flush(all_builds=True)
     assert replay.replay(log) == replay.current(log)
@@ -79,8 +82,9 @@ def test_random_storage_operations_replay_to_the_projections(ops):
             elif kind == "result" and current == states.RUNNING:
                 store.save(name, value, states.SUCCESS)
             elif kind == "fail" and current == states.RUNNING:
-                store.save(name, failure.Failure.from_exception(RuntimeError(value)),
-                           states.FAILURE)
+                store.save(
+                    name, failure.Failure.from_exception(RuntimeError(value)), states.FAILURE
+                )
             elif kind == "intention":
                 store.set_atom_intention(name, value)
             elif kind == "progress" and current == states.RUNNING:
@@ -117,9 +121,11 @@ def test_engine_runs_replay_to_the_projections(length, failing, runs):
             with contextlib.closing(backend.get_connection()) as conn:
                 conn.save_logbook(book)
             flow = linear_flow.Flow("f").add(
-                *(MaybeFail(f"t{i}", i == failing) for i in range(length)))
-            engine = taskflow.engines.load(flow, flow_detail=flow_detail, book=book,
-                                           backend=backend, engine="serial")
+                *(MaybeFail(f"t{i}", i == failing) for i in range(length))
+            )
+            engine = taskflow.engines.load(
+                flow, flow_detail=flow_detail, book=book, backend=backend, engine="serial"
+            )
             with contextlib.suppress(RuntimeError):
                 engine.run()
         assert_replay_equals_projection(backend)

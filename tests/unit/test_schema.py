@@ -32,8 +32,11 @@ def test_migrated_schema_matches_the_tables_module(tmp_path):
     engine = schema.make_engine(url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": schema.VERSION_TABLE})
-        diff = [d for d in compare_metadata(context, tables.metadata)
-                if not (d[0] == "remove_table" and d[1].name == schema.VERSION_TABLE)]
+        diff = [
+            d
+            for d in compare_metadata(context, tables.metadata)
+            if not (d[0] == "remove_table" and d[1].name == schema.VERSION_TABLE)
+        ]
     engine.dispose()
     assert diff == []
 
@@ -65,12 +68,31 @@ def test_database_populated_at_the_previous_revision_upgrades(tmp_path):
     with engine.begin() as conn:
         command.upgrade(schema._alembic_config(conn), "0001")
     with engine.begin() as conn:
-        conn.execute(sa.insert(tables.events).values(
-            build_id="b0", ts=1.0, kind="build", subject="b0", name="old", to_state="QUEUED",
-            payload={"spec": {}, "host": "h", "instance_uuid": "i0"}))
-        conn.execute(sa.insert(tables.builds).values(
-            build_id="b0", instance_uuid="i0", instance_name="old", host="h", state="QUEUED",
-            created_at=1.0, updated_at=1.0, spec={}, error=None, last_seq=1))
+        conn.execute(
+            sa.insert(tables.events).values(
+                build_id="b0",
+                ts=1.0,
+                kind="build",
+                subject="b0",
+                name="old",
+                to_state="QUEUED",
+                payload={"spec": {}, "host": "h", "instance_uuid": "i0"},
+            )
+        )
+        conn.execute(
+            sa.insert(tables.builds).values(
+                build_id="b0",
+                instance_uuid="i0",
+                instance_name="old",
+                host="h",
+                state="QUEUED",
+                created_at=1.0,
+                updated_at=1.0,
+                spec={},
+                error=None,
+                last_seq=1,
+            )
+        )
     assert schema.current_revision(engine) == "0001"
     engine.dispose()
 

@@ -95,6 +95,7 @@ def _make_foreign_tap(name: str, alias: str | None = None) -> None:
 
 # --- names -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("vid", [str(uuid.uuid4()) for _ in range(3)] + ["x", "a" * 40])
 def test_tap_name_like_nova_and_fits_ifnamsiz(vid):
     name = tap_name(vid)
@@ -104,14 +105,16 @@ def test_tap_name_like_nova_and_fits_ifnamsiz(vid):
 
 # --- bridge driver ---------------------------------------------------------
 
+
 def test_bridge_plug_creates_missing_bridge_up_with_mtu(bridge_name, vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=1400)
     assert not tap_exists(bridge_name)
 
     result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
 
-    assert result == PlugResult(vif_id=vif_id, tap=tap_name(vif_id),
-                                created_tap=False, created_bridge=True)
+    assert result == PlugResult(
+        vif_id=vif_id, tap=tap_name(vif_id), created_tap=False, created_bridge=True
+    )
     link = _link(bridge_name)
     assert _kind(link) == "bridge"
     assert link["flags"] & 1  # IFF_UP
@@ -134,8 +137,9 @@ def test_bridge_plug_twice_is_idempotent(bridge_name, vif_id, instance_uuid):
     assert _link(bridge_name)["index"] == index  # same device, not re-created
 
 
-def test_bridge_plug_brings_existing_bridge_up_and_keeps_its_mtu(bridge_name, vif_id,
-                                                                 instance_uuid):
+def test_bridge_plug_brings_existing_bridge_up_and_keeps_its_mtu(
+    bridge_name, vif_id, instance_uuid
+):
     with IPRoute() as ipr:
         ipr.link("add", ifname=bridge_name, kind="bridge")
         ipr.link("set", index=ipr.link_lookup(ifname=bridge_name)[0], mtu=1450)
@@ -198,16 +202,18 @@ def test_bridge_unplug_keeps_a_tap_in_use(bridge_name, vif_id, instance_uuid):
 def test_bridge_unplug_keeps_a_tap_vif_tap(bridge_name, vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
     result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
-    TapVifDriver().plug(Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None),
-                        instance_uuid, OTHER_BUILD)
+    TapVifDriver().plug(
+        Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None), instance_uuid, OTHER_BUILD
+    )
 
     BridgeVifDriver().unplug(vif, result, instance_uuid, BUILD)
 
     assert tap_exists(result.tap)
 
 
-def test_bridge_unplug_keeps_a_non_tap_device_with_the_tap_name(devices, bridge_name, vif_id,
-                                                                instance_uuid):
+def test_bridge_unplug_keeps_a_non_tap_device_with_the_tap_name(
+    devices, bridge_name, vif_id, instance_uuid
+):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge=bridge_name, mtu=None)
     result = BridgeVifDriver().plug(vif, instance_uuid, BUILD)
     with IPRoute() as ipr:  # a bridge that happens to carry the tap's name
@@ -230,38 +236,47 @@ def test_bridge_plug_refuses_a_non_bridge_device(devices, vif_id, instance_uuid)
 
 def test_bridge_plug_rejects_missing_or_long_bridge_name(vif_id, instance_uuid):
     with pytest.raises(VifError, match="needs a bridge name"):
-        BridgeVifDriver().plug(Vif(id=vif_id, mac=MAC, type="bridge", bridge=None, mtu=None),
-                               instance_uuid, BUILD)
+        BridgeVifDriver().plug(
+            Vif(id=vif_id, mac=MAC, type="bridge", bridge=None, mtu=None), instance_uuid, BUILD
+        )
     with pytest.raises(VifError, match="1 to 15 bytes"):
         BridgeVifDriver().plug(
-            Vif(id=vif_id, mac=MAC, type="bridge", bridge="b" * 16, mtu=None), instance_uuid,
-            BUILD)
+            Vif(id=vif_id, mac=MAC, type="bridge", bridge="b" * 16, mtu=None), instance_uuid, BUILD
+        )
 
 
 def test_bridge_guest_interface(vif_id):
     vif = Vif(id=vif_id, mac=MAC, type="bridge", bridge="br-int", mtu=1450)
-    result = PlugResult(vif_id=vif_id, tap=tap_name(vif_id), created_tap=False,
-                        created_bridge=False)
+    result = PlugResult(
+        vif_id=vif_id, tap=tap_name(vif_id), created_tap=False, created_bridge=False
+    )
 
     iface = BridgeVifDriver().guest_interface(vif, result, filterref=FilterRef("clean-traffic"))
 
     assert (iface.kind, iface.bridge, iface.target_dev, iface.managed_tap, iface.mtu) == (
-        "bridge", "br-int", tap_name(vif_id), True, 1450)
+        "bridge",
+        "br-int",
+        tap_name(vif_id),
+        True,
+        1450,
+    )
     xml = etree.tostring(iface.to_element()).decode()
-    assert f"<target dev=\"{tap_name(vif_id)}\"/>" in xml
-    assert "<source bridge=\"br-int\"/>" in xml
+    assert f'<target dev="{tap_name(vif_id)}"/>' in xml
+    assert '<source bridge="br-int"/>' in xml
     assert "clean-traffic" in xml
 
 
 # --- tap driver ------------------------------------------------------------
+
 
 def test_tap_plug_creates_tap_with_mtu_alias_and_up(vif_id, instance_uuid):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1400)
 
     result = TapVifDriver().plug(vif, instance_uuid, BUILD)
 
-    assert result == PlugResult(vif_id=vif_id, tap=tap_name(vif_id),
-                                created_tap=True, created_bridge=False)
+    assert result == PlugResult(
+        vif_id=vif_id, tap=tap_name(vif_id), created_tap=True, created_bridge=False
+    )
     link = _link(result.tap)
     assert _kind(link) == "tun"
     assert link.get("IFLA_MTU") == 1400
@@ -286,8 +301,9 @@ def test_tap_replug_converges_mtu_and_state(vif_id, instance_uuid):
     name = tap_name(vif_id)
     _make_foreign_tap(name, alias=f"spawnflow:{instance_uuid}:{vif_id}:{BUILD}")
 
-    TapVifDriver().plug(Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1300),
-                        instance_uuid, BUILD)
+    TapVifDriver().plug(
+        Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1300), instance_uuid, BUILD
+    )
 
     link = _link(name)
     assert link.get("IFLA_MTU") == 1300
@@ -333,8 +349,10 @@ def test_tap_unplug_keeps_the_tap_of_another_build(vif_id, instance_uuid):
 
     driver.unplug(vif, a_result, instance_uuid, BUILD)
 
-    assert _link(tap_name(vif_id)).get("IFLA_IFALIAS") == \
-        f"spawnflow:{instance_uuid}:{vif_id}:{OTHER_BUILD}"
+    assert (
+        _link(tap_name(vif_id)).get("IFLA_IFALIAS")
+        == f"spawnflow:{instance_uuid}:{vif_id}:{OTHER_BUILD}"
+    )
 
 
 def test_tap_plug_refuses_non_tap_device(devices, vif_id, instance_uuid):
@@ -342,8 +360,9 @@ def test_tap_plug_refuses_non_tap_device(devices, vif_id, instance_uuid):
         ipr.link("add", ifname=tap_name(vif_id), kind="bridge")
 
     with pytest.raises(VifError, match="not a tap"):
-        TapVifDriver().plug(Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None),
-                            instance_uuid, BUILD)
+        TapVifDriver().plug(
+            Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None), instance_uuid, BUILD
+        )
 
 
 def test_tap_unplug_removes_and_tolerates_already_gone(vif_id, instance_uuid):
@@ -361,26 +380,27 @@ def test_tap_unplug_keeps_tap_it_did_not_create(vif_id, instance_uuid):
     _make_foreign_tap(name)
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=None)
 
-    TapVifDriver().unplug(vif, PlugResult(vif_id, name, created_tap=False,
-                                          created_bridge=False), instance_uuid, BUILD)
+    TapVifDriver().unplug(
+        vif, PlugResult(vif_id, name, created_tap=False, created_bridge=False), instance_uuid, BUILD
+    )
     assert tap_exists(name)
     # created_tap=True but the device there now is not tagged as ours.
-    TapVifDriver().unplug(vif, PlugResult(vif_id, name, created_tap=True,
-                                          created_bridge=False), instance_uuid, BUILD)
+    TapVifDriver().unplug(
+        vif, PlugResult(vif_id, name, created_tap=True, created_bridge=False), instance_uuid, BUILD
+    )
     assert tap_exists(name)
 
 
 def test_tap_guest_interface_is_unmanaged_ethernet(vif_id):
     vif = Vif(id=vif_id, mac=MAC, type="tap", bridge=None, mtu=1400)
-    result = PlugResult(vif_id=vif_id, tap=tap_name(vif_id), created_tap=True,
-                        created_bridge=False)
+    result = PlugResult(vif_id=vif_id, tap=tap_name(vif_id), created_tap=True, created_bridge=False)
 
     iface = TapVifDriver().guest_interface(vif, result)
 
     xml = etree.tostring(iface.to_element()).decode()
-    assert "<interface type=\"ethernet\">" in xml
-    assert f"<target dev=\"{tap_name(vif_id)}\" managed=\"no\"/>" in xml
-    assert "<mtu size=\"1400\"/>" in xml
+    assert '<interface type="ethernet">' in xml
+    assert f'<target dev="{tap_name(vif_id)}" managed="no"/>' in xml
+    assert '<mtu size="1400"/>' in xml
 
 
 def test_guest_interface_errors_are_vif_errors(vif_id):
@@ -396,6 +416,7 @@ def test_plug_result_round_trips_through_json(vif_id):
 
 
 # --- plugin registry -------------------------------------------------------
+
 
 def test_get_driver_through_stevedore():
     # Needs the spawnflow.vif_drivers entry points (setup.cfg) to be installed.

@@ -39,7 +39,7 @@ def env(tmp_path: Path) -> dict[str, Path]:
     return {"tmp": tmp_path, "vols": vols, "keys": keys, "key": key}
 
 
-def conf_for(env: dict[str, Path], allowed: str | None = None, **groups):  # noqa: ANN003, ANN201
+def conf_for(env: dict[str, Path], allowed: str | None = None, **groups):
     volumes = {"allowed_paths": allowed if allowed is not None else env["vols"]}
     merged = {"volumes": volumes, "encryption": {"key_dir": env["keys"]}}
     for group, options in groups.items():
@@ -47,24 +47,28 @@ def conf_for(env: dict[str, Path], allowed: str | None = None, **groups):  # noq
     return load_conf(env["tmp"], **merged)
 
 
-def spec_with(*volumes: dict):  # noqa: ANN201
+def spec_with(*volumes: dict):
     full = []
     for index, volume in enumerate(volumes):
         entry = {"id": new_uuid(), "device": "vd" + "bcdefgh"[index], "driver": "local"}
         entry.update(volume)
         full.append(entry)
-    return parse_spec({
-        "instance": {"uuid": new_uuid(), "name": "vm"},
-        "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 1},
-        "image": {"source": "/srv/images/cirros.qcow2"},
-        "volumes": full})
+    return parse_spec(
+        {
+            "instance": {"uuid": new_uuid(), "name": "vm"},
+            "flavor": {"vcpus": 1, "memory_mb": 64, "root_gb": 1},
+            "image": {"source": "/srv/images/cirros.qcow2"},
+            "volumes": full,
+        }
+    )
 
 
-def refused(conf, *volumes: dict, host: Host | None = None) -> dict[str, str]:  # noqa: ANN001
+def refused(conf, *volumes: dict, host: Host | None = None) -> dict[str, str]:
     """{field: reason} of the spec's volumes, checked in a thread that must not hang."""
     out: list = []
-    worker = threading.Thread(target=lambda: out.append(
-        volume_refusals(spec_with(*volumes), conf, host)), daemon=True)
+    worker = threading.Thread(
+        target=lambda: out.append(volume_refusals(spec_with(*volumes), conf, host)), daemon=True
+    )
     worker.start()
     worker.join(10)
     assert not worker.is_alive(), "the volume check blocked"
@@ -81,6 +85,7 @@ def encrypted(path: Path | str, key: Path | str) -> dict:
 
 # --- local paths -------------------------------------------------------------------
 
+
 def test_a_file_inside_an_allowed_directory_is_fine(env):
     assert refused(conf_for(env), encrypted(env["vols"] / "v.raw", env["key"])) == {}
 
@@ -88,14 +93,15 @@ def test_a_file_inside_an_allowed_directory_is_fine(env):
 def test_default_allows_no_local_volume(env):
     reasons = refused(conf_for(env, allowed=""), local(env["vols"] / "v.raw"))
     assert reasons["volumes.0.path"] == (
-        f"'{env['vols'] / 'v.raw'}' is outside [volumes] allowed_paths "
-        "(empty: no local volumes)")
+        f"'{env['vols'] / 'v.raw'}' is outside [volumes] allowed_paths (empty: no local volumes)"
+    )
 
 
 def test_a_host_file_is_refused_naming_value_and_option(env):
     reasons = refused(conf_for(env), local("/etc/shadow"))
-    assert reasons == {"volumes.0.path": (
-        f"'/etc/shadow' is outside [volumes] allowed_paths ({env['vols']})")}
+    assert reasons == {
+        "volumes.0.path": (f"'/etc/shadow' is outside [volumes] allowed_paths ({env['vols']})")
+    }
 
 
 def test_dotdot_out_of_an_allowed_directory_is_refused(env):
@@ -103,15 +109,17 @@ def test_dotdot_out_of_an_allowed_directory_is_refused(env):
     path = f"{env['vols']}/../outside.raw"
     reasons = refused(conf_for(env), local(path))
     assert reasons["volumes.0.path"].startswith(
-        f"'{path}' (resolves to '{env['tmp'] / 'outside.raw'}') is outside [volumes]")
+        f"'{path}' (resolves to '{env['tmp'] / 'outside.raw'}') is outside [volumes]"
+    )
 
 
 @pytest.mark.parametrize("target", ["/etc/shadow", "/dev/sda", "/dev/zero", "/"])
 def test_a_link_inside_an_allowed_directory_is_judged_by_its_target(env, target):
     os.symlink(target, env["vols"] / "evil")
     reasons = refused(conf_for(env), local(env["vols"] / "evil"))
-    assert f"(resolves to '{target}') is outside [volumes] allowed_paths" \
-        in reasons["volumes.0.path"]
+    assert (
+        f"(resolves to '{target}') is outside [volumes] allowed_paths" in reasons["volumes.0.path"]
+    )
 
 
 def test_a_link_out_and_back_in_is_fine(env):
@@ -132,15 +140,17 @@ def test_a_missing_file_outside_is_refused_without_saying_whether_it_exists(env)
     inside = refused(conf_for(env), local(env["vols"] / "nope"))
     outside = refused(conf_for(env), local("/root/.ssh/nope"))
     assert inside["volumes.0.path"].endswith("does not exist")
-    assert outside["volumes.0.path"].endswith(f"is outside [volumes] allowed_paths "
-                                              f"({env['vols']})")
+    assert outside["volumes.0.path"].endswith(f"is outside [volumes] allowed_paths ({env['vols']})")
 
 
-@pytest.mark.parametrize("make, kind", [
-    (lambda p: os.mkfifo(p), "a FIFO"),
-    (lambda p: os.mknod(p, 0o600 | 0o020000, os.makedev(1, 5)), "a character device"),
-    (lambda p: os.mkdir(p), "a directory"),
-])
+@pytest.mark.parametrize(
+    "make, kind",
+    [
+        (lambda p: os.mkfifo(p), "a FIFO"),
+        (lambda p: os.mknod(p, 0o600 | 0o020000, os.makedev(1, 5)), "a character device"),
+        (lambda p: os.mkdir(p), "a directory"),
+    ],
+)
 def test_only_files_and_block_devices_are_volumes(env, make, kind):
     # A FIFO would block qemu (and any reader); /dev/zero planted in an allowed
     # directory would be an endless disk.
@@ -148,7 +158,8 @@ def test_only_files_and_block_devices_are_volumes(env, make, kind):
     reasons = refused(conf_for(env), local(env["vols"] / "odd"))
     assert reasons["volumes.0.path"] == (
         f"'{env['vols'] / 'odd'}' is {kind}; a local volume must be a regular file or "
-        "a block device")
+        "a block device"
+    )
 
 
 def test_a_socket_is_refused(env):
@@ -176,7 +187,8 @@ def test_the_event_log_is_refused_even_inside_an_allowed_directory(env):
         reasons = refused(conf, local(path))
         assert reasons["volumes.0.path"] == (
             f"'{path}' is inside the event log database ({path}), which a volume may "
-            "never reach, whatever [volumes] allowed_paths says")
+            "never reach, whatever [volumes] allowed_paths says"
+        )
 
 
 def test_a_directory_holding_state_path_does_not_make_it_reachable(env):
@@ -204,23 +216,26 @@ def test_another_instances_disk_is_refused_with_instances_path_elsewhere(env):
     base.write_bytes(bytes(512))
     conf = conf_for(env, DEFAULT={"instances_path": instances})
     for path in (disk, base):
-        assert f"is inside instances_path ({instances})" in \
-            refused(conf, local(path))["volumes.0.path"]
+        assert (
+            f"is inside instances_path ({instances})"
+            in refused(conf, local(path))["volumes.0.path"]
+        )
 
 
 def test_a_block_device_needs_a_glob(env):
     node = env["vols"] / "dev-free"
     os.mknod(node, 0o600 | 0o060000, os.makedev(7, 250))  # a loop device nobody uses
     reasons = refused(conf_for(env), local(node))
-    assert "is a block device, but block devices must match a glob in [volumes] " \
+    assert (
+        "is a block device, but block devices must match a glob in [volumes] "
         "allowed_paths" in reasons["volumes.0.path"]
+    )
     assert refused(conf_for(env, allowed=f"{env['vols']}/dev-*"), local(node)) == {}
 
 
 def test_a_glob_allows_block_devices_only(env):
     reasons = refused(conf_for(env, allowed=f"{env['vols']}/*"), local(env["vols"] / "v.raw"))
-    assert "is a regular file, but matches only the block-device glob" \
-        in reasons["volumes.0.path"]
+    assert "is a regular file, but matches only the block-device glob" in reasons["volumes.0.path"]
 
 
 def test_a_glob_is_matched_against_the_resolved_path(env):
@@ -253,21 +268,27 @@ def test_a_block_device_the_host_has_mounted_is_refused_whatever_the_glob(env):
 def test_two_links_to_one_file_are_refused(env):
     os.symlink(env["vols"] / "v.raw", env["vols"] / "alias")
     reasons = refused(conf_for(env), local(env["vols"] / "v.raw"), local(env["vols"] / "alias"))
-    assert reasons == {"volumes.1.path": (
-        f"'{env['vols'] / 'alias'}' is '{env['vols'] / 'v.raw'}', the same file as "
-        "volumes.0.path")}
+    assert reasons == {
+        "volumes.1.path": (
+            f"'{env['vols'] / 'alias'}' is '{env['vols'] / 'v.raw'}', the same file as "
+            "volumes.0.path"
+        )
+    }
 
 
 # --- key files ---------------------------------------------------------------------
 
-def key_reason(env, key: Path | str, **groups) -> str | None:  # noqa: ANN001, ANN003
+
+def key_reason(env, key: Path | str, **groups) -> str | None:
     return refused(conf_for(env, **groups), encrypted(env["vols"] / "v.raw", key)).get(
-        "volumes.0.encryption.key_file")
+        "volumes.0.encryption.key_file"
+    )
 
 
 def test_key_outside_key_dir_is_refused(env):
     assert key_reason(env, "/etc/shadow") == (
-        f"'/etc/shadow' is outside [encryption] key_dir ({env['keys']})")
+        f"'/etc/shadow' is outside [encryption] key_dir ({env['keys']})"
+    )
 
 
 def test_key_link_out_of_key_dir_is_refused(env):
@@ -277,7 +298,8 @@ def test_key_link_out_of_key_dir_is_refused(env):
     os.symlink(outside, env["keys"] / "link.key")
     assert key_reason(env, env["keys"] / "link.key") == (
         f"'{env['keys'] / 'link.key'}' (resolves to '{outside}') is outside [encryption] "
-        f"key_dir ({env['keys']})")
+        f"key_dir ({env['keys']})"
+    )
     assert "is outside [encryption] key_dir" in key_reason(env, f"{env['keys']}/../ssh_host_key")
 
 
@@ -289,7 +311,8 @@ def test_key_dir_itself_is_not_a_key(env):
 def test_key_mode_must_be_0400_or_0600(env, mode):
     os.chmod(env["key"], mode)
     assert key_reason(env, env["key"]) == (
-        f"'{env['key']}' has mode {mode:04o}; a key file must have mode 0400 or 0600")
+        f"'{env['key']}' has mode {mode:04o}; a key file must have mode 0400 or 0600"
+    )
 
 
 def test_key_mode_0400_is_fine(env):
@@ -300,7 +323,8 @@ def test_key_mode_0400_is_fine(env):
 def test_key_owned_by_another_user_is_refused(env):
     os.chown(env["key"], 65534, 65534)
     assert key_reason(env, env["key"]) == (
-        f"'{env['key']}' is owned by uid 65534; a key file must be owned by root")
+        f"'{env['key']}' is owned by uid 65534; a key file must be owned by root"
+    )
 
 
 def test_a_sparse_1gib_key_is_refused_without_reading_it(env):
@@ -309,8 +333,7 @@ def test_a_sparse_1gib_key_is_refused_without_reading_it(env):
         f.truncate(1 << 30)
     os.chmod(big, 0o600)
     started = time.monotonic()
-    assert key_reason(env, big) == (
-        f"'{big}' has 1073741824 bytes; a key file holds at most 4096")
+    assert key_reason(env, big) == (f"'{big}' has 1073741824 bytes; a key file holds at most 4096")
     with pytest.raises(EncryptionError, match="has 1073741824 bytes"):
         secrets.read_key_file(str(big), str(env["keys"]))
     assert time.monotonic() - started < 2
@@ -343,11 +366,14 @@ def test_key_fifo_is_refused_at_once(env):
     assert "not a regular file" in done[0]
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: p.write_bytes(b""), "is empty"),
-    (lambda p: p.mkdir(), "is not a regular file"),
-    (lambda p: None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.mkdir(), "is not a regular file"),
+        (lambda p: None, "does not exist"),
+    ],
+)
 def test_key_empty_dir_or_missing(env, make, reason):
     path = env["keys"] / "odd.key"
     make(path)
@@ -378,15 +404,23 @@ def test_read_key_file_checks_again_what_it_opened(env):
 
 # --- secrets of network volumes ----------------------------------------------------
 
-ISCSI = {"driver": "iscsi", "portal": "192.0.2.10:3260", "iqn": "iqn.2010-10.org.x:v",
-         "lun": 0, "auth_username": "chap", "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff"}
+ISCSI = {
+    "driver": "iscsi",
+    "portal": "192.0.2.10:3260",
+    "iqn": "iqn.2010-10.org.x:v",
+    "lun": 0,
+    "auth_username": "chap",
+    "secret_uuid": "7f0c0000-0000-4000-8000-0000000000ff",
+}
 
 
 def test_a_secret_without_a_libvirt_connection_is_refused(env):
     reasons = refused(conf_for(env), ISCSI)
-    assert reasons == {"volumes.0.secret_uuid": (
-        "'7f0c0000-0000-4000-8000-0000000000ff' cannot be checked without a libvirt "
-        "connection")}
+    assert reasons == {
+        "volumes.0.secret_uuid": (
+            "'7f0c0000-0000-4000-8000-0000000000ff' cannot be checked without a libvirt connection"
+        )
+    }
 
 
 def test_a_secret_the_host_does_not_have_is_refused(env):
@@ -396,7 +430,8 @@ def test_a_secret_the_host_does_not_have_is_refused(env):
     finally:
         host.close()
     assert reasons["volumes.0.secret_uuid"] == (
-        "'7f0c0000-0000-4000-8000-0000000000ff' names no libvirt secret on this host")
+        "'7f0c0000-0000-4000-8000-0000000000ff' names no libvirt secret on this host"
+    )
 
 
 def test_network_volumes_without_secrets_need_nothing(env):
@@ -410,11 +445,15 @@ def test_what_no_volume_may_reach_follows_the_configuration(env):
     state = str(env["tmp"] / "state")
     sqlite = volume_policy(conf_for(env, DEFAULT={"instances_path": "/srv/instances"}))
     assert sqlite.forbidden == (
-        ("state_path", state), ("instances_path", "/srv/instances"),
-        *[("the event log database", f"{state}/spawnflow.sqlite{suffix}")
-          for suffix in ("", "-wal", "-shm", "-journal")])
-    postgres = volume_policy(conf_for(env, database={
-        "connection": "postgresql+psycopg://u:pw@127.0.0.1/db"}))
-    assert postgres.forbidden == (("state_path", state),
-                                  ("instances_path", f"{state}/instances"))
+        ("state_path", state),
+        ("instances_path", "/srv/instances"),
+        *[
+            ("the event log database", f"{state}/spawnflow.sqlite{suffix}")
+            for suffix in ("", "-wal", "-shm", "-journal")
+        ],
+    )
+    postgres = volume_policy(
+        conf_for(env, database={"connection": "postgresql+psycopg://u:pw@127.0.0.1/db"})
+    )
+    assert postgres.forbidden == (("state_path", state), ("instances_path", f"{state}/instances"))
     assert postgres.allowed_paths == (str(env["vols"]),)

@@ -22,8 +22,9 @@ from spawnflow.virt.volumes.rbd import RbdConnector
 VOL = "0b5e1a9c-3f52-4b8e-9c1d-2a7e5f3b9d10"
 SECRET = "5d8f2c1e-7a34-4e0b-8f6d-9c2b1a0e3f47"
 
-needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None,
-                                    reason="qemu-img is not installed")
+needs_qemu_img = pytest.mark.skipif(
+    shutil.which("qemu-img") is None, reason="qemu-img is not installed"
+)
 
 
 def _qemu_img(*args: str) -> None:
@@ -45,6 +46,7 @@ def _allowing(*entries) -> LocalConnector:
 
 # --- local -----------------------------------------------------------------
 
+
 @needs_qemu_img
 def test_local_raw_file(tmp_path):
     path = str(tmp_path / "v.raw")
@@ -52,8 +54,16 @@ def test_local_raw_file(tmp_path):
 
     conn = _allowing(tmp_path).connect(_local(path))
 
-    assert conn == Connection(volume_id=VOL, driver="local", source_type="file", path=path,
-                              protocol=None, name=None, hosts=[], driver_format="raw")
+    assert conn == Connection(
+        volume_id=VOL,
+        driver="local",
+        source_type="file",
+        path=path,
+        protocol=None,
+        name=None,
+        hosts=[],
+        driver_format="raw",
+    )
 
 
 @needs_qemu_img
@@ -111,8 +121,9 @@ def loop_device(tmp_path):
         pytest.skip("losetup and root are needed for a loop device")
     backing = tmp_path / "loop.img"
     backing.write_bytes(b"QFI\xfb" + b"\x00" * (1024 * 1024 - 4))  # a qcow2 magic, even
-    proc = subprocess.run(["losetup", "-f", "--show", str(backing)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot set up a loop device: {proc.stderr.strip()}")
     device = proc.stdout.strip()
@@ -148,6 +159,7 @@ def test_local_rejects_missing_relative_and_odd_paths(tmp_path):
 
 
 # --- local: the allow list, checked again at connect time -----------------------
+
 
 def test_local_connector_without_a_policy_reaches_nothing(tmp_path):
     path = tmp_path / "v.raw"
@@ -192,8 +204,9 @@ def test_local_connect_refuses_state_path_even_when_listed(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     (state / "spawnflow.sqlite").write_bytes(bytes(512))
-    connector = LocalConnector(VolumePolicy(allowed_paths=(str(tmp_path),),
-                                            forbidden=(("state_path", str(state)),)))
+    connector = LocalConnector(
+        VolumePolicy(allowed_paths=(str(tmp_path),), forbidden=(("state_path", str(state)),))
+    )
     with pytest.raises(VolumeError, match="inside state_path .* may never reach"):
         connector.connect(_local(str(state / "spawnflow.sqlite")))
 
@@ -232,7 +245,11 @@ def test_local_guest_disk_file_with_encryption(tmp_path):
     disk = LocalConnector().guest_disk(conn, "vdb", "virtio", encryption=DiskEncryption(SECRET))
 
     assert (disk.source_type, disk.source_path, disk.driver_format, disk.serial) == (
-        "file", path, "raw", VOL)
+        "file",
+        path,
+        "raw",
+        VOL,
+    )
     xml = _xml(disk)
     assert f'<source file="{path}"/>' in xml
     assert '<target dev="vdb" bus="virtio"/>' in xml
@@ -242,9 +259,16 @@ def test_local_guest_disk_file_with_encryption(tmp_path):
 
 # --- iscsi -----------------------------------------------------------------
 
+
 def _iscsi(**kw) -> VolumeSpec:
-    fields = dict(id=VOL, driver="iscsi", device="vdc", portal="192.0.2.10:3261",
-                  iqn="iqn.2010-10.org.openstack:volume-1", lun=0)
+    fields = dict(
+        id=VOL,
+        driver="iscsi",
+        device="vdc",
+        portal="192.0.2.10:3261",
+        iqn="iqn.2010-10.org.openstack:volume-1",
+        lun=0,
+    )
     fields.update(kw)
     return VolumeSpec(**fields)
 
@@ -253,10 +277,18 @@ def test_iscsi_connection_and_disk():
     conn = IscsiConnector().connect(_iscsi(auth_username="chap", auth_secret_uuid=SECRET))
 
     assert conn == Connection(
-        volume_id=VOL, driver="iscsi", source_type="network", path=None, protocol="iscsi",
-        name="iqn.2010-10.org.openstack:volume-1/0", hosts=[("192.0.2.10", 3261)],
-        driver_format="raw", auth_username="chap", auth_secret_type="iscsi",
-        auth_secret_uuid=SECRET)
+        volume_id=VOL,
+        driver="iscsi",
+        source_type="network",
+        path=None,
+        protocol="iscsi",
+        name="iqn.2010-10.org.openstack:volume-1/0",
+        hosts=[("192.0.2.10", 3261)],
+        driver_format="raw",
+        auth_username="chap",
+        auth_secret_type="iscsi",
+        auth_secret_uuid=SECRET,
+    )
     xml = _xml(IscsiConnector().guest_disk(conn, "vdc", "virtio"))
     assert '<disk type="network" device="disk">' in xml
     assert 'protocol="iscsi" name="iqn.2010-10.org.openstack:volume-1/0"' in xml
@@ -264,13 +296,16 @@ def test_iscsi_connection_and_disk():
     assert f'<auth username="chap"><secret type="iscsi" uuid="{SECRET}"/></auth>' in xml
 
 
-@pytest.mark.parametrize("portal, host", [
-    ("192.0.2.10", ("192.0.2.10", 3260)),
-    ("storage.example.org:3262", ("storage.example.org", 3262)),
-    ("[2001:db8::1]:3263", ("2001:db8::1", 3263)),
-    ("[2001:db8::1]", ("2001:db8::1", 3260)),
-    ("2001:db8::1", ("2001:db8::1", 3260)),
-])
+@pytest.mark.parametrize(
+    "portal, host",
+    [
+        ("192.0.2.10", ("192.0.2.10", 3260)),
+        ("storage.example.org:3262", ("storage.example.org", 3262)),
+        ("[2001:db8::1]:3263", ("2001:db8::1", 3263)),
+        ("[2001:db8::1]", ("2001:db8::1", 3260)),
+        ("2001:db8::1", ("2001:db8::1", 3260)),
+    ],
+)
 def test_iscsi_portal_forms(portal, host):
     assert IscsiConnector().connect(_iscsi(portal=portal)).hosts == [host]
 
@@ -287,16 +322,19 @@ def test_iscsi_missing_field_is_named(missing):
         IscsiConnector().connect(_iscsi(**{missing: None}))
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"portal": "host:port"}, "invalid port"),
-    ({"portal": "host:70000"}, "invalid port"),
-    ({"portal": ":3260"}, "no host"),
-    ({"lun": -1}, "lun"),
-    ({"lun": True}, "lun"),
-    ({"iqn": "iqn.x/evil"}, "must not contain"),
-    ({"auth_username": "chap"}, "auth_secret_uuid is not"),
-    ({"auth_secret_uuid": SECRET}, "auth_username is not"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"portal": "host:port"}, "invalid port"),
+        ({"portal": "host:70000"}, "invalid port"),
+        ({"portal": ":3260"}, "no host"),
+        ({"lun": -1}, "lun"),
+        ({"lun": True}, "lun"),
+        ({"iqn": "iqn.x/evil"}, "must not contain"),
+        ({"auth_username": "chap"}, "auth_secret_uuid is not"),
+        ({"auth_secret_uuid": SECRET}, "auth_username is not"),
+    ],
+)
 def test_iscsi_bad_fields_rejected(kw, match):
     with pytest.raises(VolumeError, match=match):
         IscsiConnector().connect(_iscsi(**kw))
@@ -304,9 +342,16 @@ def test_iscsi_bad_fields_rejected(kw, match):
 
 # --- rbd -------------------------------------------------------------------
 
+
 def _rbd(**kw) -> VolumeSpec:
-    fields = dict(id=VOL, driver="rbd", device="vdd", pool="volumes",
-                  image=f"volume-{VOL}", hosts=["192.0.2.1", "192.0.2.2:6790", "[2001:db8::2]"])
+    fields = dict(
+        id=VOL,
+        driver="rbd",
+        device="vdd",
+        pool="volumes",
+        image=f"volume-{VOL}",
+        hosts=["192.0.2.1", "192.0.2.2:6790", "[2001:db8::2]"],
+    )
     fields.update(kw)
     return VolumeSpec(**fields)
 
@@ -316,9 +361,16 @@ def test_rbd_connection_and_disk():
 
     assert conn.hosts == [("192.0.2.1", 6789), ("192.0.2.2", 6790), ("2001:db8::2", 6789)]
     assert (conn.source_type, conn.protocol, conn.name, conn.driver_format) == (
-        "network", "rbd", f"volumes/volume-{VOL}", "raw")
+        "network",
+        "rbd",
+        f"volumes/volume-{VOL}",
+        "raw",
+    )
     assert (conn.auth_username, conn.auth_secret_type, conn.auth_secret_uuid) == (
-        "cinder", "ceph", SECRET)
+        "cinder",
+        "ceph",
+        SECRET,
+    )
     disk = RbdConnector().guest_disk(conn, "vdd", "virtio")
     xml = _xml(disk)
     assert f'protocol="rbd" name="volumes/volume-{VOL}"' in xml
@@ -339,18 +391,22 @@ def test_rbd_missing_field_is_named(missing):
         RbdConnector().connect(_rbd(**{missing: None}))
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"pool": "a/b"}, "pool 'a/b' must not contain"),
-    ({"image": "img@snap"}, "image 'img@snap' must not contain"),
-    ({"hosts": ["mon:0"]}, "invalid port"),
-    ({"auth_username": "cinder"}, "auth_secret_uuid is not"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"pool": "a/b"}, "pool 'a/b' must not contain"),
+        ({"image": "img@snap"}, "image 'img@snap' must not contain"),
+        ({"hosts": ["mon:0"]}, "invalid port"),
+        ({"auth_username": "cinder"}, "auth_secret_uuid is not"),
+    ],
+)
 def test_rbd_bad_fields_rejected(kw, match):
     with pytest.raises(VolumeError, match=match):
         RbdConnector().connect(_rbd(**kw))
 
 
 # --- shared ----------------------------------------------------------------
+
 
 def test_connection_round_trips_through_json():
     conn = RbdConnector().connect(_rbd(auth_username="cinder", auth_secret_uuid=SECRET))

@@ -15,8 +15,14 @@ from stevedore.exception import NoMatches
 from spawnflow.exceptions import VolumeError
 from spawnflow.virt.volumes.base import Connection, VolumeConnector, VolumePolicy, VolumeSpec
 
-__all__ = ["Connection", "VolumeConnector", "VolumePolicy", "VolumeSpec", "get_connector",
-           "VOLUME_CONNECTOR_NAMESPACE"]
+__all__ = [
+    "Connection",
+    "VolumeConnector",
+    "VolumePolicy",
+    "VolumeSpec",
+    "get_connector",
+    "VOLUME_CONNECTOR_NAMESPACE",
+]
 
 VOLUME_CONNECTOR_NAMESPACE = "spawnflow.volume_connectors"
 
@@ -47,7 +53,6 @@ def get_connector(driver: str, policy: VolumePolicy | None = None) -> VolumeConn
         )
     except NoMatches as exc:
         raise VolumeError(
-            f"unknown volume driver {driver!r}: no {VOLUME_CONNECTOR_NAMESPACE} plugin "
-            "of that name"
+            f"unknown volume driver {driver!r}: no {VOLUME_CONNECTOR_NAMESPACE} plugin of that name"
         ) from exc
     return manager.driver

@@ -59,8 +59,9 @@ class Connection:
     def from_dict(cls, data: dict[str, Any]) -> Connection:
         """Rebuild a connection read back from JSON (where tuples became lists)."""
         values = dict(data)
-        values["hosts"] = [(str(h[0]), None if h[1] is None else int(h[1]))
-                           for h in values.get("hosts") or []]
+        values["hosts"] = [
+            (str(h[0]), None if h[1] is None else int(h[1])) for h in values.get("hosts") or []
+        ]
         return cls(**values)
 
 
@@ -136,9 +137,7 @@ def require(volume: VolumeSpec, *names: str) -> None:
     for name in names:
         value = getattr(volume, name)
         if value is None or value == "":
-            raise VolumeError(
-                f"volume {volume.id}: driver {volume.driver!r} needs field {name!r}"
-            )
+            raise VolumeError(f"volume {volume.id}: driver {volume.driver!r} needs field {name!r}")
 
 
 def check_auth(volume: VolumeSpec) -> None:
@@ -149,8 +148,9 @@ def check_auth(volume: VolumeSpec) -> None:
         raise VolumeError(f"volume {volume.id}: auth_secret_uuid is set but auth_username is not")
 
 
-def parse_host_port(volume_id: str, field_name: str, value: str,
-                    default_port: int) -> tuple[str, int]:
+def parse_host_port(
+    volume_id: str, field_name: str, value: str, default_port: int
+) -> tuple[str, int]:
     """Split ``host[:port]``; IPv6 literals are written ``[addr]:port`` or bare.
 
     The host is returned without brackets, which is how libvirt wants it in

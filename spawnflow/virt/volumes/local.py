@@ -73,8 +73,10 @@ def check_local_path(path: str, policy: VolumePolicy) -> LocalPath:
     shown = repr(path) if real == path else f"{path!r} (resolves to {real!r})"
     for label, forbidden in policy.forbidden:
         if hostpaths.is_within(real, forbidden):
-            raise VolumeError(f"{shown} is inside {label} ({forbidden}), which a volume "
-                              f"may never reach, whatever {OPTION} says")
+            raise VolumeError(
+                f"{shown} is inside {label} ({forbidden}), which a volume "
+                f"may never reach, whatever {OPTION} says"
+            )
     directories = [e for e in policy.allowed_paths if not is_glob(e)]
     globs = [e for e in policy.allowed_paths if is_glob(e)]
     directory = hostpaths.containing_dir(real, directories)
@@ -92,25 +94,36 @@ def check_local_path(path: str, policy: VolumePolicy) -> LocalPath:
     if stat.S_ISBLK(info.st_mode) and pattern is not None:
         in_use = block_device_in_use(info.st_rdev)
         if in_use:
-            raise VolumeError(f"{shown} is a block device {in_use}; a guest must never "
-                              "get a device the host is using, whatever "
-                              f"{OPTION} says")
+            raise VolumeError(
+                f"{shown} is a block device {in_use}; a guest must never "
+                "get a device the host is using, whatever "
+                f"{OPTION} says"
+            )
         return LocalPath(real, "block", None)
     if stat.S_ISREG(info.st_mode):
-        raise VolumeError(f"{shown} is a regular file, but matches only the block-device "
-                          f"glob {pattern!r}; a file must lie inside a directory listed "
-                          f"in {OPTION}")
+        raise VolumeError(
+            f"{shown} is a regular file, but matches only the block-device "
+            f"glob {pattern!r}; a file must lie inside a directory listed "
+            f"in {OPTION}"
+        )
     if stat.S_ISBLK(info.st_mode):
-        raise VolumeError(f"{shown} is a block device, but block devices must match a "
-                          f"glob in {OPTION} (a listed directory allows regular files only)")
-    raise VolumeError(f"{shown} is {_kind(info.st_mode)}; a local volume must be a "
-                      "regular file or a block device")
+        raise VolumeError(
+            f"{shown} is a block device, but block devices must match a "
+            f"glob in {OPTION} (a listed directory allows regular files only)"
+        )
+    raise VolumeError(
+        f"{shown} is {_kind(info.st_mode)}; a local volume must be a regular file or a block device"
+    )
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISLNK, "a symbolic link")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -128,8 +141,11 @@ def block_device_in_use(rdev: int) -> str | None:
     mounted = _mounted_devices()
     for dev in _stacked_on(rdev):
         if dev in mounted:
-            return (f"holding {mounted[dev]}" if dev == rdev else
-                    f"under {os.major(dev)}:{os.minor(dev)}, which holds {mounted[dev]}")
+            return (
+                f"holding {mounted[dev]}"
+                if dev == rdev
+                else f"under {os.major(dev)}:{os.minor(dev)}, which holds {mounted[dev]}"
+            )
     return None
 
 
@@ -141,8 +157,9 @@ def _mounted_devices() -> dict[int, str]:
             for line in f:
                 fields = line.split()
                 major, minor = fields[2].split(":")
-                found.setdefault(os.makedev(int(major), int(minor)),
-                                 f"the file system mounted on {fields[4]}")
+                found.setdefault(
+                    os.makedev(int(major), int(minor)), f"the file system mounted on {fields[4]}"
+                )
     except OSError:
         pass
     try:
@@ -170,8 +187,11 @@ def _stacked_on(rdev: int, depth: int = 0) -> set[int]:
     names = []
     try:
         # Partitions are subdirectories with a 'partition' file.
-        names += [os.path.join(sysdir, e) for e in os.listdir(sysdir)
-                  if os.path.exists(os.path.join(sysdir, e, "partition"))]
+        names += [
+            os.path.join(sysdir, e)
+            for e in os.listdir(sysdir)
+            if os.path.exists(os.path.join(sysdir, e, "partition"))
+        ]
         holders = os.path.join(sysdir, "holders")
         if os.path.isdir(holders):
             names += [os.path.realpath(os.path.join(holders, e)) for e in os.listdir(holders)]
@@ -239,8 +259,9 @@ def detect_format(volume_id: str, path: str, directory: str) -> str:
     try:
         fd = hostpaths.open_beneath(directory, path)
     except OSError as exc:
-        raise VolumeError(f"volume {volume_id}: cannot open {path!r}: "
-                          f"{exc.strerror or exc}") from exc
+        raise VolumeError(
+            f"volume {volume_id}: cannot open {path!r}: {exc.strerror or exc}"
+        ) from exc
     try:
         header = os.pread(fd, _QCOW2_HEADER_LEN, 0)
     except OSError as exc:

@@ -16,5 +16,10 @@ WHERE = sa.text("kind = 'atom' AND to_state = 'FAILURE'")
 
 
 def upgrade() -> None:
-    op.create_index("ix_events_atom_failures", "events", ["build_id", "name"],
-                    sqlite_where=WHERE, postgresql_where=WHERE)
+    op.create_index(
+        "ix_events_atom_failures",
+        "events",
+        ["build_id", "name"],
+        sqlite_where=WHERE,
+        postgresql_where=WHERE,
+    )

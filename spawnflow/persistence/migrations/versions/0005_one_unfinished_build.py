@@ -30,11 +30,16 @@ INDEX = "ux_builds_unfinished_instance"
 
 
 def _duplicates(conn: sa.Connection) -> list[sa.Row]:
-    return list(conn.execute(sa.text(
-        f"SELECT instance_uuid, build_id, host, state FROM builds WHERE {WHERE} "  # noqa: S608 - constant
-        f"AND instance_uuid IN (SELECT instance_uuid FROM builds WHERE {WHERE} "
-        "GROUP BY instance_uuid HAVING COUNT(*) > 1) "
-        "ORDER BY instance_uuid, created_at, build_id")))
+    return list(
+        conn.execute(
+            sa.text(
+                f"SELECT instance_uuid, build_id, host, state FROM builds WHERE {WHERE} "
+                f"AND instance_uuid IN (SELECT instance_uuid FROM builds WHERE {WHERE} "
+                "GROUP BY instance_uuid HAVING COUNT(*) > 1) "
+                "ORDER BY instance_uuid, created_at, build_id"
+            )
+        )
+    )
 
 
 def upgrade() -> None:
@@ -44,16 +49,25 @@ def upgrade() -> None:
         op.execute("LOCK TABLE builds IN SHARE MODE")
     rows = _duplicates(conn)
     if rows:
-        shown = "; ".join(f"instance {r.instance_uuid}: build {r.build_id} {r.state} on "
-                          f"host {r.host}" for r in rows[:10])
+        shown = "; ".join(
+            f"instance {r.instance_uuid}: build {r.build_id} {r.state} on host {r.host}"
+            for r in rows[:10]
+        )
         more = f" (and {len(rows) - 10} more)" if len(rows) > 10 else ""
         raise SchemaError(
             "cannot upgrade to revision 0005 (one unfinished build per instance): "
             f"these instances have more than one unfinished build: {shown}{more}; "
             "let the previous spawnflow's agent finish or roll them back, then upgrade "
-            "again (the database was left unchanged)")
-    op.create_index(INDEX, "builds", ["instance_uuid"], unique=True,
-                    sqlite_where=sa.text(WHERE), postgresql_where=sa.text(WHERE))
+            "again (the database was left unchanged)"
+        )
+    op.create_index(
+        INDEX,
+        "builds",
+        ["instance_uuid"],
+        unique=True,
+        sqlite_where=sa.text(WHERE),
+        postgresql_where=sa.text(WHERE),
+    )
 
 
 def downgrade() -> None:
