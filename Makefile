@@ -3,14 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := /var/tmp/spawnflow-demo
 
-.PHONY: setup demo test lint genconfig bench clean
+.PHONY: setup demo test lint docs genconfig bench clean
 
 # Debian packages to build libvirt-python, then a virtualenv with the package.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	tools/install-deps.sh $(DEPS_PROFILE)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,postgresql]'
+	$(VENV)/bin/pip install -q -e '.[test,postgresql,docs]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -21,11 +21,20 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	tools/host-setup.sh
-	$(VENV)/bin/ruff check spawnflow tests bench
+	$(MAKE) lint
+	$(MAKE) docs
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# Format, lint (ruff with bandit's rules), types (mypy --strict on the package).
 lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check spawnflow tests bench
 	$(VENV)/bin/ruff check spawnflow tests bench
+	$(VENV)/bin/mypy
+
+# The documentation (doc/source), warnings as errors: the lifecycle table, the
+# configuration and the CLI reference are generated from the code at build time.
+docs: $(VENV)/.installed
+	$(VENV)/bin/sphinx-build -W --keep-going -b html doc/source doc/build/html
 
 genconfig: $(VENV)/.installed
 	$(VENV)/bin/oslo-config-generator --config-file etc/spawnflow/spawnflow-config-generator.conf
@@ -34,4 +43,4 @@ bench: $(VENV)/.installed
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) *.egg-info doc/build

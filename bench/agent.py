@@ -35,7 +35,7 @@ from spawnflow.persistence import lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
-from spawnflow.virt.firewall import NoopFirewall
+from spawnflow.virt.firewall.noop import NoopFirewall
 from spawnflow.virt.host import Host
 from spawnflow.virt.images import CachePolicy, ImageCache
 

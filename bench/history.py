@@ -30,8 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from spawnflow.history import History
-from spawnflow.persistence import retention
+from spawnflow.history import History, retention
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import EventLog
 
@@ -123,11 +122,8 @@ def _pick_failure(rng: random.Random) -> tuple[str, str]:
     return FAILURES[-1][0], FAILURES[-1][1]
 
 
-def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, list[dict]]:
-    """One build: its ``builds`` row and its events."""
-    build_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    instance = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    name = f"vm-{instance[:8]}"
+def _spec(rng: random.Random, instance: str, name: str) -> dict[str, Any]:
+    """A redacted spec as the agent stores it."""
     spec = {
         "instance": {"uuid": instance, "name": name},
         "flavor": {"vcpus": 2, "memory_mb": 2048, "root_gb": 20},
@@ -150,8 +146,86 @@ def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, 
         ],
         "volumes": [],
         "power_on": True,
-        "admin_password": "***",
     }
+    return spec
+
+
+def _pick_outcome(rng: random.Random) -> tuple[str, str | None, str | None]:
+    """(final state, failing step, error type) in the mix the benchmark models."""
+    roll = rng.random()
+    if roll < 0.80:
+        return "ACTIVE", None, None
+    if roll < 0.98:
+        fail_at, error = _pick_failure(rng)
+        return ("FAILED" if roll > 0.96 else "ROLLED_BACK"), fail_at, error
+    return ("RUNNING" if roll < 0.99 else "INTERRUPTED"), None, None
+
+
+def _forward(
+    w: _Writer,
+    atoms: dict[str, str],
+    spec: dict[str, Any],
+    fail_at: str | None,
+    error: str | None,
+    stop_at: int | None,
+) -> list[str]:
+    """The steps' forward runs; returns the steps that ran to an end."""
+    rng, done = w.rng, []
+    for index, step in enumerate(STEPS):
+        atom = atoms[step]
+        w.add("atom", atom, step, "PENDING", "RUNNING", {"set": {"state": "RUNNING"}})
+        w.add("atom", atom, step, "RUNNING", "RUNNING", {"set": {"meta": {"progress": 0.0}}})
+        if index == stop_at:
+            break
+        took = rng.lognormvariate(-4.5, 1.2) * (40 if step in ("image", "resume") else 1)
+        if step == fail_at:
+            failure = {"set": {"failure": _failure(error or "Error"), "state": "FAILURE"}}
+            w.add("atom", atom, step, "RUNNING", "FAILURE", failure, took)
+            done.append(step)
+            break
+        result: Any = {"ok": True}
+        if step == "domain_xml":
+            result = DOMAIN_XML
+        elif step == "vifs":
+            result = {
+                "expected_events": [spec["vifs"][0]["id"]],
+                "plugged": [],
+                "waiting_since": w.ts,
+            }
+        success = {"set": {"results": result, "state": "SUCCESS"}}
+        w.add("atom", atom, step, "RUNNING", "SUCCESS", success, took)
+        w.add("atom", atom, step, "SUCCESS", "SUCCESS", {"set": {"meta": {"progress": 1.0}}})
+        done.append(step)
+    return done
+
+
+def _revert(
+    w: _Writer, atoms: dict[str, str], done: list[str], fail_at: str | None, outcome: str
+) -> None:
+    """The reverts of a failed build; a FAILED one's second revert fails."""
+    for step, atom in atoms.items():
+        state = "SUCCESS" if step in done[:-1] else ("FAILURE" if step == fail_at else "PENDING")
+        w.add("atom", atom, step, state, state, {"set": {"intention": "REVERT"}})
+    for position, step in enumerate(reversed(done)):
+        atom = atoms[step]
+        before = "FAILURE" if step == fail_at else "SUCCESS"
+        w.add("atom", atom, step, before, "REVERTING", {"set": {"state": "REVERTING"}})
+        if outcome == "FAILED" and position == 1:
+            failed = {
+                "set": {"revert_failure": _failure("FirewallError"), "state": "REVERT_FAILURE"}
+            }
+            w.add("atom", atom, step, "REVERTING", "REVERT_FAILURE", failed, 0.01)
+            break
+        reverted = {"set": {"state": "REVERTED"}}
+        w.add("atom", atom, step, "REVERTING", "REVERTED", reverted, 0.002)
+
+
+def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, list[dict]]:
+    """One build: its ``builds`` row and its events."""
+    build_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    instance = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    name = f"vm-{instance[:8]}"
+    spec = _spec(rng, instance, name)
     w = _Writer(build_id, start, rng)
     w.add("build", build_id, name, None, "QUEUED", {"spec": spec, "host": host}, 0)
     w.add(
@@ -199,90 +273,15 @@ def synthetic_build(rng: random.Random, start: float, host: str) -> tuple[dict, 
         )
     w.add("flow", flow, "spawn", None, "RUNNING", {"set": {"state": "RUNNING"}})
 
-    roll = rng.random()
-    if roll < 0.80:
-        outcome, fail_at, error = "ACTIVE", None, None
-    elif roll < 0.98:
-        fail_at, error = _pick_failure(rng)
-        outcome = "FAILED" if roll > 0.96 else "ROLLED_BACK"
-    elif roll < 0.99:
-        outcome, fail_at, error = "RUNNING", None, None
-    else:
-        outcome, fail_at, error = "INTERRUPTED", None, None
+    outcome, fail_at, error = _pick_outcome(rng)
     stop_at = rng.randrange(len(STEPS)) if outcome in ("RUNNING", "INTERRUPTED") else None
 
-    done = []
-    for index, step in enumerate(STEPS):
-        atom = atoms[step]
-        w.add("atom", atom, step, "PENDING", "RUNNING", {"set": {"state": "RUNNING"}})
-        w.add("atom", atom, step, "RUNNING", "RUNNING", {"set": {"meta": {"progress": 0.0}}})
-        if index == stop_at:
-            break
-        took = rng.lognormvariate(-4.5, 1.2) * (40 if step in ("image", "resume") else 1)
-        if step == fail_at:
-            w.add(
-                "atom",
-                atom,
-                step,
-                "RUNNING",
-                "FAILURE",
-                {"set": {"failure": _failure(error), "state": "FAILURE"}},
-                took,
-            )
-            done.append(step)
-            break
-        result: Any = {"ok": True}
-        if step == "domain_xml":
-            result = DOMAIN_XML
-        elif step == "vifs":
-            result = {
-                "expected_events": [spec["vifs"][0]["id"]],
-                "plugged": [],
-                "waiting_since": w.ts,
-            }
-        w.add(
-            "atom",
-            atom,
-            step,
-            "RUNNING",
-            "SUCCESS",
-            {"set": {"results": result, "state": "SUCCESS"}},
-            took,
-        )
-        w.add("atom", atom, step, "SUCCESS", "SUCCESS", {"set": {"meta": {"progress": 1.0}}})
-        done.append(step)
+    done = _forward(w, atoms, spec, fail_at, error, stop_at)
     if outcome == "ACTIVE":
         w.add("flow", flow, "spawn", "RUNNING", "SUCCESS", {"set": {"state": "SUCCESS"}})
         w.add("build", build_id, name, "RUNNING", "ACTIVE", None)
     elif outcome in ("ROLLED_BACK", "FAILED"):
-        for step, atom in atoms.items():
-            state = (
-                "SUCCESS" if step in done[:-1] else ("FAILURE" if step == fail_at else "PENDING")
-            )
-            w.add("atom", atom, step, state, state, {"set": {"intention": "REVERT"}})
-        for position, step in enumerate(reversed(done)):
-            atom = atoms[step]
-            before = "FAILURE" if step == fail_at else "SUCCESS"
-            w.add("atom", atom, step, before, "REVERTING", {"set": {"state": "REVERTING"}})
-            if outcome == "FAILED" and position == 1:
-                w.add(
-                    "atom",
-                    atom,
-                    step,
-                    "REVERTING",
-                    "REVERT_FAILURE",
-                    {
-                        "set": {
-                            "revert_failure": _failure("FirewallError"),
-                            "state": "REVERT_FAILURE",
-                        }
-                    },
-                    0.01,
-                )
-                break
-            w.add(
-                "atom", atom, step, "REVERTING", "REVERTED", {"set": {"state": "REVERTED"}}, 0.002
-            )
+        _revert(w, atoms, done, fail_at, outcome)
         w.add(
             "flow",
             flow,

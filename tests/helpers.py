@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -93,7 +94,7 @@ def leaks(
     conn: libvirt.virConnect, instance_uuid: str, instances_path: Path, taps: list[str] = ()
 ) -> list[str]:
     """What a rolled-back build left behind on the host (empty means clean)."""
-    from spawnflow.virt import vif
+    from spawnflow.virt.vif import netlink
 
     found = []
     try:
@@ -106,27 +107,23 @@ def leaks(
     base = instances_path / "_base"
     if base.exists():
         found += [f"partial download {p}" for p in base.glob("*.part")]
-    found += [f"tap {t}" for t in taps if vif.tap_exists(t)]
-    try:
+    found += [f"tap {t}" for t in taps if netlink.tap_exists(t)]
+    # Drivers without secrets or nwfilters (test:///default) raise: nothing to find.
+    with contextlib.suppress(libvirt.libvirtError):
         found += [
             f"secret {s.usageID()}"
             for s in conn.listAllSecrets()
             if instance_uuid in (s.usageID() or "")
         ]
-    except libvirt.libvirtError:
-        pass  # drivers without secrets (test:///default)
-    try:
+    with contextlib.suppress(libvirt.libvirtError):
         found += [
             f"nwfilter {f.name()}" for f in conn.listAllNWFilters() if instance_uuid in f.name()
         ]
-    except libvirt.libvirtError:
-        pass
-    try:  # filter rules instantiated on a port outlive nothing but a running domain
+    # Filter rules instantiated on a port outlive nothing but a running domain.
+    with contextlib.suppress(libvirt.libvirtError):
         found += [
             f"nwfilter binding {b.portDev()} -> {b.filterName()}"
             for b in conn.listAllNWFilterBindings()
             if b.portDev() in taps or instance_uuid in b.filterName()
         ]
-    except libvirt.libvirtError:
-        pass
     return found

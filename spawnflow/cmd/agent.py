@@ -8,13 +8,13 @@ a boundary (those builds resume on the next start).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
 
-from cliff.command import Command
-
-from spawnflow.engine.agent import Agent
+from spawnflow import Agent
+from spawnflow.cmd.base import Command
 
 LOG = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ LOG = logging.getLogger(__name__)
 class AgentCommand(Command):
     """Run the agent: recover this host's builds, then run queued ones until SIGTERM."""
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--poll-interval",
@@ -36,17 +36,17 @@ class AgentCommand(Command):
     def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
         LOG.info("build %s  %-14s %s", build_id, step, state)
 
-    def take_action(self, parsed_args):
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        agent = Agent(self.app.conf, progress=self._progress)
+        agent = Agent(self.conf, progress=self._progress)
         agent.start()
         for build_id, decision in agent.recovered.items():
             self.app.stdout.write(
                 f"recovering build {build_id}: {decision.action} ({decision.reason})\n"
             )
-        self.app.stdout.write(f"agent of host {self.app.conf.host} running\n")
+        self.app.stdout.write(f"agent of host {self.conf.host} running\n")
         self.app.stdout.flush()
         try:
             while not stop.is_set():

@@ -8,20 +8,23 @@ traceback.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from cliff.app import App
+from cliff.command import Command
 from cliff.commandmanager import CommandManager
 from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
-from spawnflow.cmd.formatting import safe
+from spawnflow.cmd.render.text import safe
 from spawnflow.exceptions import ConfigError, PersistenceError, SpawnflowError
-from spawnflow.persistence.redact import mask_url
+from spawnflow.history import mask_url
 
 # Anything shaped like scheme://...: a database or image URL inside an error message.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
@@ -50,21 +53,32 @@ def _database_error(exc: sa.exc.SQLAlchemyError) -> PersistenceError:
     )
 
 
-def _guarded(take_action):
+def _flat(exc: SpawnflowError) -> SpawnflowError | None:
+    """``exc`` as one line of escaped text, of its own type where it can be; None if it
+    already is one."""
+    message = _one_line(str(exc))
+    if message == str(exc):
+        return None
+    try:
+        return type(exc)(message)
+    except TypeError:
+        return SpawnflowError(message)
+
+
+TakeAction = Callable[[argparse.Namespace], Any]
+
+
+def _guarded(take_action: TakeAction) -> TakeAction:
     """Turn the failures operators cause into one-line SpawnflowErrors."""
 
     @functools.wraps(take_action)
-    def run(parsed_args):
+    def run(parsed_args: argparse.Namespace) -> Any:
         try:
             return take_action(parsed_args)
         except SpawnflowError as exc:
-            message = _one_line(str(exc))
-            if message == str(exc):
+            flat = _flat(exc)
+            if flat is None:
                 raise
-            try:
-                flat = type(exc)(message)
-            except TypeError:
-                flat = SpawnflowError(message)
             raise flat from exc
         except sa.exc.SQLAlchemyError as exc:
             raise _database_error(exc) from exc
@@ -80,24 +94,30 @@ def _guarded(take_action):
     return run
 
 
-def _one_line_usage_errors(get_parser):
+GetParser = Callable[[str], argparse.ArgumentParser]
+
+
+def _one_line_usage_errors(get_parser: GetParser) -> GetParser:
     """A bad argument is refused in one line, like every other error (argparse would
     print the whole usage first); ``--help`` still shows it."""
 
     @functools.wraps(get_parser)
-    def make(prog_name: str):
+    def make(prog_name: str) -> argparse.ArgumentParser:
         parser = get_parser(prog_name)
 
         def error(message: str) -> NoReturn:
             parser.exit(2, f"{prog_name}: {_one_line(message)} (see {prog_name} --help)\n")
 
-        parser.error = error
+        # argparse has no hook for this but its documented error() method.
+        parser.error = error  # type: ignore[method-assign]
         return parser
 
     return make
 
 
 class SpawnflowApp(App):
+    """The ``spawnflow`` application: its commands are the ``spawnflow.cli`` entry points."""
+
     def __init__(self) -> None:
         super().__init__(
             description="Durable, revertible VM spawns on a libvirt host.",
@@ -105,9 +125,14 @@ class SpawnflowApp(App):
             command_manager=CommandManager("spawnflow.cli"),
             deferred_help=True,
         )
-        self._conf = None
+        self._conf: cfg.ConfigOpts | None = None
 
-    def build_option_parser(self, description, version, argparse_kwargs=None):
+    def build_option_parser(
+        self,
+        description: str | None,
+        version: str | None,
+        argparse_kwargs: dict[str, Any] | None = None,
+    ) -> argparse.ArgumentParser:
         parser = super().build_option_parser(description, version, argparse_kwargs)
         parser.add_argument(
             "--config-file",
@@ -119,20 +144,23 @@ class SpawnflowApp(App):
         return parser
 
     @property
-    def conf(self):
+    def conf(self) -> cfg.ConfigOpts:
         """The configuration, loaded once from --config-file."""
         if self._conf is None:
-            argv = []
+            argv: list[str] = []
             for path in self.options.config_file:
                 argv += ["--config-file", path]
             self._conf = sf_conf.load(argv)
         return self._conf
 
-    def prepare_to_run_command(self, cmd):
-        cmd.take_action = _guarded(cmd.take_action)
-        cmd.get_parser = _one_line_usage_errors(cmd.get_parser)
+    def prepare_to_run_command(self, cmd: Command) -> None:
+        # Wrapped per instance, so every command gets the same guards whatever its base;
+        # mypy does not let a bound method be replaced by a plain callable.
+        take_action, get_parser = _guarded(cmd.take_action), _one_line_usage_errors(cmd.get_parser)
+        cmd.take_action = take_action  # type: ignore[method-assign,assignment]
+        cmd.get_parser = get_parser  # type: ignore[method-assign,assignment]
 
-    def clean_up(self, cmd, result, err):
+    def clean_up(self, cmd: Command, result: int, err: BaseException | None) -> None:
         # cliff has printed str(err) (one line, see _guarded) and returns 1;
         # the traceback is only for --debug.
         if isinstance(err, SpawnflowError):

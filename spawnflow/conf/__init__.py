@@ -6,7 +6,7 @@ Each group lives in its own module; ``list_opts`` feeds ``oslo-config-generator`
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from oslo_config import cfg
 
@@ -50,10 +50,12 @@ def load(argv: list[str] | None = None) -> cfg.ConfigOpts:
 
 def database_url(conf: cfg.ConfigOpts) -> str:
     """The event log URL: ``[database] connection`` or SQLite under state_path."""
-    if conf.database.connection:
-        return conf.database.connection
-    return "sqlite:///" + os.path.join(conf.state_path, "spawnflow.sqlite")
+    connection: str | None = conf.database.connection
+    if connection:
+        return connection
+    return "sqlite:///" + str(Path(conf.state_path) / "spawnflow.sqlite")
 
 
 def instances_path(conf: cfg.ConfigOpts) -> str:
-    return conf.instances_path or os.path.join(conf.state_path, "instances")
+    """Where instance directories and the ``_base`` image cache live."""
+    return str(conf.instances_path or Path(conf.state_path) / "instances")

@@ -16,11 +16,13 @@ concurrently up to max_concurrent_builds, one TaskFlow engine each.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,7 +52,7 @@ from spawnflow.flows.spec import BuildSpec, parse_spec
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
-from spawnflow.virt.firewall import get_firewall
+from spawnflow.virt.firewall import FirewallDriver
 from spawnflow.virt.host import Host
 from spawnflow.virt.images import CachePolicy, ImageCache
 
@@ -136,7 +138,7 @@ class Agent:
         self.progress = progress
         self.eventlog: EventLog | None = None
         self.recovered: dict[str, recovery.Decision] = {}
-        self._futures: dict[str, concurrent.futures.Future] = {}
+        self._futures: dict[str, concurrent.futures.Future[str]] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -174,38 +176,40 @@ class Agent:
         self.backend = EventLogBackend(eventlog=self.eventlog)
         self.host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
         self.instances_path = sf_conf.instances_path(conf)
-        os.makedirs(self.instances_path, exist_ok=True)
+        Path(self.instances_path).mkdir(parents=True, exist_ok=True)
         self.images = ImageCache(
-            os.path.join(self.instances_path, "_base"),
-            os.path.join(conf.state_path, "locks"),
+            str(Path(self.instances_path) / "_base"),
+            str(Path(conf.state_path) / "locks"),
             CachePolicy.from_conf(conf),
         )
         removed = self.images.clean_partial()
         if removed:
             LOG.info("removed partial image downloads left by a crash: %s", removed)
-        self.firewall = get_firewall(conf.firewall.driver, self.host)
-        self.events = EventHub(self.eventlog, cancelled=self._is_cancelled)
+        self.firewall = FirewallDriver.load(conf.firewall.driver, host=self.host)
+        self.events = EventHub(self._log(), cancelled=self._is_cancelled)
         self._stopping.clear()
 
     def _recover(self) -> None:
         """Decide for every unfinished build first, then start them (decisions are cheap
         reads and one commit each; running builds would only slow them down)."""
         plan: list[tuple[str, str, str | None]] = []
-        for row in self.eventlog.builds(host=self.conf.host, states=UNFINISHED):
+        for row in self._log().builds(host=self.conf.host, states=UNFINISHED):
             if row.state == lifecycle.QUEUED:
                 plan.append((row.build_id, FRESH, None))
                 continue
             if row.state != lifecycle.INTERRUPTED:
-                self.eventlog.transition_build(
+                self._log().transition_build(
                     row.build_id,
                     lifecycle.INTERRUPTED,
                     payload={"reason": f"found {row.state} at agent start (agent died)"},
                 )
             flow_detail = next(iter(self.backend.get_connection().get_logbook(row.build_id)))
-            if self.events.cancel_requested(row.build_id):
-                decision = recovery.Decision(recovery.ROLLBACK, "an operator cancelled it")
-            else:
-                decision = recovery.decide(self.conf, row.created_at, flow_detail)
+            decision = recovery.decide(
+                self.conf,
+                row.created_at,
+                flow_detail,
+                cancelled=self.events.cancel_requested(row.build_id),
+            )
             LOG.info(
                 "build %s was interrupted: %s (%s)", row.build_id, decision.action, decision.reason
             )
@@ -252,7 +256,7 @@ class Agent:
 
     # -- builds ---------------------------------------------------------------------------
 
-    def start_build(self, spec: BuildSpec | dict | str | os.PathLike) -> str:
+    def start_build(self, spec: BuildSpec | dict[str, Any] | str | os.PathLike[str]) -> str:
         """Validate, record and queue a build; return its id at once.
 
         A retry gets the instance's unfinished build, or its ACTIVE one (which
@@ -292,7 +296,7 @@ class Agent:
         future = self._executor.submit(self._run, build_id, mode, reason, spec)
         self._futures[build_id] = future
 
-        def forget_if_final(done: concurrent.futures.Future) -> None:
+        def forget_if_final(done: concurrent.futures.Future[str]) -> None:
             # A long-lived agent sees many builds: forget the finished ones
             # (wait() then reads their final state from the log).
             if (
@@ -351,14 +355,13 @@ class Agent:
         future = self._futures.get(build_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         if future is not None:
-            try:
-                future.result(timeout)
-            except (
+            # The outcome is read from the log below, whatever the future says.
+            with contextlib.suppress(
                 concurrent.futures.TimeoutError,
                 concurrent.futures.CancelledError,
                 SpawnflowError,
             ):
-                pass
+                future.result(timeout)
         else:
             # Someone else's agent runs it: follow the log.
             while not lifecycle.is_final(self._log().get_build(build_id).state):
@@ -370,9 +373,6 @@ class Agent:
 
     def cancel(self, build_id: str) -> None:
         """Roll the build back from its next step boundary (persisted first)."""
-        row = self._log().get_build(build_id)
-        if lifecycle.is_final(row.state):
-            raise SpawnflowError(f"build {build_id} is already {row.state}")
         request_cancel(self._log(), build_id)
         with self._lock:
             self._cancelled.add(build_id)

@@ -9,13 +9,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from spawnflow.exceptions import AgentStopping, BuildCancelled, InvalidEvent, UnknownBuild
+import sqlalchemy as sa
+
+from spawnflow.exceptions import (
+    AgentStopping,
+    BuildCancelled,
+    InvalidEvent,
+    SpawnflowError,
+    UnknownBuild,
+)
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.eventlog import EventLog
+from spawnflow.persistence.recovery_rules import CANCEL_REQUESTED as CANCEL
+from spawnflow.persistence.step_results import VIF_PLUGGED
 
-VIF_PLUGGED = "network-vif-plugged"
-CANCEL = "cancel-requested"
 STATUSES = frozenset({"completed", "failed"})
 _MAX_SLEEP = 1.0  # re-read the log at least this often (events from other processes)
 
@@ -35,14 +44,22 @@ def deliver(
     builds = eventlog.builds(instance_uuid=instance_uuid, states=unfinished)
     if not builds:
         raise UnknownBuild(f"no unfinished build for instance {instance_uuid}")
-    build_id = builds[-1].build_id
+    build_id = str(builds[-1].build_id)
     eventlog.record_external_event(build_id, name, tag, status)
     return build_id
 
 
-def request_cancel(eventlog: EventLog, build_id: str) -> None:
-    """Persist an operator's cancel; the owning agent acts at the next step boundary."""
-    eventlog.record_external_event(build_id, CANCEL, build_id, "requested")
+def request_cancel(eventlog: EventLog, build_id: str) -> sa.Row[Any]:
+    """Persist an operator's cancel and return the build's row; the owning agent acts at
+    the next step boundary. A build already in a final state is refused.
+
+    Shared by ``Agent.cancel`` and ``spawnflow.engine.admin.cancel_build``.
+    """
+    row = eventlog.get_build(build_id)
+    if lifecycle.is_final(row.state):
+        raise SpawnflowError(f"build {row.build_id} is already {row.state}")
+    eventlog.record_external_event(row.build_id, CANCEL, row.build_id, "requested")
+    return row
 
 
 class EventHub:

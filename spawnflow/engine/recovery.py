@@ -2,54 +2,51 @@
 
     [recovery] policy = resume | rollback | auto
 
-auto resumes builds younger than resume_window and rolls back older ones.
-Whatever the policy, a build rolls back when it was already rolling back,
-when the VIF event deadline it was waiting for has passed (and is fatal), or
-when the interrupted step declares itself not resumable. The decision and its
-reason are recorded with the build's INTERRUPTED -> RUNNING/REVERTING event.
+The rules are ``persistence.recovery_rules.decide`` (one pure function, also
+read by the history's diagnosis); this module hands it the facts TaskFlow's
+flow and atom details hold. The decision and its reason are recorded with the
+build's INTERRUPTED -> RUNNING/REVERTING event.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from oslo_config import cfg
 from taskflow import states as tf_states
 from taskflow.persistence import models
 
-from spawnflow.flows.spawn import TASKS
+from spawnflow.persistence import recovery_rules as rules
+from spawnflow.persistence.recovery_rules import RESUME, ROLLBACK, Decision
 
-RESUME = "resume"
-ROLLBACK = "rollback"
-_NOT_RESUMABLE = frozenset(cls.step for cls in TASKS if not getattr(cls, "resumable", True))
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: str  # RESUME | ROLLBACK
-    reason: str
+_REVERTING_FLOW = frozenset({tf_states.REVERTING, tf_states.REVERTED, tf_states.FAILURE})
+_REVERTING_ATOM = frozenset({tf_states.REVERTING, tf_states.REVERTED})
 
 
-def _atoms(flow_detail: models.FlowDetail) -> dict[str, models.AtomDetail]:
-    return {ad.name: ad for ad in flow_detail}
+def policy_of(conf: cfg.ConfigOpts) -> rules.Policy:
+    """The options the recovery rules read, from the agent's configuration."""
+    return rules.Policy(
+        policy=conf.recovery.policy,
+        resume_window=conf.recovery.resume_window,
+        vif_plugging_timeout=conf.network.vif_plugging_timeout,
+        vif_plugging_is_fatal=conf.network.vif_plugging_is_fatal,
+    )
 
 
-def _event_deadline_passed(conf: cfg.ConfigOpts, atoms: dict[str, Any], now: float) -> str | None:
-    vifs, resume = atoms.get("vifs"), atoms.get("resume")
-    if vifs is None or vifs.state != tf_states.SUCCESS or not isinstance(vifs.results, dict):
-        return None
-    if resume is not None and resume.state == tf_states.SUCCESS:
-        return None
-    expected = vifs.results.get("expected_events") or []
-    deadline = vifs.results.get("waiting_since", now) + conf.network.vif_plugging_timeout
-    if expected and now > deadline and conf.network.vif_plugging_is_fatal:
-        return (
-            f"the network-vif-plugged deadline passed "
-            f"{now - deadline:.0f}s ago (vif_plugging_is_fatal)"
-        )
-    return None
+def facts_of(
+    created_at: float, flow_detail: models.FlowDetail, cancelled: bool = False
+) -> rules.Facts:
+    """The facts the rules need, from the build's TaskFlow details and its cancel request."""
+    atoms = list(flow_detail)
+    return rules.Facts(
+        created_at=created_at,
+        cancelled=cancelled,
+        was_reverting=flow_detail.state in _REVERTING_FLOW
+        or any(ad.state in _REVERTING_ATOM for ad in atoms),
+        waiting=rules.open_wait(
+            {ad.name: ad.state for ad in atoms}, {ad.name: ad.results for ad in atoms}
+        ),
+    )
 
 
 def decide(
@@ -57,33 +54,15 @@ def decide(
     created_at: float,
     flow_detail: models.FlowDetail,
     now: float | None = None,
+    *,
+    cancelled: bool = False,
 ) -> Decision:
+    """Resume or roll back the interrupted build whose flow is ``flow_detail``.
+
+    ``cancelled``: an operator asked to cancel the build (``cancel-requested``).
+    """
     now = time.time() if now is None else now
-    atoms = _atoms(flow_detail)
-    if flow_detail.state in (tf_states.REVERTING, tf_states.REVERTED, tf_states.FAILURE) or any(
-        ad.state in (tf_states.REVERTING, tf_states.REVERTED) for ad in atoms.values()
-    ):
-        return Decision(ROLLBACK, "it was rolling back when the agent stopped")
-    policy = conf.recovery.policy
-    if policy == ROLLBACK:
-        return Decision(ROLLBACK, "[recovery] policy = rollback")
-    deadline = _event_deadline_passed(conf, atoms, now)
-    if deadline:
-        return Decision(ROLLBACK, deadline)
-    stuck = [
-        name
-        for name, ad in atoms.items()
-        if ad.state == tf_states.RUNNING and name in _NOT_RESUMABLE
-    ]
-    if stuck:
-        return Decision(ROLLBACK, f"step {stuck[0]} cannot be resumed")
-    age = now - created_at
-    if policy == "auto" and age > conf.recovery.resume_window:
-        return Decision(
-            ROLLBACK,
-            f"it is {age:.0f}s old, older than resume_window="
-            f"{conf.recovery.resume_window}s (policy auto)",
-        )
-    return Decision(
-        RESUME, f"[recovery] policy = {policy}" + (f", {age:.0f}s old" if policy == "auto" else "")
-    )
+    return rules.decide(facts_of(created_at, flow_detail, cancelled), policy_of(conf), now)
+
+
+__all__ = ["RESUME", "ROLLBACK", "Decision", "decide", "facts_of", "policy_of"]

@@ -14,7 +14,7 @@ from typing import Protocol
 from oslo_config import cfg
 
 from spawnflow.flows.spec import BuildSpec
-from spawnflow.virt.firewall import NoopFirewall, NWFilterFirewall
+from spawnflow.virt.firewall import FirewallDriver
 from spawnflow.virt.host import Host
 from spawnflow.virt.images import ImageCache
 
@@ -37,7 +37,7 @@ class BuildContext:
     conf: cfg.ConfigOpts
     host: Host
     images: ImageCache
-    firewall: NoopFirewall | NWFilterFirewall
+    firewall: FirewallDriver
     events: EventWaiter
     instances_path: str
     # The runner's Control, for steps that block outside the event waiter (an

@@ -5,23 +5,19 @@ Creates nothing; revert has nothing to remove.
 
 from __future__ import annotations
 
-from taskflow import task
+from typing import Any
 
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
 from spawnflow.virt import blockinfo
 
 
-class DiskInfoTask(task.Task):
+class DiskInfoStep(SpawnTask):
     step = "disk_info"
     default_provides = "disk_info"
-
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
 
     def execute(self) -> dict[str, dict[str, str]]:
         volumes = [(v.id, v.device) for v in self.ctx.spec.volumes]
         return blockinfo.disk_mapping("virtio", volumes)
 
-    def revert(self, *args, **kwargs) -> None:
+    def revert(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -11,23 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskflow import task
-
 from spawnflow.exceptions import DomainError
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
+from spawnflow.persistence.step_results import DomainInfo, VifsResult
 from spawnflow.virt import domain
 from spawnflow.virt.metadata import build_id_of
 
 
-class CreateDomainTask(task.Task):
+class DomainCreateStep(SpawnTask):
     step = "domain_create"
     default_provides = "domain_info"
 
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
-
-    def execute(self, domain_xml: str, vifs: dict[str, Any]) -> dict[str, Any]:
+    def execute(self, domain_xml: str, vifs: VifsResult) -> DomainInfo:
         ctx = self.ctx
         existing = domain.lookup(ctx.host, ctx.instance_uuid)
         if existing is not None and build_id_of(existing) != ctx.build_id:
@@ -39,7 +34,7 @@ class CreateDomainTask(task.Task):
         paused = bool(vifs["expected_events"])
         if ctx.spec.power_on and not dom.isActive():
             domain.start(dom, paused=paused)
-        return {"uuid": ctx.instance_uuid, "started_paused": paused and ctx.spec.power_on}
+        return DomainInfo(uuid=ctx.instance_uuid, started_paused=paused and ctx.spec.power_on)
 
     def revert(self, *args: Any, **kwargs: Any) -> None:
         ctx = self.ctx

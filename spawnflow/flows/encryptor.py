@@ -12,19 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskflow import task
-
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
 from spawnflow.virt import secrets
 
 
-class AttachEncryptorsTask(task.Task):
+class EncryptorStep(SpawnTask):
     step = "encryptor"
     default_provides = "volume_secrets"
-
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
 
     def execute(self, volumes: list[dict[str, Any]]) -> dict[str, str]:
         found = {}

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskflow import task
-
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
 
 
-class SetupFirewallTask(task.Task):
+class FirewallStep(SpawnTask):
     step = "firewall"
     default_provides = "filters"
-
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
 
     def execute(self) -> list[str]:
         return self.ctx.firewall.setup(

@@ -16,11 +16,10 @@ build of the same instance (same uuid, same paths), which a result saying
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any
-
-from taskflow import task
 
 from spawnflow.exceptions import (
     AgentStopping,
@@ -28,7 +27,8 @@ from spawnflow.exceptions import (
     ImageFetchInterrupted,
     ImageUnreachable,
 )
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
+from spawnflow.persistence.step_results import ImageResult
 from spawnflow.virt.image_sources import is_masked
 from spawnflow.virt.images import FetchResult, group_id
 
@@ -57,13 +57,59 @@ def _made_by(instance_dir: str, build_id: str) -> bool:
     return _marker(os.path.join(instance_dir, MARKER)) == build_id
 
 
-class CreateImageTask(task.Task):
+class ImageStep(SpawnTask):
     step = "image"
     default_provides = "image"
 
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
+    def execute(self) -> ImageResult:
+        ctx, image = self.ctx, self.ctx.spec.image
+        base = self._fetch()
+        instance_dir = ctx.instance_dir
+        created_dir = _made_by(instance_dir, ctx.build_id)
+        if not os.path.isdir(instance_dir):
+            # Root only, plus the group libvirt runs guests as when it exists
+            # (what the image cache uses): other users never read a guest's disk.
+            gid = group_id(ctx.conf.images.cache_group)
+            os.makedirs(instance_dir, mode=0o700)
+            if gid is not None and os.geteuid() == 0:
+                os.chown(instance_dir, 0, gid)
+                # Group only, not others: QEMU (that group) must reach the disk.
+                os.chmod(instance_dir, 0o750)  # noqa: S103 - group only, see above
+            _write_marker(os.path.join(instance_dir, MARKER), ctx.build_id)
+            created_dir = True
+        disk_path = os.path.join(instance_dir, "disk")
+        disk_marker = os.path.join(instance_dir, DISK_MARKER)
+        if not os.path.exists(disk_path):
+            # Claimed before it exists: a crash right after creating it still
+            # leaves a disk that a re-run adopts and a revert removes.
+            _write_marker(disk_marker, ctx.build_id)
+        size = ctx.spec.flavor.root_gb * GiB or None
+        ctx.images.create_instance_disk(base.path, disk_path, image.disk_format, size)
+        # Ours if this run or an earlier run of this build (cut short) made it.
+        created_disk = _marker(disk_marker) == ctx.build_id
+        return ImageResult(
+            instance_dir=instance_dir,
+            created_dir=created_dir,
+            disk_path=disk_path,
+            disk_format=image.disk_format,
+            created_disk=created_disk or created_dir,
+            base_path=base.path,
+            console_log=os.path.join(instance_dir, "console.log"),
+        )
+
+    def revert(self, result: Any = None, **kwargs: Any) -> None:
+        # The markers, not the result, tell what this build made (see the
+        # module docstring): a result may be missing (failure, crash
+        # mid-step) or stale (a later build of this instance owns the paths).
+        instance_dir = self.ctx.instance_dir
+        if _made_by(instance_dir, self.ctx.build_id):
+            shutil.rmtree(instance_dir, ignore_errors=False)
+            return
+        disk_marker = os.path.join(instance_dir, DISK_MARKER)
+        if _marker(disk_marker) == self.ctx.build_id:
+            self.ctx.images.remove_instance_disk(os.path.join(instance_dir, "disk"))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(disk_marker)
 
     def _fetch(self) -> FetchResult:
         """The base image's cache entry (by content digest), fetched if need be."""
@@ -100,55 +146,3 @@ class CreateImageTask(task.Task):
                     f"agent stopping while build {ctx.build_id} fetches its image"
                 ) from None
             raise BuildCancelled("cancelled by operator while fetching the image") from None
-
-    def execute(self) -> dict[str, Any]:
-        ctx, image = self.ctx, self.ctx.spec.image
-        base = self._fetch()
-        instance_dir = ctx.instance_dir
-        created_dir = _made_by(instance_dir, ctx.build_id)
-        if not os.path.isdir(instance_dir):
-            # Root only, plus the group libvirt runs guests as when it exists
-            # (what the image cache uses): other users never read a guest's disk.
-            gid = group_id(ctx.conf.images.cache_group)
-            os.makedirs(instance_dir, mode=0o700)
-            if gid is not None and os.geteuid() == 0:
-                os.chown(instance_dir, 0, gid)
-                # Group only, not others: QEMU (that group) must reach the disk.
-                os.chmod(instance_dir, 0o750)  # noqa: S103 - group only, see above
-            _write_marker(os.path.join(instance_dir, MARKER), ctx.build_id)
-            created_dir = True
-        disk_path = os.path.join(instance_dir, "disk")
-        disk_marker = os.path.join(instance_dir, DISK_MARKER)
-        if not os.path.exists(disk_path):
-            # Claimed before it exists: a crash right after creating it still
-            # leaves a disk that a re-run adopts and a revert removes.
-            _write_marker(disk_marker, ctx.build_id)
-        size = ctx.spec.flavor.root_gb * GiB or None
-        ctx.images.create_instance_disk(base.path, disk_path, image.disk_format, size)
-        # Ours if this run or an earlier run of this build (cut short) made it.
-        created_disk = _marker(disk_marker) == ctx.build_id
-        return {
-            "instance_dir": instance_dir,
-            "created_dir": created_dir,
-            "disk_path": disk_path,
-            "disk_format": image.disk_format,
-            "created_disk": created_disk or created_dir,
-            "base_path": base.path,
-            "console_log": os.path.join(instance_dir, "console.log"),
-        }
-
-    def revert(self, result: Any = None, **kwargs: Any) -> None:
-        # The markers, not the result, tell what this build made (see the
-        # module docstring): a result may be missing (failure, crash
-        # mid-step) or stale (a later build of this instance owns the paths).
-        instance_dir = self.ctx.instance_dir
-        if _made_by(instance_dir, self.ctx.build_id):
-            shutil.rmtree(instance_dir, ignore_errors=False)
-            return
-        disk_marker = os.path.join(instance_dir, DISK_MARKER)
-        if _marker(disk_marker) == self.ctx.build_id:
-            self.ctx.images.remove_instance_disk(os.path.join(instance_dir, "disk"))
-            try:
-                os.unlink(disk_marker)
-            except FileNotFoundError:
-                pass

@@ -19,16 +19,17 @@ import os
 from dataclasses import dataclass
 
 from oslo_config import cfg
+from sqlalchemy.engine import make_url
 
 from spawnflow import conf as sf_conf
 from spawnflow.exceptions import ConfigError, InvalidSpec, VolumeError
 from spawnflow.flows.spec import BuildSpec
-from spawnflow.flows.volumes import volume_policy
 from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import secrets
 from spawnflow.virt.host import Host
 from spawnflow.virt.image_sources import SourceRefused
 from spawnflow.virt.images import allowed_sources
+from spawnflow.virt.volumes import VolumePolicy
 from spawnflow.virt.volumes.local import check_local_path
 
 
@@ -120,6 +121,27 @@ def volume_refusals(spec: BuildSpec, conf: cfg.ConfigOpts, host: Host | None) ->
             if reason:
                 refusals.append(Refusal(f"{where}.encryption.key_file", reason))
     return refusals
+
+
+def volume_policy(conf: cfg.ConfigOpts) -> VolumePolicy:
+    """``[volumes] allowed_paths`` plus what no volume may reach whatever it says.
+
+    state_path and instances_path hold the event log, every instance's disk
+    and the image cache; the event log may also live elsewhere ([database]
+    connection), so its file and SQLite's -wal/-shm/-journal are added.
+    """
+    forbidden = [
+        ("state_path", conf.state_path),
+        ("instances_path", sf_conf.instances_path(conf)),
+    ]
+    url = make_url(sf_conf.database_url(conf))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_file = os.path.abspath(url.database)
+        forbidden += [
+            ("the event log database", db_file + suffix)
+            for suffix in ("", "-wal", "-shm", "-journal")
+        ]
+    return VolumePolicy(allowed_paths=tuple(conf.volumes.allowed_paths), forbidden=tuple(forbidden))
 
 
 def check_queueable(spec: BuildSpec, conf: cfg.ConfigOpts) -> None:

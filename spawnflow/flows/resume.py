@@ -12,24 +12,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from taskflow import task
-
 from spawnflow.exceptions import DomainError, VifPlugFailed, VifPlugTimeout
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
+from spawnflow.persistence.step_results import VIF_PLUGGED, DomainInfo, VifsResult
 from spawnflow.virt import domain
 
 LOG = logging.getLogger(__name__)
 
 
-class ResumeDomainTask(task.Task):
+class ResumeStep(SpawnTask):
     step = "resume"
     default_provides = "events_received"
 
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
-
-    def execute(self, vifs: dict[str, Any], domain_info: dict[str, Any]) -> dict[str, str]:
+    def execute(self, vifs: VifsResult, domain_info: DomainInfo) -> dict[str, str]:
         ctx, expected = self.ctx, vifs["expected_events"]
         received: dict[str, str] = {}
         if expected:
@@ -40,17 +35,20 @@ class ResumeDomainTask(task.Task):
             self._resume()
         return received
 
+    def revert(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
     def _judge(self, expected: list[str], received: dict[str, str]) -> None:
         fatal = self.ctx.conf.network.vif_plugging_is_fatal
         failed = [tag for tag in expected if received.get(tag) == "failed"]
         missing = [tag for tag in expected if tag not in received]
         if failed:
-            message = f"network-vif-plugged reported failed for port(s) {', '.join(failed)}"
+            message = f"{VIF_PLUGGED} reported failed for port(s) {', '.join(failed)}"
             if fatal:
                 raise VifPlugFailed(message)
             LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)
         if missing:
-            message = f"timed out waiting for network-vif-plugged for port(s) {', '.join(missing)}"
+            message = f"timed out waiting for {VIF_PLUGGED} for port(s) {', '.join(missing)}"
             if fatal:
                 raise VifPlugTimeout(message)
             LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)
@@ -61,6 +59,3 @@ class ResumeDomainTask(task.Task):
             raise DomainError(f"domain {self.ctx.instance_uuid} vanished before resume")
         if domain.state(dom) == "paused":
             domain.resume(dom)
-
-    def revert(self, *args: Any, **kwargs: Any) -> None:
-        pass

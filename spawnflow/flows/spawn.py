@@ -1,33 +1,34 @@
-"""The spawn flow: ten revertible tasks in the order of DESIGN.md, chained linearly."""
+"""The spawn flow: ten revertible steps in the order of doc/source/architecture.rst, chained."""
 
 from __future__ import annotations
 
 from taskflow.patterns import linear_flow
 
+from spawnflow.flows.base import SpawnTask
 from spawnflow.flows.context import BuildContext
-from spawnflow.flows.disk_info import DiskInfoTask
-from spawnflow.flows.domain_create import CreateDomainTask
-from spawnflow.flows.domain_xml import BuildDomainXmlTask
-from spawnflow.flows.encryptor import AttachEncryptorsTask
-from spawnflow.flows.firewall import SetupFirewallTask
-from spawnflow.flows.image import CreateImageTask
-from spawnflow.flows.resume import ResumeDomainTask
-from spawnflow.flows.vifs import PlugVifsTask
-from spawnflow.flows.volumes import ConnectVolumesTask
-from spawnflow.flows.wait_boot import WaitForBootTask
+from spawnflow.flows.disk_info import DiskInfoStep
+from spawnflow.flows.domain_create import DomainCreateStep
+from spawnflow.flows.domain_xml import DomainXmlStep
+from spawnflow.flows.encryptor import EncryptorStep
+from spawnflow.flows.firewall import FirewallStep
+from spawnflow.flows.image import ImageStep
+from spawnflow.flows.resume import ResumeStep
+from spawnflow.flows.vifs import VifsStep
+from spawnflow.flows.volumes import VolumesStep
+from spawnflow.flows.wait_for_boot import WaitForBootStep
 
 FLOW_NAME = "spawn"
-TASKS = (
-    DiskInfoTask,
-    CreateImageTask,
-    ConnectVolumesTask,
-    AttachEncryptorsTask,
-    BuildDomainXmlTask,
-    PlugVifsTask,
-    SetupFirewallTask,
-    CreateDomainTask,
-    ResumeDomainTask,
-    WaitForBootTask,
+TASKS: tuple[type[SpawnTask], ...] = (
+    DiskInfoStep,
+    ImageStep,
+    VolumesStep,
+    EncryptorStep,
+    DomainXmlStep,
+    VifsStep,
+    FirewallStep,
+    DomainCreateStep,
+    ResumeStep,
+    WaitForBootStep,
 )
 
 
@@ -37,4 +38,5 @@ def step_names() -> list[str]:
 
 
 def build_spawn_flow(ctx: BuildContext) -> linear_flow.Flow:
+    """The spawn flow of one build, its steps holding ``ctx``."""
     return linear_flow.Flow(FLOW_NAME).add(*(task_cls(ctx) for task_cls in TASKS))

@@ -31,6 +31,7 @@ from pydantic import (
 from spawnflow.exceptions import InvalidSpec, VolumeError
 from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import guest_config as gc
+from spawnflow.virt.vif import tap_name
 from spawnflow.virt.volumes.base import parse_host_port
 
 # Every rule below stands for a later step that would refuse the value after
@@ -322,8 +323,6 @@ class BuildSpec(_Strict):
             raise ValueError("volumes: device vda is the root disk")
         # Tap names keep only 11 characters of the port id (IFNAMSIZ), so two
         # ports may differ in their ids and still want the same tap.
-        from spawnflow.virt.vif import tap_name  # here: pyroute2 only when needed
-
         taps = [tap_name(v.id) for v in self.vifs]
         for label, items in (
             ("volumes.device", devices),
@@ -340,7 +339,8 @@ class BuildSpec(_Strict):
             dupes = sorted({x for x in items if items.count(x) > 1})
             if dupes:
                 raise ValueError(f"{label}: duplicate {', '.join(dupes)}")
-        clash = sorted({v.bridge for v in self.vifs if v.type == "bridge"} & set(taps))
+        bridges = {v.bridge for v in self.vifs if v.type == "bridge" and v.bridge is not None}
+        clash = sorted(bridges & set(taps))
         if clash:
             raise ValueError(f"vifs.bridge: {', '.join(clash)} is the tap name of a port")
         return self
@@ -389,14 +389,16 @@ class _SpecLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            # PyYAML's stubs leave peek_event untyped: strict mypy refuses the call
+            # (no-untyped-call), plain mypy does not (unused-ignore).
+            event = self.peek_event()  # type: ignore[no-untyped-call, unused-ignore]
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in a build spec", event.start_mark
             )
         return super().compose_node(parent, index)
 
 
-def _read_spec_file(source: str | os.PathLike) -> Any:
+def _read_spec_file(source: str | os.PathLike[str]) -> Any:
     name = os.fspath(source)
     try:
         with open(source, "rb") as f:
@@ -418,7 +420,7 @@ def _read_spec_file(source: str | os.PathLike) -> Any:
         raise InvalidSpec(f"build spec {name!r} is not valid YAML/JSON: {reason}") from None
 
 
-def parse_spec(source: BuildSpec | dict | str | os.PathLike) -> BuildSpec:
+def parse_spec(source: BuildSpec | dict[str, Any] | str | os.PathLike[str]) -> BuildSpec:
     """Accept a spec object, a dict, or a path to a YAML/JSON file."""
     if isinstance(source, BuildSpec):
         return source

@@ -14,17 +14,17 @@ instance took over the port.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any
 
-from taskflow import task
-
+from spawnflow.flows.base import SpawnTask
 from spawnflow.flows.context import BuildContext
-from spawnflow.flows.domain_xml import expected_plug, vif_of
-from spawnflow.virt.vif import PlugResult, get_driver
+from spawnflow.flows.convert import expected_plug, vif_of
+from spawnflow.persistence.step_results import VifsResult
+from spawnflow.virt.vif import PlugResult, VifDriver
 
 
 def expected_events(ctx: BuildContext) -> list[str]:
+    """Ports whose ``network-vif-plugged`` the ``resume`` step will wait for (see above)."""
     if not (
         ctx.host.can_start_paused
         and ctx.spec.power_on
@@ -34,33 +34,31 @@ def expected_events(ctx: BuildContext) -> list[str]:
     return [vif.id for vif in ctx.spec.vifs if not vif.active]
 
 
-class PlugVifsTask(task.Task):
+class VifsStep(SpawnTask):
     step = "vifs"
     default_provides = "vifs"
 
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
-
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> VifsResult:
         expected = expected_events(self.ctx)
         waiting_since = time.time()
         plugged = []
         for spec_vif in self.ctx.spec.vifs:
-            result = get_driver(spec_vif.type).plug(
+            result = VifDriver.load(spec_vif.type).plug(
                 vif_of(spec_vif), self.ctx.instance_uuid, self.ctx.build_id
             )
-            plugged.append(asdict(result))
-        return {"expected_events": expected, "waiting_since": waiting_since, "plugged": plugged}
+            plugged.append(result.to_dict())
+        return VifsResult(expected_events=expected, waiting_since=waiting_since, plugged=plugged)
 
     def revert(self, result: Any = None, **kwargs: Any) -> None:
-        recorded = {}
+        # ``result`` is this step's VifsResult, or None or a Failure when
+        # execute did not return one.
+        recorded: dict[str, PlugResult] = {}
         if isinstance(result, dict):
             recorded = {p["vif_id"]: PlugResult.from_dict(p) for p in result["plugged"]}
         for spec_vif in reversed(self.ctx.spec.vifs):
             # Without a recorded result (crash mid-step) the driver's own
             # ownership check (the tap's alias) decides what is ours.
             plugged = recorded.get(spec_vif.id) or expected_plug(spec_vif.id)
-            get_driver(spec_vif.type).unplug(
+            VifDriver.load(spec_vif.type).unplug(
                 vif_of(spec_vif), plugged, self.ctx.instance_uuid, self.ctx.build_id
             )

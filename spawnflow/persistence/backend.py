@@ -17,119 +17,29 @@ connections or processes see the committed log.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
 from taskflow import exceptions as tf_exc
-from taskflow import states
 from taskflow.persistence import base, models
 
-from spawnflow.exceptions import IllegalTransition
+from spawnflow.persistence import db
 from spawnflow.persistence import tables as t
-from spawnflow.persistence.batch import PROJECTIONS, Batch, encode
+from spawnflow.persistence.batch import Batch
 from spawnflow.persistence.cache import CachedAtom, CachedFlow, ProjectionCache
+from spawnflow.persistence.changes import Changes, diff, merge_atom
 from spawnflow.persistence.eventlog import ATOM, FLOW, LOGBOOK, EventLog
 from spawnflow.persistence.redact import redact
-
-# Recovery reverts an atom that was RUNNING when the agent died (TaskFlow moves
-# it straight to REVERTING), which TaskFlow's own table does not list.
-_RECOVERY_ATOM_TRANSITIONS = frozenset({(states.RUNNING, states.REVERTING)})
-
-
-def check_atom_transition(atom_type: str, old: str | None, new: str | None) -> None:
-    if old == new or old is None or new is None:
-        return
-    allowed = (
-        states.check_retry_transition
-        if atom_type == "RETRY_DETAIL"
-        else states.check_task_transition
-    )
-    if not allowed(old, new) and (old, new) not in _RECOVERY_ATOM_TRANSITIONS:
-        raise IllegalTransition(f"atom transition {old} -> {new} is not allowed")
+from spawnflow.persistence.transitions import (
+    DURABLE_STATES,
+    FLOW_DURABLE_STATES,
+    check_atom_transition,
+    check_flow_transition,
+)
 
 
-def check_flow_transition(old: str | None, new: str | None) -> None:
-    if old is None or new is None:
-        return
-    try:
-        states.check_flow_transition(old, new)
-    except tf_exc.InvalidState as exc:
-        raise IllegalTransition(str(exc)) from None
-
-
-# An atom going to one of these announces work on the host: it is committed
-# before TaskFlow goes on. A flow going to one of the others ends a run, and
-# whoever ran it may act on that (or exit). Every other save may ride with the
-# next commit: it announces nothing a crash could leave half-done.
-DURABLE_STATES = frozenset({states.RUNNING, states.REVERTING})
-FLOW_DURABLE_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVERTED, states.SUSPENDED})
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
-    gone = [k for k in old if k not in new]
-    out: dict[str, Any] = {}
-    if changed:
-        out["set"] = changed
-    if gone:
-        out["unset"] = gone
-    return out
-
-
-def _merged(old: CachedAtom, incoming: models.AtomDetail) -> models.AtomDetail:
-    """``old`` merged with ``incoming``, as TaskFlow's own backends do.
-
-    A TaskDetail's merge overwrites every persisted field with the incoming
-    one, so the incoming detail *is* the merge (and rebuilding the old one from
-    the cache would only cost a deep copy); retries merge their history.
-    """
-    if old.atom_type == models.atom_detail_type(incoming) == "TASK_DETAIL":
-        return incoming
-    return old.detail().merge(incoming)
-
-
-class _Changes:
-    """One save, staged: its events, projection rows and cache entries."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.rows: list[tuple[str, bool, dict[str, Any]]] = []
-        self.atoms: dict[str, CachedAtom] = {}
-        self.flows: dict[str, CachedFlow] = {}
-        self.durable = False
-
-    def event(
-        self,
-        *,
-        kind: str,
-        build_id: str,
-        subject: str,
-        name: str | None,
-        from_state: str | None,
-        to_state: str | None,
-        payload: Any,
-    ) -> None:
-        # Encoded now: a value that cannot be stored fails this save, not a later commit.
-        self.events.append(
-            {
-                "build_id": build_id,
-                "ts": time.time(),
-                "kind": kind,
-                "subject": subject,
-                "name": name,
-                "from_state": from_state,
-                "to_state": to_state,
-                "payload": t.dump_json(payload),
-            }
-        )
-
-    def row(self, table: str, insert: bool, row: dict[str, Any]) -> None:
-        self.rows.append((table, insert, encode(row, PROJECTIONS[table])))
-
-
-class EventLogBackend(base.Backend):
+class EventLogBackend(base.Backend):  # type: ignore[misc]  # TaskFlow ships no types
     """``taskflow.persistence.base.Backend`` whose truth is the spawnflow event log."""
 
     def __init__(self, conf: dict[str, Any] | None = None, eventlog: EventLog | None = None):
@@ -151,7 +61,7 @@ class EventLogBackend(base.Backend):
             self.eventlog.close()
 
 
-class EventLogConnection(base.Connection):
+class EventLogConnection(base.Connection):  # type: ignore[misc]  # TaskFlow ships no types
     def __init__(self, backend: EventLogBackend):
         self._backend = backend
         self._log = backend.eventlog
@@ -165,9 +75,7 @@ class EventLogConnection(base.Connection):
         pass
 
     def upgrade(self) -> None:
-        from spawnflow.persistence import schema
-
-        schema.upgrade(self._log.engine)
+        db.upgrade(self._log.engine)
 
     def validate(self) -> None:
         with self._log.engine.connect() as conn:
@@ -221,7 +129,7 @@ class EventLogConnection(base.Connection):
 
     def _stage_atom(
         self,
-        changes: _Changes,
+        changes: Changes,
         ad: models.AtomDetail,
         flow_uuid: str,
         book_uuid: str,
@@ -238,7 +146,7 @@ class EventLogConnection(base.Connection):
             from_state = None
         else:
             check_atom_transition(atom_type, old.state, ad.state)
-            payload = _diff(old.doc, doc)
+            payload = diff(old.doc, doc)
             if not payload:
                 return
             from_state = old.state
@@ -270,66 +178,17 @@ class EventLogConnection(base.Connection):
             changes.durable = True
 
     def _stage_flow(
-        self, changes: _Changes, fd: models.FlowDetail, book_uuid: str, old: CachedFlow | None
+        self, changes: Changes, fd: models.FlowDetail, book_uuid: str, old: CachedFlow | None
     ) -> models.FlowDetail:
         """Stage a flow detail and its atoms; return the merged flow (with every atom)."""
         merged = fd.copy(retain_contents=False)
         doc = redact(merged.to_dict())
-        if old is None:
-            changes.event(
-                kind=FLOW,
-                build_id=book_uuid,
-                subject=fd.uuid,
-                name=fd.name,
-                from_state=None,
-                to_state=fd.state,
-                payload={"parent": book_uuid, "set": doc},
-            )
-            changes.row(
-                "flowdetails",
-                True,
-                {
-                    "uuid": fd.uuid,
-                    "book_uuid": book_uuid,
-                    "name": fd.name,
-                    "state": fd.state,
-                    "doc": doc,
-                },
-            )
-            atoms: set[str] = set()
-        else:
-            check_flow_transition(old.state, fd.state)
-            if _diff(old.doc, doc):
-                # The whole doc, not the change: the row is rewritten whole, and if
-                # another writer changed the flow since this process saw it, the
-                # log must still say what the row now holds.
-                changes.event(
-                    kind=FLOW,
-                    build_id=book_uuid,
-                    subject=fd.uuid,
-                    name=fd.name,
-                    from_state=old.state,
-                    to_state=fd.state,
-                    payload={"set": doc},
-                )
-                changes.row(
-                    "flowdetails",
-                    False,
-                    {
-                        "uuid": fd.uuid,
-                        "book_uuid": book_uuid,
-                        "name": fd.name,
-                        "state": fd.state,
-                        "doc": doc,
-                    },
-                )
-                if fd.state != old.state and fd.state in FLOW_DURABLE_STATES:
-                    changes.durable = True
-            atoms = set(old.atoms)
+        self._stage_flow_row(changes, fd, doc, book_uuid, old)
+        atoms: set[str] = set() if old is None else set(old.atoms)
         for ad in fd:
             # An atom the flow never had is new: no need to look for it.
             old_atom = self._known_atom(ad.uuid) if ad.uuid in atoms else None
-            atom = _merged(old_atom, ad) if old_atom is not None else ad
+            atom = merge_atom(old_atom, ad) if old_atom is not None else ad
             self._stage_atom(changes, atom, fd.uuid, book_uuid, old_atom)
             merged.add(atom)
         # Atoms saved earlier but absent from this (partial) flow detail.
@@ -342,7 +201,48 @@ class EventLogConnection(base.Connection):
         )
         return merged
 
-    def _apply(self, changes: _Changes, book_uuid: str, *, commit: bool = False) -> None:
+    @staticmethod
+    def _stage_flow_row(
+        changes: Changes,
+        fd: models.FlowDetail,
+        doc: dict[str, Any],
+        book_uuid: str,
+        old: CachedFlow | None,
+    ) -> None:
+        """Stage the flow's own event and ``flowdetails`` row (none when nothing changed)."""
+        row = {"uuid": fd.uuid, "book_uuid": book_uuid, "name": fd.name, "state": fd.state}
+        if old is None:
+            changes.event(
+                kind=FLOW,
+                build_id=book_uuid,
+                subject=fd.uuid,
+                name=fd.name,
+                from_state=None,
+                to_state=fd.state,
+                payload={"parent": book_uuid, "set": doc},
+            )
+            changes.row("flowdetails", True, {**row, "doc": doc})
+            return
+        check_flow_transition(old.state, fd.state)
+        if not diff(old.doc, doc):
+            return
+        # The whole doc, not the change: the row is rewritten whole, and if
+        # another writer changed the flow since this process saw it, the
+        # log must still say what the row now holds.
+        changes.event(
+            kind=FLOW,
+            build_id=book_uuid,
+            subject=fd.uuid,
+            name=fd.name,
+            from_state=old.state,
+            to_state=fd.state,
+            payload={"set": doc},
+        )
+        changes.row("flowdetails", False, {**row, "doc": doc})
+        if fd.state != old.state and fd.state in FLOW_DURABLE_STATES:
+            changes.durable = True
+
+    def _apply(self, changes: Changes, book_uuid: str, *, commit: bool = False) -> None:
         """Write a staged save: committed now if it must be, else queued.
 
         The cache takes the save only once it is committed or queued, so it
@@ -362,8 +262,8 @@ class EventLogConnection(base.Connection):
         old = self._known_atom(atom_detail.uuid)
         if old is None:
             raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
-        merged = _merged(old, atom_detail)
-        changes = _Changes()
+        merged = merge_atom(old, atom_detail)
+        changes = Changes()
         self._stage_atom(changes, merged, old.flow_uuid, old.book_uuid, old)
         self._apply(changes, old.book_uuid)
         return merged
@@ -372,7 +272,7 @@ class EventLogConnection(base.Connection):
         old = self._known_flow(flow_detail.uuid)
         if old is None:
             raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
-        changes = _Changes()
+        changes = Changes()
         merged = self._stage_flow(changes, flow_detail, old.book_uuid, old)
         self._apply(changes, old.book_uuid)
         return merged
@@ -388,7 +288,7 @@ class EventLogConnection(base.Connection):
 
     def _save_logbook(self, book: models.LogBook) -> models.LogBook:
         stored = self._log.projection_doc("logbooks", book.uuid)
-        changes = _Changes()
+        changes = Changes()
         if stored is None:
             doc = redact(book.to_dict(marshal_time=True))
             changes.event(
@@ -405,7 +305,7 @@ class EventLogConnection(base.Connection):
             existing = models.LogBook.from_dict(stored, unmarshal_time=True)
             existing.merge(book)
             doc = redact(existing.to_dict(marshal_time=True))
-            if _diff(stored, doc):
+            if diff(stored, doc):
                 # The whole doc (as for flows): two savers racing still leave the
                 # row and the replayed log equal, whichever commits last.
                 changes.event(

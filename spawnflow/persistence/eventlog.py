@@ -12,12 +12,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from spawnflow.exceptions import PersistenceError, SchemaError, UnknownBuild
-from spawnflow.persistence import lifecycle, schema
+from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.batch import Batch, Statements
 from spawnflow.persistence.redact import mask_url, redact
@@ -69,15 +69,22 @@ class EventLog:
         A malformed URL is a PersistenceError showing it masked (no password).
         """
         try:
-            if not upgrade and schema.inspect_url(url) is None:
+            if not upgrade and db.inspect_url(url) is None:
                 raise SchemaError(
                     f"{mask_url(url)} holds no spawnflow history (empty or missing database)"
                 )
-            return cls(schema.open_engine(url, upgrade_schema=upgrade))
+            return cls(db.open_engine(url, upgrade_schema=upgrade))
         except sa.exc.ArgumentError as exc:
             raise PersistenceError(f"not a database URL: {mask_url(url)} ({exc})") from None
 
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Commit every deferred write, then release the database."""
         self.flush(all_builds=True)
         if self._writer is not None:
             self._writer.close()
@@ -143,11 +150,6 @@ class EventLog:
         with self._pending_lock:
             self._pending.setdefault(build_id, Batch()).add(events, rows)
 
-    def pending(self, build_id: str | None) -> bool:
-        """Whether ``build_id`` has deferred writes not committed yet."""
-        with self._pending_lock:
-            return build_id in self._pending
-
     def flush(self, build_id: str | None = None, *, all_builds: bool = False) -> None:
         """Commit deferred writes now: of one build, or of every build."""
         with self._pending_lock:
@@ -183,45 +185,17 @@ class EventLog:
         """Commit one build's deferred writes (and ``extra``) in a transaction of their own.
 
         The hot path (every step's RUNNING ends here): straight on the DBAPI
-        connection, no statement compiling, one fsync.
+        connection, no statement compiling, one fsync. On failure the
+        deferred writes go back to the queue (first at the next attempt).
         """
         with self._build_lock(build_id), self._write_lock or contextlib.nullcontext():
             batch = self._take(build_id)
             if batch is None and extra is None:
                 return
+            dbapi_error = self.engine.dialect.loaded_dbapi.Error
             try:
-                raw = self._writer or self.engine.raw_connection()
-                try:
-                    cursor = raw.cursor()
-                    if self._sqlite:
-                        cursor.execute("BEGIN IMMEDIATE")
-                    # psycopg's pipeline sends the batch in one round trip, not one each.
-                    with (
-                        raw.driver_connection.pipeline()
-                        if self._pipeline
-                        else contextlib.nullcontext()
-                    ):
-                        if batch is not None:
-                            batch.write(cursor, self._sql)
-                        if extra is not None:
-                            extra.write(cursor, self._sql)
-                    cursor.close()
-                    raw.commit()
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        raw.rollback()
-                    # A connection in an unknown state is not kept for the next commit.
-                    if raw is self._writer:
-                        self._writer = None
-                    raw.invalidate()
-                    raise
-                if self._sqlite:
-                    # The write lock makes this process's SQLite writer one at a
-                    # time, so one connection is kept for it (no pool round trip).
-                    self._writer = raw
-                else:
-                    raw.close()
-            except self.engine.dialect.loaded_dbapi.Error as exc:
+                self._write_raw([b for b in (batch, extra) if b is not None])
+            except dbapi_error as exc:
                 if batch is not None:
                     self._give_back(build_id, batch)
                 # The same exception types as every other write (callers catch those).
@@ -229,7 +203,7 @@ class EventLog:
                     "deferred writes",
                     None,
                     exc,
-                    self.engine.dialect.loaded_dbapi.Error,
+                    dbapi_error,
                     hide_parameters=True,
                     dialect=self.engine.dialect,
                 ) from exc
@@ -237,6 +211,37 @@ class EventLog:
                 if batch is not None:
                     self._give_back(build_id, batch)
                 raise
+
+    def _write_raw(self, batches: list[Batch]) -> None:
+        """Write ``batches`` in one transaction on a DBAPI connection and commit.
+
+        SQLite keeps that connection for the next commit (the write lock makes
+        this process's writer one at a time, so no pool round trip); a
+        connection that failed is invalidated, never kept.
+        """
+        raw: Any = self._writer or self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            if self._sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            # psycopg's pipeline sends the batch in one round trip, not one each.
+            with raw.driver_connection.pipeline() if self._pipeline else contextlib.nullcontext():
+                for batch in batches:
+                    batch.write(cursor, self._sql)
+            cursor.close()
+            raw.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            # A connection in an unknown state is not kept for the next commit.
+            if raw is self._writer:
+                self._writer = None
+            raw.invalidate()
+            raise
+        if self._sqlite:
+            self._writer = raw
+        else:
+            raw.close()
 
     @staticmethod
     def append(
@@ -269,7 +274,8 @@ class EventLog:
                 "payload": payload if redacted else redact(payload),
             },
         )
-        return result.inserted_primary_key[0]
+        # Never None after an insert (SQLAlchemy types it optional).
+        return int(cast(Any, result.inserted_primary_key)[0])
 
     # -- builds -----------------------------------------------------------------
 
@@ -353,9 +359,9 @@ class EventLog:
             conn.execute(
                 sa.update(t.builds).where(t.builds.c.build_id == build_id).values(**values)
             )
-            return row.state
+            return str(row.state)
 
-    def get_build(self, build_id: str) -> sa.Row:
+    def get_build(self, build_id: str) -> sa.Row[Any]:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(t.builds).where(t.builds.c.build_id == build_id)).first()
         if row is None:
@@ -368,7 +374,7 @@ class EventLog:
         host: str | None = None,
         states: frozenset[str] | None = None,
         instance_uuid: str | None = None,
-    ) -> list[sa.Row]:
+    ) -> list[sa.Row[Any]]:
         query = sa.select(t.builds).order_by(t.builds.c.created_at)
         if host is not None:
             query = query.where(t.builds.c.host == host)
@@ -394,7 +400,7 @@ class EventLog:
                 payload={"tag": tag, "status": status},
             )
 
-    def external_events(self, build_id: str) -> list[sa.Row]:
+    def external_events(self, build_id: str) -> list[sa.Row[Any]]:
         query = (
             sa.select(t.events)
             .where(t.events.c.build_id == build_id, t.events.c.kind == EXTERNAL)
@@ -403,7 +409,7 @@ class EventLog:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
-    def events(self, build_id: str) -> list[sa.Row]:
+    def events(self, build_id: str) -> list[sa.Row[Any]]:
         query = sa.select(t.events).where(t.events.c.build_id == build_id).order_by(t.events.c.seq)
         with self.engine.connect() as conn:
             return list(conn.execute(query))

@@ -30,7 +30,7 @@ def load_json(text: str | None) -> Any:
     return None if text is None else jsonutils.loads(text)
 
 
-class JsonText(sa.types.TypeDecorator):
+class JsonText(sa.types.TypeDecorator[Any]):
     """JSON stored as text: the same bytes on SQLite and PostgreSQL."""
 
     impl = sa.Text

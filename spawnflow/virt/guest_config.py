@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,12 +53,12 @@ def is_printable(value: str) -> bool:
     return not _BAD_CHARS.search(value)
 
 
-def _choice(name: str, value: object, choices) -> None:
+def _choice(name: str, value: object, choices: Collection[str]) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: {value!r} is not one of {sorted(choices)}")
 
 
-def _str(name: str, value: object, regex: re.Pattern | None = None, hint: str = "") -> None:
+def _str(name: str, value: object, regex: re.Pattern[str] | None = None, hint: str = "") -> None:
     if not isinstance(value, str) or not value or _BAD_CHARS.search(value):
         raise ValueError(f"{name}: {value!r} is not a non-empty string of printable characters")
     if regex is not None and not regex.fullmatch(value):
@@ -173,12 +174,14 @@ class GuestDisk:
         # libvirt's schema allows exactly one iscsi portal but any number of rbd monitors.
         if self.source_protocol == "iscsi" and len(self.source_hosts) != 1:
             raise ValueError(f"{p}source_hosts: an iscsi disk needs exactly one portal host")
-        if self.source_protocol == "rbd" and "/" not in self.source_name:
+        # Both are strings: _choice and _str refused anything else above.
+        protocol, name = self.source_protocol or "", self.source_name or ""
+        if protocol == "rbd" and "/" not in name:
             raise ValueError(f"{p}source_name: {self.source_name!r} is not 'pool/image'")
         if all(getattr(self, key) is None for key in _AUTH_FIELDS):
             return
         _str(p + "auth_username", self.auth_username, _USERNAME_RE, "a name of [A-Za-z0-9_+-]")
-        wanted = _SECRET_TYPE_FOR[self.source_protocol]
+        wanted = _SECRET_TYPE_FOR[protocol]
         if self.auth_secret_type != wanted:
             raise ValueError(
                 f"{p}auth_secret_type: {self.source_protocol} disks need "
@@ -388,8 +391,10 @@ class GuestConfig:
         _sub(dom, "on_reboot", self.on_reboot)
         _sub(dom, "on_crash", self.on_crash)
         devices = _sub(dom, "devices")
-        for device in (*self.disks, *self.interfaces):
+        for device in self.disks:
             devices.append(device.to_element())
+        for interface in self.interfaces:
+            devices.append(interface.to_element())
         serial = _sub(devices, "serial", type="pty")
         if self.console_log_path is not None:
             _sub(serial, "log", file=self.console_log_path, append="off")
@@ -398,7 +403,8 @@ class GuestConfig:
         return dom
 
     def to_xml(self) -> str:
-        return etree.tostring(self.to_element(), encoding="unicode", pretty_print=True)
+        text: str = etree.tostring(self.to_element(), encoding="unicode", pretty_print=True)
+        return text
 
 
 def parse_domain_uuid(xml: str) -> str:

@@ -7,6 +7,7 @@ way nova gates start-paused on the hypervisor type.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import libvirt
@@ -21,7 +22,8 @@ PAUSED_CAPABLE_TYPES = frozenset({"kvm", "qemu"})
 
 
 def error_code(exc: libvirt.libvirtError) -> int:
-    return exc.get_error_code()
+    code: int = exc.get_error_code()
+    return code
 
 
 class Host:
@@ -45,10 +47,8 @@ class Host:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     self._conn.close()
-                except libvirt.libvirtError:
-                    pass
                 self._conn = None
 
     @property

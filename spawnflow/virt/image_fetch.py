@@ -23,6 +23,7 @@ as they arrive. Errors carry the masked URL only (``mask_url``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -31,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -113,12 +114,10 @@ class _Watchdog:
     def _shutdown(self) -> None:
         sock = self._sock
         if sock is not None:
-            try:
-                # shutdown, not close: it wakes a recv() blocked in another
-                # thread (close would leave it blocked on Linux).
+            # shutdown, not close: it wakes a recv() blocked in another
+            # thread (close would leave it blocked on Linux).
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _fire(self, error: Exception) -> None:
         if not self.fired.is_set():
@@ -225,7 +224,7 @@ def _guarded_connect(
     except (socket.gaierror, UnicodeError) as exc:
         raise NewConnectionError(conn, f"cannot resolve {host}: {exc}") from exc
     for info in infos:  # every address first: one bad one refuses the name
-        why = allowed.address_refusal(url_of(), info[4][0])
+        why = allowed.address_refusal(url_of(), str(info[4][0]))
         if why:
             raise _Refused(why)
     last: Exception | None = None
@@ -249,7 +248,9 @@ def _guarded_connect(
     raise NewConnectionError(conn, f"cannot connect to {host}: {last}")
 
 
-def _connect(sock: socket.socket, address: tuple, timeout: float | None, watch: _Watchdog) -> None:
+def _connect(
+    sock: socket.socket, address: tuple[Any, ...], timeout: float | None, watch: _Watchdog
+) -> None:
     """connect() that the watchdog can interrupt (a blocking connect ignores shutdown)."""
     sock.setblocking(False)
     code = sock.connect_ex(address)
@@ -284,7 +285,7 @@ def _session(
     tls_pool_cls = type("GuardedTLSPool", (HTTPSConnectionPool,), {"ConnectionCls": tls_cls})
 
     class Adapter(HTTPAdapter):
-        def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = {"http": pool_cls, "https": tls_pool_cls}
 

@@ -66,7 +66,7 @@ def getaddrinfo_resolver(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         return []
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]
 
 
 def special_address(address: str) -> str | None:

@@ -52,12 +52,12 @@ from spawnflow.exceptions import (
 from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import qemu_img
 from spawnflow.virt.image_fetch import FetchLimits, read_http, read_local
+from spawnflow.virt.image_part import PartWriter
 from spawnflow.virt.image_sources import AllowedSources, SourceRefused
 
 _FORMATS = ("qcow2", "raw")
 GiB = 1024**3
 MiB = 1024**2
-_SPACE_CHECK_EVERY = 64 * MiB  # statvfs while streaming, every this many bytes
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class CachePolicy:
     """What a fetch may read and how far it may go (``[images]``)."""
 
     allowed: AllowedSources = field(default_factory=lambda: AllowedSources([]))
-    limits: FetchLimits = FetchLimits()
+    limits: FetchLimits = field(default_factory=FetchLimits)
     max_bytes: int = 50 * GiB
     reserved_bytes: int = 1024 * MiB
     cache_group: str | None = None
@@ -149,57 +149,6 @@ def _unlink(path: str) -> bool:
 def _check_disk_format(what: str, disk_format: str) -> None:
     if disk_format not in _FORMATS:
         raise ImageUnacceptable(f"{what}: disk_format {disk_format!r} is not qcow2 or raw")
-
-
-class _PartWriter:
-    """The ``Sink`` of a fetch: writes the ``.part`` file, hashes, bounds size and space."""
-
-    def __init__(self, fd: int, label: str, policy: CachePolicy, base_dir: str) -> None:
-        self.fd = fd
-        self.label = label
-        self.policy = policy
-        self.base_dir = base_dir
-        self.digest = hashlib.sha256()
-        self.written = 0
-        self._next_space_check = _SPACE_CHECK_EVERY
-
-    def _too_big(self, size: int) -> ImageUnacceptable:
-        return ImageUnacceptable(
-            f"image {self.label} is {'at least ' if size == self.written else ''}{size} "
-            f"bytes, more than [images] max_size_gb ({self.policy.max_bytes / GiB:g} GiB)"
-        )
-
-    def _check_space(self, needed: int) -> None:
-        st = os.statvfs(self.base_dir)
-        free = st.f_bavail * st.f_frsize
-        if free - needed < self.policy.reserved_bytes:
-            raise ImageError(
-                f"not enough free space for image {self.label} in {self.base_dir}: "
-                f"{free // MiB} MiB free, {needed // MiB} MiB more needed, and [images] "
-                f"reserved_disk_mb keeps {self.policy.reserved_bytes // MiB} MiB free"
-            )
-
-    def begin(self, length: int | None) -> None:
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.digest = hashlib.sha256()
-        self.written = 0
-        self._next_space_check = _SPACE_CHECK_EVERY
-        if length is not None and length > self.policy.max_bytes:
-            raise self._too_big(length)
-        self._check_space(length or 0)
-
-    def write(self, chunk: bytes) -> None:
-        self.written += len(chunk)
-        if self.written > self.policy.max_bytes:
-            raise self._too_big(self.written)
-        if self.written >= self._next_space_check:
-            self._next_space_check += _SPACE_CHECK_EVERY
-            self._check_space(0)
-        self.digest.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self.fd, view) :]
 
 
 class ImageCache:
@@ -308,18 +257,7 @@ class ImageCache:
             raise HostError(f"cannot create image cache file {part}: {exc.strerror}") from exc
         try:
             try:
-                writer = _PartWriter(fd, label, self.policy, self.base_dir)
-                if local is not None:
-                    read_local(*local, writer, limits=self.policy.limits, should_stop=should_stop)
-                else:
-                    read_http(
-                        source,
-                        writer,
-                        self.policy.allowed,
-                        limits=self.policy.limits,
-                        should_stop=should_stop,
-                    )
-                actual = writer.digest.hexdigest()
+                actual = self._write_part(fd, part, source, local, label, should_stop)
                 if expected is not None and actual != expected:
                     raise ImageChecksumMismatch(
                         f"image {label} from {mask_url(source)!r} has sha256 {actual} "
@@ -332,25 +270,53 @@ class ImageCache:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if expected is not None:
-                os.rename(part, self.entry_path(actual))
-                _fsync(self.base_dir)
-                return FetchResult(self.entry_path(actual), True)
-            with _flock(self._lock_path(actual)):
-                final = self.entry_path(actual)
-                if os.path.lexists(final):
-                    _unlink(part)  # same content cached already: that entry is the one
-                    self._check_cached(label, final, disk_format)
-                    return FetchResult(final, False)
-                os.rename(part, final)
-                _fsync(self.base_dir)
-                return FetchResult(final, True)
+            return self._publish(part, actual, expected is not None, label, disk_format)
         except OSError as exc:
             _unlink(part)
             raise HostError(f"cannot write image cache file {part}: {exc.strerror}") from exc
         except BaseException:
             _unlink(part)
             raise
+
+    def _write_part(
+        self,
+        fd: int,
+        part: str,
+        source: str,
+        local: tuple[str, str] | None,
+        label: str,
+        should_stop: Callable[[], bool] | None,
+    ) -> str:
+        """Stream the source into ``fd`` (the ``part`` file); return its sha256."""
+        policy = self.policy
+        writer = PartWriter(fd, label, policy.max_bytes, policy.reserved_bytes, self.base_dir)
+        if local is not None:
+            read_local(*local, writer, limits=policy.limits, should_stop=should_stop)
+        else:
+            read_http(source, writer, policy.allowed, limits=policy.limits, should_stop=should_stop)
+        return writer.digest.hexdigest()
+
+    def _publish(
+        self, part: str, actual: str, checked: bool, label: str, disk_format: str
+    ) -> FetchResult:
+        """Rename the complete ``part`` to its digest, or drop it for the entry already there.
+
+        ``checked``: the digest was the spec's, whose lock the caller holds, so
+        no entry of that name can exist; otherwise take the digest's lock first.
+        """
+        if checked:
+            os.rename(part, self.entry_path(actual))
+            _fsync(self.base_dir)
+            return FetchResult(self.entry_path(actual), True)
+        with _flock(self._lock_path(actual)):
+            final = self.entry_path(actual)
+            if os.path.lexists(final):
+                _unlink(part)  # same content cached already: that entry is the one
+                self._check_cached(label, final, disk_format)
+                return FetchResult(final, False)
+            os.rename(part, final)
+            _fsync(self.base_dir)
+            return FetchResult(final, True)
 
     def _check_format(self, label: str, path: str, disk_format: str) -> None:
         """Refuse images whose real format differs from the declared one, or that

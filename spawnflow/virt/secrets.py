@@ -160,9 +160,10 @@ def find(host: Host, usage: str) -> str | None:
     if not host.supports_secrets:
         return None
     try:
-        return host.conn.secretLookupByUsage(
+        found: str = host.conn.secretLookupByUsage(
             libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage
         ).UUIDString()
+        return found
     except libvirt.libvirtError as exc:
         if error_code(exc) == libvirt.VIR_ERR_NO_SECRET:
             return None
@@ -186,7 +187,8 @@ def define(
         secret.setValue(passphrase)
     except libvirt.libvirtError as exc:
         raise EncryptionError(f"defining secret {usage}: {exc}") from exc
-    return secret.UUIDString()
+    defined: str = secret.UUIDString()
+    return defined
 
 
 def set_value(host: Host, usage: str, passphrase: bytes) -> str:
@@ -201,7 +203,8 @@ def set_value(host: Host, usage: str, passphrase: bytes) -> str:
         secret.setValue(passphrase)
     except libvirt.libvirtError as exc:
         raise EncryptionError(f"setting the value of secret {usage}: {exc}") from exc
-    return secret.UUIDString()
+    existing: str = secret.UUIDString()
+    return existing
 
 
 def undefine(host: Host, usage: str) -> bool:

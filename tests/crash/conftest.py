@@ -55,7 +55,9 @@ class Harness:
         for fault in faults:
             args += ["--fault", fault]
         args += ["--", "--config-file", str(self.conf_path), "agent", "--poll-interval", "0.2"]
-        out = open(self.log_dir / f"{name}.log", "ab")
+        # The child writes its log for as long as it lives; this process keeps
+        # no use for the handle, so no context manager closes it under the child.
+        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
         return subprocess.Popen(
             args,
             cwd=ROOT,

@@ -12,7 +12,8 @@ import spawnflow.conf
 from spawnflow.engine.events import deliver
 from spawnflow.history import History
 from spawnflow.persistence.eventlog import EventLog
-from spawnflow.virt import vif
+from spawnflow.virt.vif.base import tap_name
+from spawnflow.virt.vif.netlink import tap_exists
 from tests.crash.conftest import ROOT, Harness
 from tests.crash.test_crash_matrix import assert_clean
 from tests.helpers import bridge_vif, make_spec, new_uuid
@@ -102,7 +103,7 @@ def test_sigterm_while_waiting_then_event_while_down_then_resume(
     finally:
         assert harness.stop(agent) == 0
     assert "recovering build" in harness.output("second")
-    assert vif.tap_exists(vif.tap_name(port["id"]))
+    assert tap_exists(tap_name(port["id"]))
     with History.open(spawnflow.conf.database_url(harness.conf)) as history:
         build = history.build(build_id)
     reasons = [t.detail["reason"] for t in build.lifecycle if t.detail and "reason" in t.detail]

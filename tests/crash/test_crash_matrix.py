@@ -17,7 +17,9 @@ import pytest
 import spawnflow.conf
 from spawnflow.flows.spawn import step_names
 from spawnflow.history import History
-from spawnflow.virt import qemu_img, vif
+from spawnflow.virt import qemu_img
+from spawnflow.virt.vif.base import tap_name
+from spawnflow.virt.vif.netlink import tap_exists
 from tests.crash.conftest import Harness
 from tests.helpers import bridge_vif, leaks, make_spec, new_uuid
 
@@ -67,7 +69,7 @@ def lifecycle_of(harness: Harness, build_id: str) -> list[tuple[str | None, str,
 
 def assert_clean(conn: libvirt.virConnect, harness: Harness, spec: dict) -> None:
     instances = Path(spawnflow.conf.instances_path(harness.conf))
-    taps = [vif.tap_name(v["id"]) for v in spec["vifs"]]
+    taps = [tap_name(v["id"]) for v in spec["vifs"]]
     assert leaks(conn, spec["instance"]["uuid"], instances, taps) == []
 
 
@@ -79,7 +81,7 @@ def assert_one_active_domain(conn: libvirt.virConnect, spec: dict) -> None:
     assert len(same_name) == 1
     secrets = [s for s in conn.listAllSecrets() if uuid in (s.usageID() or "")]
     assert len(secrets) == 1
-    assert vif.tap_exists(vif.tap_name(spec["vifs"][0]["id"]))
+    assert tap_exists(tap_name(spec["vifs"][0]["id"]))
 
 
 def crash_and_recover(harness: Harness, spec: dict, *faults: str) -> tuple[str, str]:

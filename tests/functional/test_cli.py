@@ -48,7 +48,7 @@ def test_spawn_then_history(tmp_path: Path, image: Path):
 
     shown = run_cli("--config-file", str(conf), "history", "show", builds[0]["Build"], "-f", "json")
     steps = json.loads(shown.stdout)
-    assert [s["Step"] for s in steps][0] == "disk_info" and len(steps) == 10
+    assert steps[0]["Step"] == "disk_info" and len(steps) == 10
 
 
 def test_bad_spec_exits_nonzero_naming_the_field(tmp_path: Path, image: Path):
@@ -76,7 +76,7 @@ def test_unknown_build_is_a_clear_error(tmp_path: Path, image: Path):
 
 
 def test_db_upgrade_and_current(tmp_path: Path):
-    from spawnflow.persistence import schema
+    from spawnflow.persistence import db as schema
 
     conf = write_conf(tmp_path / "db.conf", DEFAULT={"state_path": tmp_path / "state"})
     before = run_cli("--config-file", str(conf), "db", "current")

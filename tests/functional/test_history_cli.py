@@ -21,8 +21,8 @@ from lxml import etree
 import spawnflow.conf
 from spawnflow import Agent
 from spawnflow.history import History
-from spawnflow.persistence import schema
-from spawnflow.persistence.diagnosis import clock
+from spawnflow.history.times import clock
+from spawnflow.persistence import db as schema
 from spawnflow.persistence.eventlog import EventLog
 from tests.helpers import bridge_vif, load_conf, make_spec
 

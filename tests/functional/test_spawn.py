@@ -152,7 +152,7 @@ def test_spec_is_the_first_event_and_secrets_never_reach_the_database(
     agent, conf, image, test_conn
 ):
     # A secret field no step would use is refused, without echoing it ...
-    with pytest.raises(InvalidSpec, match="admin_password: .*not supported") as raised:
+    with pytest.raises(InvalidSpec, match=r"admin_password: .*not supported") as raised:
         agent.start_build(make_spec(image, admin_password="hunter2-very-secret"))
     assert "hunter2" not in str(raised.value)
     spec = make_spec(image)
@@ -280,9 +280,8 @@ def test_an_agent_never_touches_another_hosts_builds(tmp_path, image):
 def test_second_agent_in_the_same_database_refuses(conf):
     from spawnflow.exceptions import HostOwned
 
-    with Agent(conf):
-        with pytest.raises(HostOwned, match="owns host"):
-            Agent(conf).start()
+    with Agent(conf), pytest.raises(HostOwned, match="owns host"):
+        Agent(conf).start()
     with Agent(conf):  # the first released its lease on stop
         pass
 

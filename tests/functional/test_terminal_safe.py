@@ -21,8 +21,7 @@ import sqlalchemy as sa
 import yaml
 from lxml import etree
 
-from spawnflow.history import History
-from spawnflow.persistence import export
+from spawnflow.history import History, export
 from spawnflow.persistence.eventlog import EventLog
 from tests.helpers import load_conf
 from tests.unit.conftest import run_build

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from spawnflow.exceptions import SchemaError, UnknownBuild
-from spawnflow.history import History, import_document
-from spawnflow.persistence import replay, retention
+from spawnflow.history import History, import_document, retention
+from spawnflow.persistence import replay
 from spawnflow.persistence.eventlog import EventLog
 from tests.integration.test_persistence_backends import drop_pg_database, fresh_pg_database
 from tests.unit.test_history_api import new_build, run_build

@@ -10,6 +10,7 @@ and leave no ``.part`` file behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -44,6 +45,64 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One ``serve_<name>`` per misbehaving path; ``owner`` is the :class:`Server`."""
+
+    protocol_version = "HTTP/1.0"  # one request per connection, EOF ends a body
+
+    @property
+    def owner(self) -> Server:
+        return self.server.owner  # set by Server.__init__
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.owner.gets[path] = self.owner.gets.get(path, 0) + 1
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            getattr(self, "serve_" + path.rsplit("/", 1)[-1])()
+
+    def _head(self, status: int = 200, length: int | None = None, **headers) -> None:
+        self.send_response(status)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def serve_ok(self) -> None:
+        self._head(200, len(BODY))
+        self.wfile.write(BODY)
+
+    def serve_short(self) -> None:  # announces more than it sends
+        self._head(200, len(BODY) + MiB)
+        self.wfile.write(BODY)
+
+    def serve_long(self) -> None:  # announces less than it sends
+        self._head(200, MiB)
+        self.wfile.write(BODY)
+
+    def serve_nolength(self) -> None:  # no Content-Length: ends at EOF
+        self._head(200)
+        self.wfile.write(BODY)
+
+    def serve_stall(self) -> None:
+        self._head(200, len(BODY))
+        self.wfile.write(BODY[: 64 * 1024])
+        self.wfile.flush()
+        self.owner.release.wait(30)
+
+    def serve_flaky(self) -> None:
+        if self.owner.gets["/flaky"] == 1:
+            self._head(503, 0)
+        else:
+            self.serve_ok()
+
+    def serve_redirect(self) -> None:
+        self._head(302, 0, Location=self.owner.redirects["/redirect"])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 class Server:
     """A loopback HTTP(S) server whose paths misbehave on purpose; counts GETs."""
 
@@ -51,62 +110,8 @@ class Server:
         self.gets: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
         self.release = threading.Event()  # ends a stall early at teardown
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # one request per connection, EOF ends a body
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                server.gets[path] = server.gets.get(path, 0) + 1
-                try:
-                    getattr(self, "serve_" + path.rsplit("/", 1)[-1])()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _head(self, status: int = 200, length: int | None = None, **headers) -> None:
-                self.send_response(status)
-                if length is not None:
-                    self.send_header("Content-Length", str(length))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-
-            def serve_ok(self) -> None:
-                self._head(200, len(BODY))
-                self.wfile.write(BODY)
-
-            def serve_short(self) -> None:  # announces more than it sends
-                self._head(200, len(BODY) + MiB)
-                self.wfile.write(BODY)
-
-            def serve_long(self) -> None:  # announces less than it sends
-                self._head(200, MiB)
-                self.wfile.write(BODY)
-
-            def serve_nolength(self) -> None:  # no Content-Length: ends at EOF
-                self._head(200)
-                self.wfile.write(BODY)
-
-            def serve_stall(self) -> None:
-                self._head(200, len(BODY))
-                self.wfile.write(BODY[: 64 * 1024])
-                self.wfile.flush()
-                server.release.wait(30)
-
-            def serve_flaky(self) -> None:
-                if server.gets["/flaky"] == 1:
-                    self._head(503, 0)
-                else:
-                    self.serve_ok()
-
-            def serve_redirect(self) -> None:
-                self._head(302, 0, Location=server.redirects["/redirect"])
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
         self.httpd.daemon_threads = True
         scheme = "http"
         if tls is not None:
@@ -308,7 +313,7 @@ def test_loopback_not_named_is_refused_before_connecting(tmp_path, server):
     # "vm" resolves to 127.0.0.1 through /etc/hosts but is an ordinary name:
     # listed or not, the connect guard refuses the loopback address.
     other = cache_for(tmp_path / "o", f"http://vm:{port}/")
-    with pytest.raises(ImageSourceRefused, match="127.0.0.1, a loopback address"):
+    with pytest.raises(ImageSourceRefused, match=r"127.0.0.1, a loopback address"):
         other.fetch(f"http://vm:{port}/ok", None, "raw")
     assert server.gets == {"/ok": 1}
 
@@ -319,7 +324,7 @@ def test_self_signed_certificate_refused_then_accepted_with_ca_file(
     cache = cache_for(
         tmp_path, tls_server.base + "/", limits=FetchLimits(stall_timeout=5, retries=2)
     )
-    with pytest.raises(ImageUnreachable, match="TLS verification failed.*certif"):
+    with pytest.raises(ImageUnreachable, match=r"TLS verification failed.*certif"):
         cache.fetch(tls_server.base + "/ok?token=s3cret", None, "raw")
     assert tls_server.gets == {}  # never retried, never served
     trusted = cache_for(

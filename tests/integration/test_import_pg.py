@@ -11,8 +11,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from spawnflow.history import History, InvalidExport, import_document
-from spawnflow.persistence import export
+from spawnflow.history import History, InvalidExport, export, import_document
 from spawnflow.persistence.eventlog import EventLog
 from tests.integration.test_persistence_backends import drop_pg_database, fresh_pg_database
 from tests.unit.conftest import run_build

@@ -90,12 +90,12 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance(db_url):
     from alembic import command
 
     from spawnflow.exceptions import SchemaError
-    from spawnflow.persistence import schema
+    from spawnflow.persistence import db
     from spawnflow.persistence import tables as t
 
-    engine = schema.make_engine(db_url)
+    engine = db.make_engine(db_url)
     with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), "0004")
+        command.upgrade(db._alembic_config(conn), "0004")
     with engine.begin() as conn:
         for build_id, state in [("dup-1", "INTERRUPTED"), ("dup-2", "REVERTING")]:
             conn.execute(
@@ -113,11 +113,11 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance(db_url):
                 )
             )
     engine.dispose()
-    with pytest.raises(SchemaError, match="dup-1 INTERRUPTED on host cmp1.*dup-2 REVERTING"):
+    with pytest.raises(SchemaError, match=r"dup-1 INTERRUPTED on host cmp1.*dup-2 REVERTING"):
         EventLog.open(db_url)
-    engine = schema.make_engine(db_url)
+    engine = db.make_engine(db_url)
     try:
-        assert schema.current_revision(engine) == "0004"
+        assert db.current_revision(engine) == "0004"
         assert "ux_builds_unfinished_instance" not in {
             i["name"] for i in sa.inspect(engine).get_indexes("builds")
         }

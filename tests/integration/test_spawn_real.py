@@ -16,7 +16,9 @@ import pytest
 import spawnflow.conf
 from spawnflow import Agent
 from spawnflow.history import History
-from spawnflow.virt import qemu_img, vif
+from spawnflow.virt import qemu_img
+from spawnflow.virt.vif.base import tap_name
+from spawnflow.virt.vif.netlink import tap_exists
 from tests.helpers import bridge_vif, history_of, leaks, make_spec, new_uuid
 
 pytestmark = pytest.mark.integration
@@ -37,8 +39,8 @@ def test_event_delivered_before_the_wait_then_active(
 
     dom = libvirt_conn.lookupByUUIDString(spec["instance"]["uuid"])
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    tap = vif.tap_name(port["id"])
-    assert vif.tap_exists(tap)
+    tap = tap_name(port["id"])
+    assert tap_exists(tap)
     assert Path(f"/sys/class/net/{tap}/master").resolve().name == linux_bridge
     names = [f.name() for f in libvirt_conn.listAllNWFilters()]
     assert any(spec["instance"]["uuid"] in n for n in names)
@@ -90,8 +92,7 @@ def test_vif_timeout_fatal_rolls_back_with_zero_leaks(
     assert "VifPlugTimeout" in outcome.error
     instances = Path(spawnflow.conf.instances_path(conf))
     assert (
-        leaks(libvirt_conn, spec["instance"]["uuid"], instances, taps=[vif.tap_name(port["id"])])
-        == []
+        leaks(libvirt_conn, spec["instance"]["uuid"], instances, taps=[tap_name(port["id"])]) == []
     )
     build = history_of(conf, outcome.build_id)
     states = {s.name: s.state for s in build.steps}

@@ -38,14 +38,16 @@ from lxml import etree
 import spawnflow.conf
 from spawnflow import Agent
 from spawnflow.flows.context import BuildContext
-from spawnflow.flows.domain_xml import BuildDomainXmlTask
+from spawnflow.flows.domain_xml import DomainXmlStep
 from spawnflow.flows.spawn import build_spawn_flow, step_names
 from spawnflow.flows.spec import parse_spec
 from spawnflow.history import History
 from spawnflow.persistence.eventlog import ATOM
-from spawnflow.virt import qemu_img, secrets, vif
-from spawnflow.virt.firewall import filter_name
+from spawnflow.virt import qemu_img, secrets
+from spawnflow.virt.firewall.nwfilter import filter_name
 from spawnflow.virt.metadata import build_id_of
+from spawnflow.virt.vif.base import tap_alias, tap_name
+from spawnflow.virt.vif.netlink import tap_exists
 from tests.helpers import bridge_vif, history_of, leaks, make_spec, new_uuid, tap_vif
 
 pytestmark = pytest.mark.integration
@@ -180,7 +182,7 @@ def assert_rolled_back(conf, outcome, failed_step: str, error_type: str, *texts:
 
 def assert_no_leaks(conf, spec: dict, libvirt_conn) -> None:
     instances = Path(spawnflow.conf.instances_path(conf))
-    taps = [vif.tap_name(port["id"]) for port in spec.get("vifs", [])]
+    taps = [tap_name(port["id"]) for port in spec.get("vifs", [])]
     assert leaks(libvirt_conn, spec["instance"]["uuid"], instances, taps=taps) == []
 
 
@@ -426,7 +428,7 @@ def test_start_fails_when_another_process_holds_the_volume(
         volume["path"],
     )
     assert_no_leaks(conf, spec, libvirt_conn)
-    assert vif.tap_exists(linux_bridge)  # the shared bridge stays
+    assert tap_exists(linux_bridge)  # the shared bridge stays
 
 
 def test_start_fails_when_the_volume_vanishes_after_the_xml(
@@ -480,7 +482,7 @@ def test_xml_fails_after_volumes_and_secrets(
         ),
     )
     multicast = "01:00:5e:00:00:05"
-    real_execute = BuildDomainXmlTask.execute
+    real_execute = DomainXmlStep.execute
 
     def execute(self, disk_info, image, volumes, volume_secrets):
         if fault == "xen-bus-volume":
@@ -494,7 +496,7 @@ def test_xml_fails_after_volumes_and_secrets(
             self.ctx = dataclasses.replace(self.ctx, spec=spec.model_copy(update={"vifs": [port]}))
         return real_execute(self, disk_info, image, volumes, volume_secrets)
 
-    monkeypatch.setattr(BuildDomainXmlTask, "execute", execute)
+    monkeypatch.setattr(DomainXmlStep, "execute", execute)
 
     outcome = run(conf, spec, progress=progress)
 
@@ -625,7 +627,7 @@ def test_tap_vif_goes_active_on_our_tap(real_conf, qcow2_image, libvirt_conn, cl
     outcome = run(conf, spec)
 
     assert (outcome.state, outcome.error) == ("ACTIVE", None)
-    tap = vif.tap_name(port["id"])
+    tap = tap_name(port["id"])
     dom = assert_running(libvirt_conn, spec, tmp_path)
     (iface,) = etree.fromstring(dom.XMLDesc(0).encode()).findall("devices/interface")
     assert iface.get("type") == "ethernet"
@@ -641,7 +643,7 @@ def test_tap_vif_goes_active_on_our_tap(real_conf, qcow2_image, libvirt_conn, cl
     alias = Path(f"/sys/class/net/{tap}/ifalias").read_text().strip()
     assert (
         alias
-        == vif.tap_alias(instance, port["id"], outcome.build_id)
+        == tap_alias(instance, port["id"], outcome.build_id)
         == f"spawnflow:{instance}:{port['id']}:{outcome.build_id}"
     )
     # The leak check sees every kind of thing a build leaves while it is alive.
@@ -683,9 +685,7 @@ def test_tap_vif_rollback_removes_the_tap(
     spec = make_spec(qcow2_image, vifs=[port, bridge_vif(not_a_bridge)])
     cleanup.append(spec["instance"]["uuid"])
     seen = []
-    progress, _ = at_step(
-        "vifs", "FAILURE", lambda: seen.append(vif.tap_exists(vif.tap_name(port["id"])))
-    )
+    progress, _ = at_step("vifs", "FAILURE", lambda: seen.append(tap_exists(tap_name(port["id"]))))
 
     outcome = run(conf, spec, progress=progress)
 
@@ -698,7 +698,7 @@ def test_tap_vif_rollback_removes_the_tap(
         f"device {not_a_bridge!r} exists but is a tun device, not a bridge",
     )
     assert_no_leaks(conf, spec, libvirt_conn)
-    assert vif.tap_exists(not_a_bridge)
+    assert tap_exists(not_a_bridge)
 
 
 # -- 10: revert twice ---------------------------------------------------------------------
@@ -758,7 +758,7 @@ def _host_state_of(conn: libvirt.virConnect, conf, spec: dict, build_id: str) ->
     dom = conn.lookupByUUIDString(instance)
     instance_dir = Path(spawnflow.conf.instances_path(conf)) / instance
     disk = instance_dir / "disk"
-    taps = [vif.tap_name(port["id"]) for port in spec["vifs"]]
+    taps = [tap_name(port["id"]) for port in spec["vifs"]]
     return {
         "domain": (dom.state()[0], build_id_of(dom), dom.ID()),
         "qemu taps": sorted(_tun_fds_of_qemu(dom)),
@@ -816,12 +816,12 @@ def test_reverting_an_old_build_again_leaves_a_later_build_intact(
     assert (b.state, b.error) == ("ACTIVE", None)
     assert_running(libvirt_conn, spec, tmp_path)
     b_state = _host_state_of(libvirt_conn, conf, spec, b.build_id)
-    taps = [vif.tap_name(port["id"]) for port in spec["vifs"]]
+    taps = [tap_name(port["id"]) for port in spec["vifs"]]
     # What B has, made by B: the checks below would see any of it go.
     assert b_state["domain"][:2] == (libvirt.VIR_DOMAIN_RUNNING, b.build_id)
     assert b_state["qemu taps"] == sorted(taps)
     assert b_state["dir marker"] == b.build_id
-    assert b_state["tap aliases"][taps[0]] == vif.tap_alias(instance, tap_port["id"], b.build_id)
+    assert b_state["tap aliases"][taps[0]] == tap_alias(instance, tap_port["id"], b.build_id)
     assert [usage for _, usage in b_state["secrets"]] == [
         secrets.usage_id(instance, spec["volumes"][0]["id"], b.build_id)
     ]

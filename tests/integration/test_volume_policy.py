@@ -8,6 +8,7 @@ no build and leaves the host as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as pysecrets
 from collections.abc import Iterator
@@ -43,10 +44,8 @@ def defined(libvirt_conn) -> Iterator:
 
     yield define
     for secret in made:
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             secret.undefine()
-        except libvirt.libvirtError:
-            pass
 
 
 @pytest.fixture
@@ -177,9 +176,8 @@ def test_a_refused_spec_writes_no_build_and_touches_nothing(
         ],
     )
     secrets_before = sorted(s.UUIDString() for s in libvirt_conn.listAllSecrets())
-    with Agent(conf) as agent:
-        with pytest.raises(InvalidSpec) as raised:
-            agent.start_build(spec)
+    with Agent(conf) as agent, pytest.raises(InvalidSpec) as raised:
+        agent.start_build(spec)
     message = str(raised.value)
     assert "\n" not in message
     for field in (

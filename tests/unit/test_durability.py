@@ -182,7 +182,7 @@ def test_a_failed_commit_drops_that_save_and_keeps_the_earlier_ones(db, backend)
 
 
 def test_an_illegal_transition_in_a_flow_save_writes_nothing(db, backend):
-    book, flow_detail = new_book(backend)
+    _book, flow_detail = new_book(backend)
     first = models.TaskDetail("first", models.uuidutils.generate_uuid())
     second = models.TaskDetail("second", models.uuidutils.generate_uuid())
     first.state = second.state = states.PENDING
@@ -265,7 +265,7 @@ def test_a_row_another_writer_made_is_updated_not_inserted_twice(db, backend):
     again must not queue a duplicate insert that would fail every later commit."""
     other = open_backend(f"sqlite:///{db}")
     try:
-        book, flow_detail = new_book(backend)
+        _book, flow_detail = new_book(backend)
         theirs = other.get_connection().get_flow_details(flow_detail.uuid)
         theirs.add(models.TaskDetail("x", models.uuidutils.generate_uuid()))
         theirs.meta = {"by": "other"}

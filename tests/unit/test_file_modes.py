@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from spawnflow.cmd.main import main
+from spawnflow.history import History
 from spawnflow.persistence.eventlog import EventLog
-from spawnflow.persistence.history import History
 
 
 def mode(path: Path) -> int:

@@ -37,7 +37,13 @@ NS = {"sf": METADATA_NS}
 
 
 def minimal(**overrides) -> GuestConfig:
-    kwargs = dict(virt_type="qemu", uuid=UUID, name="instance-00000001", memory_mb=512, vcpus=1)
+    kwargs = {
+        "virt_type": "qemu",
+        "uuid": UUID,
+        "name": "instance-00000001",
+        "memory_mb": 512,
+        "vcpus": 1,
+    }
     kwargs.update(overrides)
     return GuestConfig(**kwargs)
 
@@ -249,7 +255,7 @@ def test_markup_characters_round_trip_as_data():
     instance = root.find("metadata/sf:instance", NS)
     assert instance.findtext("sf:name", namespaces=NS) == f"vm-{NASTY}"
     assert instance.findtext("sf:build-id", namespaces=NS) == f"build-{NASTY}"
-    vda, vdb, iscsi, rbd, luks, cdrom = root.findall("devices/disk")
+    vda, vdb, iscsi, rbd, _luks, cdrom = root.findall("devices/disk")
     assert vda.find("source").get("file") == f"/var/lib/spawnflow/{NASTY}/disk"
     assert vdb.find("source").get("dev") == f"/dev/mapper/{NASTY}"
     assert iscsi.find("source").get("name") == f"iqn.2010-10.org.openstack:volume-{NASTY}/1"
@@ -288,18 +294,18 @@ def test_test_driver_keeps_nasty_name_and_metadata(test_conn):
 
 
 def _disk(**kw):
-    base = dict(target_dev="vda", target_bus="virtio", source_type="file", source_path="/d")
+    base = {"target_dev": "vda", "target_bus": "virtio", "source_type": "file", "source_path": "/d"}
     return GuestDisk(**{**base, **kw})
 
 
 def _net_disk(**kw):
-    base = dict(
-        target_dev="vda",
-        target_bus="virtio",
-        source_type="network",
-        source_protocol="rbd",
-        source_name="pool/image",
-    )
+    base = {
+        "target_dev": "vda",
+        "target_bus": "virtio",
+        "source_type": "network",
+        "source_protocol": "rbd",
+        "source_name": "pool/image",
+    }
     return GuestDisk(**{**base, **kw})
 
 
@@ -308,7 +314,12 @@ def _vif(**kw):
 
 
 def _meta(**kw):
-    base = dict(instance_name="vm", build_id="b", flavor=FLAVOR, created_at="2024-05-01T12:00:00")
+    base = {
+        "instance_name": "vm",
+        "build_id": "b",
+        "flavor": FLAVOR,
+        "created_at": "2024-05-01T12:00:00",
+    }
     return GuestMetadata(**{**base, **kw})
 
 
@@ -408,7 +419,7 @@ def test_invalid_input_raises_value_error_naming_field(field, make):
 def test_to_element_rechecks_mutated_device_lists():
     cfg = minimal(disks=[_disk()])
     cfg.disks.append(_disk(source_path="/other"))
-    with pytest.raises(ValueError, match="GuestConfig.disks"):
+    with pytest.raises(ValueError, match=r"GuestConfig.disks"):
         cfg.to_xml()
 
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from spawnflow.exceptions import PersistenceError, SchemaError, UnknownBuild
 from spawnflow.history import History, parse_time
-from spawnflow.persistence import schema
+from spawnflow.persistence import db
 from tests.unit.conftest import STEPS, backdate, new_build, run_build
 
 # -- one build ----------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_foreign_and_newer_databases_are_refused(tmp_path, url, log):
         History.open(f"sqlite:///{foreign}")
     log.close()
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-        conn.execute(f"update {schema.VERSION_TABLE} set version_num = '9999'")
+        conn.execute(f"update {db.VERSION_TABLE} set version_num = '9999'")
     with pytest.raises(SchemaError, match="newer than this spawnflow"):
         History.open(url)
 
@@ -251,7 +251,9 @@ def test_reads_do_not_take_the_write_lock(log, url):
 def test_history_never_writes(log, url):
     build_id = run_build(log)
     with History.open(url) as history:
-        with pytest.raises(sa.exc.OperationalError, match="readonly|read-only|query_only"):
-            with history.engine.begin() as conn:
-                conn.execute(sa.text("delete from events"))
+        with (
+            pytest.raises(sa.exc.OperationalError, match=r"readonly|read-only|query_only"),
+            history.engine.begin() as conn,
+        ):
+            conn.execute(sa.text("delete from events"))
         assert history.build(build_id).state == "ACTIVE"

@@ -15,10 +15,10 @@ from taskflow import states as tf_states
 from taskflow.patterns import linear_flow
 
 from spawnflow.history import History
+from spawnflow.history.times import clock
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.backend import EventLogBackend
-from spawnflow.persistence.diagnosis import clock
 from spawnflow.persistence.eventlog import EventLog
 from tests.unit.conftest import STEPS, Step, run_build, run_flow
 

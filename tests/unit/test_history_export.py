@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from spawnflow.exceptions import PersistenceError, SchemaError
-from spawnflow.history import DuplicateBuild, History, InvalidExport, import_document
-from spawnflow.persistence import export, lifecycle, replay, schema
+from spawnflow.history import DuplicateBuild, History, InvalidExport, export, import_document
+from spawnflow.persistence import db, lifecycle, replay
 from spawnflow.persistence.eventlog import EventLog
 from tests.unit.conftest import new_build, run_build
 
@@ -63,7 +63,7 @@ def test_document_is_self_contained(source):
     ids = make_builds(source)
     doc = exported(source, ids["rolled_back"])
     assert (doc["format"], doc["version"]) == ("spawnflow-build-history", 1)
-    assert doc["schema_revision"] == schema.head_revision()
+    assert doc["schema_revision"] == db.head_revision()
     assert doc["build"]["build_id"] == ids["rolled_back"]
     assert doc["build"]["state"] == "ROLLED_BACK"
     assert doc["events"][0]["kind"] == "build" and doc["events"][0]["to_state"] == "QUEUED"
@@ -169,7 +169,7 @@ def test_foreign_or_newer_target_is_refused(source, tmp_path):
     newer = f"sqlite:///{tmp_path}/newer.sqlite"
     EventLog.open(newer).close()
     with sqlite3.connect(tmp_path / "newer.sqlite") as conn:
-        conn.execute(f"update {schema.VERSION_TABLE} set version_num = '9999'")
+        conn.execute(f"update {db.VERSION_TABLE} set version_num = '9999'")
     with pytest.raises(SchemaError, match="newer than this spawnflow"):
         import_document(newer, doc)
 
@@ -611,9 +611,9 @@ def test_external_events_and_recoveries_import(source, target, tmp_path):
 
 
 def test_loads_bounds_nesting_numbers_size_and_text(source):
-    with pytest.raises(InvalidExport, match="x.json: nested deeper than 64 levels"):
+    with pytest.raises(InvalidExport, match=r"x\.json: nested deeper than 64 levels"):
         export.loads("[" * 100_000 + "]" * 100_000, "x.json")
-    with pytest.raises(InvalidExport, match="x.json is not JSON: NaN is not a number JSON"):
+    with pytest.raises(InvalidExport, match=r"x\.json is not JSON: NaN is not a number JSON"):
         export.loads('{"format": NaN}', "x.json")
     with open("/dev/zero", "rb") as zero, pytest.raises(InvalidExport, match="larger than 64 MiB"):
         export.read(zero, "/dev/zero")

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from spawnflow.cmd.formatting import fit, human, safe, shorten, took, wrap
-from spawnflow.cmd.history import payload_summary
+from spawnflow.cmd.render.events import payload_summary
+from spawnflow.cmd.render.text import fit, safe, shorten, wrap
+from spawnflow.cmd.render.times import Duration, Stamp, duration, iso, timestamp
 from spawnflow.history import Event
+
+
+def took(value: float | None) -> str:
+    return duration(value, Duration.COLUMN)
+
+
+def human(value: float | None) -> str:
+    return duration(value, Duration.SENTENCE)
 
 
 def test_took_is_at_most_five_columns():
@@ -123,20 +132,33 @@ def test_tables_shorten_and_wrap_show_stored_text_escaped():
 
 
 def test_times_no_date_can_show_are_printed_as_numbers():
-    from spawnflow.cmd.formatting import clock, clock_ms, iso, short_stamp, stamp
-
-    for shown in (stamp(1e12), short_stamp(1e12), clock_ms(1e12), iso(1e12), clock(1e12)):
-        assert shown == "1e+12"
-    assert stamp(-1e20) == "-1e+20"
+    for style in Stamp:
+        assert timestamp(1e12, style) == "1e+12", style
+    assert iso(1e12) == "1e+12" and iso(None) is None
+    assert timestamp(-1e20) == "-1e+20"
     assert human(float("inf")) == "?" and took(float("nan")) == "?"
-    assert stamp(0) == "1970-01-01 00:00:00Z"
+    assert timestamp(0) == "1970-01-01 00:00:00Z"
+
+
+def test_one_formatter_per_kind_in_each_style():
+    assert timestamp(None) == "-" and duration(None) == "-"
+    moment = 1_700_000_000.25
+    assert timestamp(moment) == "2023-11-14 22:13:20Z"
+    assert timestamp(moment, Stamp.SHORT) == "11-14 22:13"
+    assert timestamp(moment, Stamp.CLOCK) == "22:13:20"
+    assert timestamp(moment, Stamp.CLOCK_MS) == "22:13:20.250"
+    assert iso(moment) == "2023-11-14T22:13:20.250Z"
+    assert duration(0.25, Duration.OFFSET) == "+0.25s" and duration(12, Duration.OFFSET) == "+12s"
+    assert duration(125, Duration.OFFSET) == "+2m05s"
+    assert duration(3 * 3600 + 5.5, Duration.OFFSET) == "+3h00m05.5s"
+    assert duration(125, Duration.SECONDS) == "125.000s"
+    assert human(2 * 86400 + 3 * 3600) == "2d03h"
 
 
 def test_odd_rows_of_an_older_database_still_read(log, url):
     """Rows no import accepts any more (a time of 1e12, a list where an object belongs, a
     failure that is text) still list, show, diagnose and summarise."""
-    from spawnflow.cmd.formatting import short_stamp
-    from spawnflow.cmd.history import step_full_rows, step_rows, summary
+    from spawnflow.cmd.render.build import step_full_rows, step_rows, summary
     from spawnflow.history import History
     from tests.unit.conftest import run_build
 
@@ -175,7 +197,7 @@ def test_odd_rows_of_an_older_database_still_read(log, url):
         build = history.build(build_id)
         stats = history.stats()
         events = history.events(build_id)
-    assert short_stamp(row.created_at) == "1e+12" and row.duration == 5
+    assert timestamp(row.created_at, Stamp.SHORT) == "1e+12" and row.duration == 5
     assert build.step("image").error == "boom" and build.failed_step == "image"
     assert stats.builds == {"ROLLED_BACK": 1}
     assert "failed at step image: boom" in build.diagnose().text

@@ -8,8 +8,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from spawnflow.history import History
-from spawnflow.persistence import replay, retention
+from spawnflow.history import History, retention
+from spawnflow.persistence import replay
 from spawnflow.persistence.eventlog import EventLog
 from tests.unit.conftest import backdate, new_build, run_build
 

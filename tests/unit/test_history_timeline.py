@@ -6,7 +6,10 @@ import lxml.html
 import pytest
 from lxml import etree
 
-from spawnflow.cmd import timeline
+from spawnflow.cmd.render.timeline_html import render_html
+from spawnflow.cmd.render.timeline_layout import layout
+from spawnflow.cmd.render.timeline_scale import Scale
+from spawnflow.cmd.render.timeline_svg import CSS, render_svg
 from spawnflow.history import (
     BuildHistory,
     EventWait,
@@ -45,7 +48,7 @@ def bars(svg: etree._Element, step: str, phase: str) -> list[etree._Element]:
 
 
 def test_svg_has_a_labelled_row_and_bars_per_step(rolled_back):
-    data = timeline.render_svg(rolled_back, diagnosis="failed at step volumes: <&>")
+    data = render_svg(rolled_back, diagnosis="failed at step volumes: <&>")
     svg = etree.fromstring(data)  # well-formed despite <&'" in a step name
     assert svg.tag == f"{SVG}svg" and svg.get("data-state") == "ROLLED_BACK"
     rows = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "step"]
@@ -60,7 +63,8 @@ def test_svg_has_a_labelled_row_and_bars_per_step(rolled_back):
         assert forward.get("data-outcome") == "SUCCESS"
         (revert,) = bars(svg, step, "revert")
         assert revert.get("data-outcome") == "REVERTED" and "revert" in revert.get("class")
-        assert revert.get("fill") != forward.get("fill")
+        # Coloured by class: the revert's phase and outcome, not the run's.
+        assert revert.get("class") != forward.get("class")
         assert float(revert.get("x")) >= float(forward.get("x"))
     (failed,) = bars(svg, "volumes", "forward")
     assert failed.get("data-outcome") == "FAILURE" and "failure" in failed.get("class")
@@ -73,7 +77,7 @@ def test_svg_has_a_labelled_row_and_bars_per_step(rolled_back):
 
 
 def test_svg_is_self_contained(rolled_back):
-    data = timeline.render_svg(rolled_back)
+    data = render_svg(rolled_back)
     svg = etree.fromstring(data)
     assert svg.find(f"{SVG}style") is not None
     assert not list(svg.iter(f"{SVG}script"))
@@ -82,7 +86,7 @@ def test_svg_is_self_contained(rolled_back):
 
 
 def test_html_page_embeds_the_chart_and_the_step_table(rolled_back, tmp_path):
-    data = timeline.render_html(rolled_back, diagnosis="why & how")
+    data = render_html(rolled_back, diagnosis="why & how")
     assert data.startswith(b"<!DOCTYPE html>")
     page = lxml.html.fromstring(data)
     assert page.find(".//script") is None and page.find(".//link") is None
@@ -164,9 +168,7 @@ def crafted() -> BuildHistory:
 
 
 def test_interruption_wait_and_broken_axis():
-    svg = etree.fromstring(
-        timeline.render_svg(crafted(), vif_plugging_timeout=300, now=1_700_020_000.0)
-    )
+    svg = etree.fromstring(render_svg(crafted(), vif_plugging_timeout=300, now=1_700_020_000.0))
     classes = [e.get("class") or "" for e in svg.iter()]
     assert "interruption" in classes
     (band,) = [r for r in svg.iter(f"{SVG}rect") if r.get("class") == "interruption"]
@@ -182,14 +184,36 @@ def test_interruption_wait_and_broken_axis():
     width = float(svg.get("width"))
     assert float(gap.get("width")) < width / 10
     cut, done = bars(svg, "resume", "forward")
-    assert cut.get("data-outcome") == "INTERRUPTED" and cut.get("stroke-dasharray")
+    assert cut.get("data-outcome") == "INTERRUPTED" and "interrupted" in cut.get("class")
     assert done.get("data-outcome") == "SUCCESS"
     assert float(band.get("x")) < float(done.get("x"))
     assert float(wait.get("width")) > 20
 
 
 def test_scale_maps_monotonically_with_breaks():
-    scale = timeline.Scale(0.0, 1000.0, 100.0, 900.0, [(10.0, 990.0)])
+    scale = Scale(0.0, 1000.0, 100.0, 900.0, [(10.0, 990.0)])
     xs = [scale.x(t) for t in (0, 5, 10, 500, 990, 995, 1000)]
     assert xs == sorted(xs) and xs[0] == 100.0 and abs(xs[-1] - 900.0) < 1e-6
     assert len(scale.breaks) == 1 and scale.ticks()
+
+
+def test_styles_are_only_in_the_stylesheet(rolled_back):
+    """Colours, fonts and strokes come from CSS classes, none from presentation attributes."""
+    svg = etree.fromstring(render_svg(crafted(), vif_plugging_timeout=300, now=1_700_020_000.0))
+    presentation = {"fill", "stroke", "stroke-dasharray", "stroke-width", "font-size"}
+    presentation |= {"font-weight", "font-style", "text-anchor", "fill-opacity", "style"}
+    for node in svg.iter():
+        assert not presentation & set(node.attrib), (node.tag, dict(node.attrib))
+    for css in ("forward.success", "revert.reverted", "bar.interrupted", "arrival.completed"):
+        assert f".{css} " in CSS
+
+
+def test_layout_is_data_the_writer_draws(rolled_back):
+    chart = layout(rolled_back, now=rolled_back.updated_at)
+    assert [lane.data["step"] for lane in chart.steps] == STEPS
+    volumes = chart.steps[STEPS.index("volumes")]
+    assert [bar.css for bar in volumes.bars] == ["bar forward failure", "bar revert reverted"]
+    assert all(bar.box.x >= 170 and bar.box.width >= 2 for lane in chart.steps for bar in lane.bars)
+    # Lanes stack down the chart: the lifecycle, then one per step.
+    tops = [chart.lifecycle.bars[0].box.y] + [lane.bars[0].box.y for lane in chart.steps[:4]]
+    assert tops == sorted(tops) and tops[-1] < chart.height

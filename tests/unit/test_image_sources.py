@@ -132,7 +132,7 @@ def test_ordinary_addresses(address):
 
 def test_name_resolving_to_loopback_is_refused_even_if_listed():
     allowed = AllowedSources(["https://rebind.example.com/"])
-    with pytest.raises(SourceRefused, match="127.0.0.1, a loopback address"):
+    with pytest.raises(SourceRefused, match=r"127.0.0.1, a loopback address"):
         allowed.check("https://rebind.example.com/x", resolver=table)
 
 
@@ -199,7 +199,7 @@ def tree(tmp_path):
 )
 def test_local_allowed(tree, name):
     root, allowed = tree
-    directory, path = allowed.check(str(root / "images" / name))
+    directory, _path = allowed.check(str(root / "images" / name))
     assert directory == str(root / "images")
     assert allowed.check((root / "images" / name).as_uri())[1] == str(root / "images" / name)
 

@@ -256,7 +256,7 @@ def test_errors_carry_the_masked_url_only(http_cache, server, qcow2_image):
 
 def test_unreachable_missing_path(cache, tmp_path):
     missing = str(tmp_path / "nope.qcow2")
-    with pytest.raises(ImageUnreachable, match="nope.qcow2"):
+    with pytest.raises(ImageUnreachable, match=r"nope.qcow2"):
         cache.fetch(missing, None, "qcow2")
     _no_leftovers(cache)
 
@@ -300,7 +300,7 @@ def test_unreachable_closed_port(tmp_path):
     sock.close()  # nothing listens there now: connection refused
     url = f"http://127.0.0.1:{port}/img"
     cache = make_cache(tmp_path, f"http://127.0.0.1:{port}/")
-    with pytest.raises(ImageUnreachable, match="127.0.0.1.*refused"):
+    with pytest.raises(ImageUnreachable, match=r"127.0.0.1.*refused"):
         cache.fetch(url, None, "qcow2")
     _no_leftovers(cache)
 
@@ -350,7 +350,7 @@ def test_qcow2_with_data_file_refused(cache, tmp_path):
 def test_raw_declared_qcow2_refused(cache, tmp_path, raw_image):
     src = tmp_path / "image.raw"
     src.write_bytes(raw_image)
-    with pytest.raises(ImageUnacceptable, match="declared qcow2.*detects format raw"):
+    with pytest.raises(ImageUnacceptable, match=r"declared qcow2.*detects format raw"):
         cache.fetch(str(src), None, "qcow2")
     _no_leftovers(cache)
 
@@ -583,7 +583,7 @@ def test_copy_raw_is_sparse(tmp_path):
 
 def test_qemu_img_error_carries_stderr(tmp_path):
     missing = str(tmp_path / "missing.qcow2")
-    with pytest.raises(HostError, match="missing.qcow2.*(No such file|Could not open)"):
+    with pytest.raises(HostError, match=r"missing.qcow2.*(No such file|Could not open)"):
         qemu_img.info(missing)
 
 
@@ -614,7 +614,7 @@ def test_create_luks_passphrase_only_in_file(tmp_path, monkeypatch):
 
 def _image_task(tmp_path, cache: ImageCache, source: str, checksum: str | None):
     from spawnflow.flows.context import BuildContext
-    from spawnflow.flows.image import CreateImageTask
+    from spawnflow.flows.image import ImageStep
     from spawnflow.flows.spec import BuildSpec, parse_spec
     from tests.helpers import load_conf
 
@@ -640,13 +640,13 @@ def _image_task(tmp_path, cache: ImageCache, source: str, checksum: str | None):
         events=None,
         instances_path=str(tmp_path / "instances"),
     )
-    return CreateImageTask(ctx)
+    return ImageStep(ctx)
 
 
 def test_recovered_build_with_masked_url_fails_clearly(http_cache, tmp_path, server, raw_image):
     server.files["/img.raw"] = raw_image
     task = _image_task(tmp_path, http_cache, server.base + "/img.raw?sig=s3cret", None)
-    with pytest.raises(ImageUnreachable, match="not persisted.*start the build again") as err:
+    with pytest.raises(ImageUnreachable, match=r"not persisted.*start the build again") as err:
         task.execute()
     assert "s3cret" not in str(err.value)
     assert server.gets == {} and not (tmp_path / "instances").exists()

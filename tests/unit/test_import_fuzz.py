@@ -22,10 +22,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from spawnflow.cmd.history import payload_summary, step_full_rows, step_rows, summary
+from spawnflow.cmd.render.build import step_full_rows, step_rows, summary
+from spawnflow.cmd.render.events import payload_summary
 from spawnflow.exceptions import PersistenceError
-from spawnflow.history import DuplicateBuild, History, InvalidExport, import_document
-from spawnflow.persistence import export, lifecycle, replay
+from spawnflow.history import DuplicateBuild, History, InvalidExport, export, import_document
+from spawnflow.persistence import lifecycle, replay
 from spawnflow.persistence.eventlog import EventLog
 from tests.unit.conftest import new_build, run_build
 from tests.unit.test_history_diagnose import rollback_flow, snapshot_while
@@ -167,7 +168,17 @@ def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict
     ``benign``: only changes of what steps and specs said (payload values import
     leaves alone), so that many documents import and their reads are exercised.
     """
-    op = (
+    op = _draw_op(data, benign)
+    events = doc.get("events") if isinstance(doc.get("events"), list) else []
+    if op == "rename":  # one id replaced everywhere: a consistent forgery
+        return _rename(data, doc, ids)
+    if op in ("time", "seq", "reorder") and events:
+        return _mutate_event(data, doc, events, op)
+    return _mutate_value(data, doc, ids, events, op, benign)
+
+
+def _draw_op(data: st.DataObject, benign: bool) -> str:
+    op: str = (
         "payload"
         if benign
         else data.draw(
@@ -188,41 +199,50 @@ def mutate(data: st.DataObject, doc: dict, ids: list[str], benign: bool) -> dict
             label="op",
         )
     )
-    events = doc.get("events") if isinstance(doc.get("events"), list) else []
-    if op == "rename":  # one id replaced everywhere: a consistent forgery
-        text = json.dumps(doc)
-        own = sorted(
-            {s for s in (at(doc, p) for p in paths(doc)) if isinstance(s, str) and _is_uuid(s)}
+    return op
+
+
+def _rename(data: st.DataObject, doc: dict, ids: list[str]) -> dict:
+    text = json.dumps(doc)
+    own = sorted(
+        {s for s in (at(doc, p) for p in paths(doc)) if isinstance(s, str) and _is_uuid(s)}
+    )
+    if own:
+        old = data.draw(st.sampled_from(own), label="old id")
+        new = data.draw(st.sampled_from(ids + own), label="new id")
+        return json.loads(text.replace(old, new))
+    return doc
+
+
+def _mutate_event(data: st.DataObject, doc: dict, events: list, op: str) -> dict:
+    i = data.draw(st.integers(0, len(events) - 1), label="event")
+    if not isinstance(events[i], dict):
+        return doc
+    if op == "time":
+        events[i]["ts"] = data.draw(
+            st.one_of(
+                st.sampled_from([1e12, -1e12, 1e300, float("inf"), float("nan"), True, "now"]),
+                st.floats(),
+            ),
+            label="ts",
         )
-        if own:
-            old = data.draw(st.sampled_from(own), label="old id")
-            new = data.draw(st.sampled_from(ids + own), label="new id")
-            return json.loads(text.replace(old, new))
-        return doc
-    if op in ("time", "seq", "reorder") and events:
-        i = data.draw(st.integers(0, len(events) - 1), label="event")
-        if not isinstance(events[i], dict):
-            return doc
-        if op == "time":
-            events[i]["ts"] = data.draw(
-                st.one_of(
-                    st.sampled_from([1e12, -1e12, 1e300, float("inf"), float("nan"), True, "now"]),
-                    st.floats(),
-                ),
-                label="ts",
-            )
-        elif op == "seq" and i > 0 and isinstance(events[i - 1], dict):
-            events[i]["seq"] = events[i - 1].get("seq")
-        elif op == "reorder":
-            j = data.draw(st.integers(0, len(events) - 1), label="other event")
-            how = data.draw(st.sampled_from(["swap", "drop", "duplicate"]), label="how")
-            if how == "swap":
-                events[i], events[j] = events[j], events[i]
-            elif how == "drop":
-                del events[i]
-            else:
-                events.insert(j, copy.deepcopy(events[i]))
-        return doc
+    elif op == "seq" and i > 0 and isinstance(events[i - 1], dict):
+        events[i]["seq"] = events[i - 1].get("seq")
+    elif op == "reorder":
+        j = data.draw(st.integers(0, len(events) - 1), label="other event")
+        how = data.draw(st.sampled_from(["swap", "drop", "duplicate"]), label="how")
+        if how == "swap":
+            events[i], events[j] = events[j], events[i]
+        elif how == "drop":
+            del events[i]
+        else:
+            events.insert(j, copy.deepcopy(events[i]))
+    return doc
+
+
+def _mutate_value(
+    data: st.DataObject, doc: dict, ids: list[str], events: list, op: str, benign: bool
+) -> dict:
     candidates = [p for p in paths(doc) if p]
     if events and data.draw(st.integers(0, 4), label="within one event") > 0:
         # Uniform over the events (sampled_from favours the first candidates).
@@ -272,7 +292,7 @@ def _free(path: tuple) -> bool:
     if path[3] == "spec":
         return path[4] != "instance"
     return path[3] == "set" and (
-        path[4] in ("results", "revert_results") or path[4] == "meta" and len(path) > 5
+        path[4] in ("results", "revert_results") or (path[4] == "meta" and len(path) > 5)
     )
 
 

@@ -9,7 +9,7 @@ from spawnflow.persistence.eventlog import EventLog
 
 
 def test_table_matches_the_design():
-    assert lifecycle.FINAL == {"ACTIVE", "ROLLED_BACK", "FAILED"}
+    assert {"ACTIVE", "ROLLED_BACK", "FAILED"} == lifecycle.FINAL
     lifecycle.check(None, "QUEUED")
     for a, b in [
         ("QUEUED", "RUNNING"),

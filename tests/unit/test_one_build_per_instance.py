@@ -13,15 +13,13 @@ import sqlalchemy as sa
 from spawnflow.engine.agent import queue_build
 from spawnflow.exceptions import SchemaError, SpawnflowError
 from spawnflow.flows.spec import parse_spec
-from spawnflow.persistence import lifecycle, schema
+from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
 from tests.helpers import make_spec, new_uuid
 
-MIGRATION = (
-    Path(schema.__file__).parent / "migrations" / "versions" / "0005_one_unfinished_build.py"
-)
+MIGRATION = Path(db.__file__).parent / "migrations" / "versions" / "0005_one_unfinished_build.py"
 
 
 def load_migration():
@@ -39,7 +37,7 @@ def quoted_states(clause: str) -> set[str]:
 
 def test_migration_clause_is_the_lifecycle_non_final_set():
     migration = load_migration()
-    assert migration.WHERE == t.unfinished_clause()
+    assert t.unfinished_clause() == migration.WHERE
     excluded = quoted_states(migration.WHERE)
     assert excluded == lifecycle.FINAL
     assert lifecycle.STATES - excluded == lifecycle.STATES - lifecycle.FINAL
@@ -109,9 +107,9 @@ def at_revision(path: Path, revision: str) -> str:
     from alembic import command
 
     url = f"sqlite:///{path}"
-    engine = schema.make_engine(url)
+    engine = db.make_engine(url)
     with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), revision)
+        command.upgrade(db._alembic_config(conn), revision)
     engine.dispose()
     return url
 
@@ -137,8 +135,8 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance_and_changes_nothi
     assert "dup-1" in message and "dup-2" in message and "inst-a" in message
     assert "done-1" not in message and "solo-1" not in message
     assert "left unchanged" in message
-    engine = schema.make_engine(url)
-    assert schema.current_revision(engine) == "0004"
+    engine = db.make_engine(url)
+    assert db.current_revision(engine) == "0004"
     assert "ux_builds_unfinished_instance" not in {
         i["name"] for i in sa.inspect(engine).get_indexes("builds")
     }
@@ -149,7 +147,7 @@ def test_upgrade_refuses_two_unfinished_builds_of_one_instance_and_changes_nothi
         conn.execute("update builds set state = 'ROLLED_BACK' where build_id = 'dup-2'")
     conn.close()
     log = EventLog.open(url)
-    assert schema.current_revision(log.engine) == schema.head_revision()
+    assert db.current_revision(log.engine) == db.head_revision()
     log.close()
 
 

@@ -74,3 +74,47 @@ def test_passed_event_deadline_rolls_back(tmp_path):
         ("resume", states.RUNNING, None),
     )
     assert decide(conf_with(tmp_path, policy="resume"), NOW, in_time, now=NOW).action == RESUME
+
+
+def test_a_cancelled_build_rolls_back_whatever_the_policy(tmp_path):
+    decision = decide(
+        conf_with(tmp_path, policy="resume"), NOW, RUNNING_IMAGE, now=NOW, cancelled=True
+    )
+    assert decision.action == ROLLBACK and "cancelled" in decision.reason
+
+
+def test_a_passed_deadline_that_is_not_fatal_resumes(tmp_path):
+    path = write_conf(
+        tmp_path / "nf.conf",
+        recovery={"policy": "resume"},
+        network={"vif_plugging_timeout": 300, "vif_plugging_is_fatal": False},
+    )
+    waiting = flow(
+        (
+            "vifs",
+            states.SUCCESS,
+            {"expected_events": ["p1"], "waiting_since": NOW - 400, "plugged": []},
+        ),
+        ("resume", states.RUNNING, None),
+    )
+    conf = spawnflow.conf.load(["--config-file", str(path)])
+    assert decide(conf, NOW, waiting, now=NOW).action == RESUME
+
+
+def test_the_diagnosis_says_what_recovery_decides():
+    """The history's words come from the same rules the agent runs."""
+    from spawnflow.persistence import recovery_rules as rules
+
+    facts = rules.Facts(
+        created_at=NOW - 10,
+        cancelled=False,
+        was_reverting=False,
+        waiting={"expected_events": ["p1"], "waiting_since": NOW - 400, "plugged": []},
+    )
+    policy = rules.Policy("resume", 600, 300, True)
+    decision = rules.decide(facts, policy, NOW)
+    assert (decision.action, decision.rule, decision.deadline) == (
+        ROLLBACK,
+        rules.DEADLINE,
+        NOW - 100,
+    )

@@ -6,15 +6,15 @@ import pytest
 import sqlalchemy as sa
 
 from spawnflow.exceptions import SchemaError
-from spawnflow.persistence import schema, tables
+from spawnflow.persistence import db, tables
 from spawnflow.persistence.eventlog import EventLog
 
 
 def test_empty_database_is_upgraded_by_migrations(tmp_path):
     url = f"sqlite:///{tmp_path}/new.sqlite"
     EventLog.open(url).close()
-    engine = schema.make_engine(url)
-    assert schema.current_revision(engine) == schema.head_revision()
+    engine = db.make_engine(url)
+    assert db.current_revision(engine) == db.head_revision()
     names = set(sa.inspect(engine).get_table_names())
     assert {t.name for t in tables.metadata.sorted_tables} <= names
     with engine.connect() as conn:
@@ -29,13 +29,13 @@ def test_migrated_schema_matches_the_tables_module(tmp_path):
 
     url = f"sqlite:///{tmp_path}/cmp.sqlite"
     EventLog.open(url).close()
-    engine = schema.make_engine(url)
+    engine = db.make_engine(url)
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": schema.VERSION_TABLE})
+        context = MigrationContext.configure(conn, opts={"version_table": db.VERSION_TABLE})
         diff = [
             d
             for d in compare_metadata(context, tables.metadata)
-            if not (d[0] == "remove_table" and d[1].name == schema.VERSION_TABLE)
+            if not (d[0] == "remove_table" and d[1].name == db.VERSION_TABLE)
         ]
     engine.dispose()
     assert diff == []
@@ -55,7 +55,7 @@ def test_newer_database_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path}/newer.sqlite"
     EventLog.open(url).close()
     with sqlite3.connect(tmp_path / "newer.sqlite") as conn:
-        conn.execute(f"update {schema.VERSION_TABLE} set version_num = '9999'")
+        conn.execute(f"update {db.VERSION_TABLE} set version_num = '9999'")
     with pytest.raises(SchemaError, match="newer than this spawnflow"):
         EventLog.open(url)
 
@@ -64,9 +64,9 @@ def test_database_populated_at_the_previous_revision_upgrades(tmp_path):
     from alembic import command
 
     url = f"sqlite:///{tmp_path}/old.sqlite"
-    engine = schema.make_engine(url)
+    engine = db.make_engine(url)
     with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), "0001")
+        command.upgrade(db._alembic_config(conn), "0001")
     with engine.begin() as conn:
         conn.execute(
             sa.insert(tables.events).values(
@@ -93,11 +93,11 @@ def test_database_populated_at_the_previous_revision_upgrades(tmp_path):
                 last_seq=1,
             )
         )
-    assert schema.current_revision(engine) == "0001"
+    assert db.current_revision(engine) == "0001"
     engine.dispose()
 
     log = EventLog.open(url)
-    assert schema.current_revision(log.engine) == schema.head_revision() != "0001"
+    assert db.current_revision(log.engine) == db.head_revision() != "0001"
     assert log.get_build("b0").instance_name == "old"
     indexes = {i["name"] for i in sa.inspect(log.engine).get_indexes("builds")}
     assert "ix_builds_created_at" in indexes

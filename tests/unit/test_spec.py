@@ -185,7 +185,7 @@ def test_one_local_path_twice_is_refused():
             path="/srv/./v1.img",
         ),
     )
-    with pytest.raises(InvalidSpec, match="volumes.path: duplicate /srv/v1.img"):
+    with pytest.raises(InvalidSpec, match=r"volumes.path: duplicate /srv/v1.img"):
         parse_spec(spec)
 
 
@@ -200,7 +200,7 @@ def test_ports_that_want_the_same_tap_are_refused():
 
 
 def test_a_bridge_named_like_a_ports_tap_is_refused():
-    with pytest.raises(InvalidSpec, match="vifs.bridge: tap2b9e0000-00 is the tap name"):
+    with pytest.raises(InvalidSpec, match=r"vifs.bridge: tap2b9e0000-00 is the tap name"):
         parse_spec(with_("vifs.0.bridge", "tap2b9e0000-00"))
 
 
@@ -229,10 +229,10 @@ def test_the_spec_edges_render_a_domain(tmp_path):
     """What the spec accepts, the later steps take: disk info, connectors, domain XML."""
     from types import SimpleNamespace
 
-    from spawnflow.flows.disk_info import DiskInfoTask
-    from spawnflow.flows.domain_xml import BuildDomainXmlTask
-    from spawnflow.flows.volumes import ConnectVolumesTask
-    from spawnflow.virt.firewall import NWFilterFirewall
+    from spawnflow.flows.disk_info import DiskInfoStep
+    from spawnflow.flows.domain_xml import DomainXmlStep
+    from spawnflow.flows.volumes import VolumesStep
+    from spawnflow.virt.firewall.nwfilter import NWFilterFirewall
 
     local = tmp_path / "v1.img"
     local.write_bytes(bytes(4096))
@@ -254,14 +254,14 @@ def test_the_spec_edges_render_a_domain(tmp_path):
         firewall=NWFilterFirewall(None),
         conf=conf,
     )
-    disk_info = DiskInfoTask(ctx).execute()
-    volumes = ConnectVolumesTask(ctx).execute()
+    disk_info = DiskInfoStep(ctx).execute()
+    volumes = VolumesStep(ctx).execute()
     image = {
         "disk_format": "qcow2",
         "disk_path": str(tmp_path / "disk"),
         "console_log": str(tmp_path / "console.log"),
     }
-    xml = BuildDomainXmlTask(ctx).execute(
+    xml = DomainXmlStep(ctx).execute(
         disk_info, image, volumes, {spec.volumes[0].id: "7f0c0000-0000-4000-8000-0000000000aa"}
     )
     for text in (
@@ -279,6 +279,6 @@ def test_the_spec_edges_render_a_domain(tmp_path):
 
 def test_credentials_in_an_image_url_are_refused_and_not_echoed():
     spec = with_("image.source", "https://admin:s3cr3t-pw@images.example/x.qcow2")
-    with pytest.raises(InvalidSpec, match="image.source: .*credentials") as raised:
+    with pytest.raises(InvalidSpec, match=r"image.source: .*credentials") as raised:
         parse_spec(spec)
     assert "s3cr3t-pw" not in str(raised.value)

@@ -14,17 +14,11 @@ from lxml import etree
 from pyroute2 import IPRoute
 
 from spawnflow.exceptions import VifError
-from spawnflow.virt import vif as vifmod
 from spawnflow.virt.guest_config import FilterRef
-from spawnflow.virt.vif import (
-    BridgeVifDriver,
-    PlugResult,
-    TapVifDriver,
-    Vif,
-    get_driver,
-    tap_exists,
-    tap_name,
-)
+from spawnflow.virt.vif.base import PlugResult, Vif, VifDriver, tap_name
+from spawnflow.virt.vif.bridge import BridgeVifDriver
+from spawnflow.virt.vif.netlink import tap_exists
+from spawnflow.virt.vif.tap import TapVifDriver
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
@@ -415,20 +409,26 @@ def test_plug_result_round_trips_through_json(vif_id):
     assert PlugResult.from_dict(json.loads(json.dumps(asdict(result)))) == result
 
 
+def test_plug_result_records_what_the_vifs_step_always_persisted(vif_id):
+    result = PlugResult(vif_id, tap_name(vif_id), created_tap=True, created_bridge=False)
+    assert result.to_dict() == asdict(result)
+    assert list(result.to_dict()) == list(asdict(result))
+
+
 # --- plugin registry -------------------------------------------------------
 
 
-def test_get_driver_through_stevedore():
+def test_load_driver_through_stevedore():
     # Needs the spawnflow.vif_drivers entry points (setup.cfg) to be installed.
-    assert isinstance(get_driver("bridge"), BridgeVifDriver)
-    assert isinstance(get_driver("tap"), TapVifDriver)
+    assert isinstance(VifDriver.load("bridge"), BridgeVifDriver)
+    assert isinstance(VifDriver.load("tap"), TapVifDriver)
 
 
-def test_get_driver_unknown_type_names_it():
-    with pytest.raises(VifError, match="'ovs'"):
-        get_driver("ovs")
+def test_load_driver_unknown_type_names_it():
+    with pytest.raises(VifError, match="unknown vif type 'ovs'"):
+        VifDriver.load("ovs")
 
 
 def test_drivers_satisfy_the_interface():
     for cls in (BridgeVifDriver, TapVifDriver):
-        assert issubclass(cls, vifmod.VifDriver)
+        assert issubclass(cls, VifDriver)

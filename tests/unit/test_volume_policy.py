@@ -440,7 +440,7 @@ def test_network_volumes_without_secrets_need_nothing(env):
 
 
 def test_what_no_volume_may_reach_follows_the_configuration(env):
-    from spawnflow.flows.volumes import volume_policy
+    from spawnflow.flows.policy import volume_policy
 
     state = str(env["tmp"] / "state")
     sqlite = volume_policy(conf_for(env, DEFAULT={"instances_path": "/srv/instances"}))

@@ -14,7 +14,7 @@ from lxml import etree
 
 from spawnflow.exceptions import VolumeError
 from spawnflow.virt.guest_config import DiskEncryption
-from spawnflow.virt.volumes import Connection, VolumePolicy, VolumeSpec, get_connector
+from spawnflow.virt.volumes import Connection, VolumeConnector, VolumePolicy, VolumeSpec
 from spawnflow.virt.volumes.iscsi import IscsiConnector
 from spawnflow.virt.volumes.local import LUKS_MAGIC, LocalConnector
 from spawnflow.virt.volumes.rbd import RbdConnector
@@ -196,7 +196,7 @@ def test_local_connect_refuses_a_link_swapped_out_of_the_list(tmp_path):
     connector.connect(_local(str(volume)))
     volume.unlink()
     os.symlink("/etc/shadow", volume)
-    with pytest.raises(VolumeError, match="resolves to '/etc/shadow'.*outside"):
+    with pytest.raises(VolumeError, match=r"resolves to '/etc/shadow'.*outside"):
         connector.connect(_local(str(volume)))
 
 
@@ -207,7 +207,7 @@ def test_local_connect_refuses_state_path_even_when_listed(tmp_path):
     connector = LocalConnector(
         VolumePolicy(allowed_paths=(str(tmp_path),), forbidden=(("state_path", str(state)),))
     )
-    with pytest.raises(VolumeError, match="inside state_path .* may never reach"):
+    with pytest.raises(VolumeError, match=r"inside state_path .* may never reach"):
         connector.connect(_local(str(state / "spawnflow.sqlite")))
 
 
@@ -219,7 +219,7 @@ def test_local_header_read_never_blocks_on_a_fifo(tmp_path):
 
     fifo = tmp_path / "v.raw"
     os.mkfifo(fifo)
-    with pytest.raises(VolumeError, match="cannot open .*not a regular file"):
+    with pytest.raises(VolumeError, match=r"cannot open .*not a regular file"):
         detect_format(VOL, str(fifo), str(tmp_path))
 
 
@@ -261,14 +261,14 @@ def test_local_guest_disk_file_with_encryption(tmp_path):
 
 
 def _iscsi(**kw) -> VolumeSpec:
-    fields = dict(
-        id=VOL,
-        driver="iscsi",
-        device="vdc",
-        portal="192.0.2.10:3261",
-        iqn="iqn.2010-10.org.openstack:volume-1",
-        lun=0,
-    )
+    fields = {
+        "id": VOL,
+        "driver": "iscsi",
+        "device": "vdc",
+        "portal": "192.0.2.10:3261",
+        "iqn": "iqn.2010-10.org.openstack:volume-1",
+        "lun": 0,
+    }
     fields.update(kw)
     return VolumeSpec(**fields)
 
@@ -344,14 +344,14 @@ def test_iscsi_bad_fields_rejected(kw, match):
 
 
 def _rbd(**kw) -> VolumeSpec:
-    fields = dict(
-        id=VOL,
-        driver="rbd",
-        device="vdd",
-        pool="volumes",
-        image=f"volume-{VOL}",
-        hosts=["192.0.2.1", "192.0.2.2:6790", "[2001:db8::2]"],
-    )
+    fields = {
+        "id": VOL,
+        "driver": "rbd",
+        "device": "vdd",
+        "pool": "volumes",
+        "image": f"volume-{VOL}",
+        "hosts": ["192.0.2.1", "192.0.2.2:6790", "[2001:db8::2]"],
+    }
     fields.update(kw)
     return VolumeSpec(**fields)
 
@@ -426,16 +426,16 @@ def test_network_disconnect_is_a_no_op():
         connector.disconnect(volume, conn)
 
 
-def test_get_connector_through_stevedore():
+def test_load_connector_through_stevedore():
     # Needs the spawnflow.volume_connectors entry points (setup.cfg) to be installed.
-    assert isinstance(get_connector("local"), LocalConnector)
-    assert isinstance(get_connector("iscsi"), IscsiConnector)
-    assert isinstance(get_connector("rbd"), RbdConnector)
+    assert isinstance(VolumeConnector.load("local"), LocalConnector)
+    assert isinstance(VolumeConnector.load("iscsi"), IscsiConnector)
+    assert isinstance(VolumeConnector.load("rbd"), RbdConnector)
 
 
-def test_get_connector_unknown_driver_names_it():
-    with pytest.raises(VolumeError, match="'nfs'"):
-        get_connector("nfs")
+def test_load_connector_unknown_driver_names_it():
+    with pytest.raises(VolumeError, match="unknown volume driver 'nfs'"):
+        VolumeConnector.load("nfs")
 
 
 def test_connect_is_repeatable(tmp_path):

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed in by spawnflow.persistence.schema."""
+"""Alembic environment: runs on the connection handed in by spawnflow.persistence.db."""
 
 from alembic import context
 

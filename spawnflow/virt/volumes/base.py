@@ -15,6 +15,7 @@ from typing import Any
 
 from spawnflow.exceptions import VolumeError
 from spawnflow.virt.guest_config import DiskEncryption, GuestDisk, NetworkDiskHost
+from spawnflow.virt.plugins import Plugin
 
 
 @dataclass
@@ -81,12 +82,19 @@ class VolumePolicy:
     forbidden: tuple[tuple[str, str], ...] = ()
 
 
-class VolumeConnector(ABC):
+class VolumeConnector(Plugin, ABC):
     """Connects one kind of volume to the host and describes it to libvirt.
 
-    ``policy`` bounds what ``connect`` may reach; a connector made without one
-    (to describe a recorded connection) reaches nothing on the host.
+    Loaded by the volume's ``driver`` with ``VolumeConnector.load(driver)``,
+    or ``VolumeConnector.load(driver, policy=policy)`` to connect. ``policy``
+    bounds what ``connect`` may reach; a connector made without one (to
+    describe a recorded connection) reaches nothing on the host.
     """
+
+    NAMESPACE = "spawnflow.volume_connectors"
+    ERROR = VolumeError
+    PLUGIN = "volume connector"
+    SELECTOR = "volume driver"
 
     def __init__(self, policy: VolumePolicy | None = None):
         self.policy = policy or VolumePolicy()

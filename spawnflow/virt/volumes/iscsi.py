@@ -29,13 +29,15 @@ class IscsiConnector(VolumeConnector):
     def connect(self, volume: VolumeSpec) -> Connection:
         require(volume, "portal", "iqn", "lun")
         check_auth(volume)
+        # Set and non-empty: require() refused them otherwise.
+        iqn, portal = volume.iqn or "", volume.portal or ""
         # '/' separates the IQN from the LUN in libvirt's source name.
-        if "/" in volume.iqn:
+        if "/" in iqn:
             raise VolumeError(f"volume {volume.id}: iqn {volume.iqn!r} must not contain '/'")
         lun = volume.lun
         if isinstance(lun, bool) or not isinstance(lun, int) or lun < 0:
             raise VolumeError(f"volume {volume.id}: lun {lun!r} is not a non-negative integer")
-        host = parse_host_port(volume.id, "portal", volume.portal, DEFAULT_PORT)
+        host = parse_host_port(volume.id, "portal", portal, DEFAULT_PORT)
         return Connection(
             volume_id=volume.id,
             driver=volume.driver,

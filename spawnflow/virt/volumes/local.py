@@ -217,16 +217,17 @@ class LocalConnector(VolumeConnector):
 
     def connect(self, volume: VolumeSpec) -> Connection:
         require(volume, "path")
-        path = volume.path
+        path = volume.path or ""  # set and non-empty: require() refused it otherwise
         if not os.path.isabs(path):
             raise VolumeError(f"volume {volume.id}: path {path!r} is not absolute")
         try:
             local = check_local_path(path, self.policy)
         except VolumeError as exc:
             raise VolumeError(f"volume {volume.id}: path {exc}") from None
-        if local.kind == "block":
-            # A block device is presented raw; any LUKS on it is handled by
-            # the <encryption> element, not by the driver format.
+        if local.kind == "block" or local.directory is None:
+            # A block device (check_local_path gives a directory to files
+            # only) is presented raw; any LUKS on it is handled by the
+            # <encryption> element, not by the driver format.
             source_type, driver_format = "block", "raw"
         else:
             source_type = "file"

@@ -36,7 +36,9 @@ class RbdConnector(VolumeConnector):
                 raise VolumeError(
                     f"volume {volume.id}: {name} {value!r} must not contain '/' or '@'"
                 )
-        hosts = [parse_host_port(volume.id, "hosts", h, DEFAULT_PORT) for h in volume.hosts]
+        hosts: list[tuple[str, int | None]] = [
+            parse_host_port(volume.id, "hosts", h, DEFAULT_PORT) for h in volume.hosts
+        ]
         return Connection(
             volume_id=volume.id,
             driver=volume.driver,

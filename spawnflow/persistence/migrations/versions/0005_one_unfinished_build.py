@@ -14,6 +14,8 @@ Revision ID: 0005
 Revises: 0004
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -29,7 +31,7 @@ WHERE = "state NOT IN ('ACTIVE', 'FAILED', 'ROLLED_BACK')"
 INDEX = "ux_builds_unfinished_instance"
 
 
-def _duplicates(conn: sa.Connection) -> list[sa.Row]:
+def _duplicates(conn: sa.Connection) -> list[sa.Row[Any]]:
     return list(
         conn.execute(
             sa.text(

@@ -1,28 +1,26 @@
-"""Small helpers shared by the CLI commands: times, durations and tables for 80 columns.
-
-Every time the CLI prints is UTC. Table output is pre-fitted: flexible columns
-(names, errors, payloads) are shortened with "…" so that cliff's table
-(``| a | b |``) fits the terminal, 80 columns when stdout is not a terminal.
+"""Text the CLI prints: terminal-safe strings, and tables and paragraphs for 80 columns.
 
 Every stored string the CLI prints goes through ``safe``: a name or an error
 came from a caller or an imported document, and must not drive the operator's
 terminal (escape sequences) or disguise itself (bidi overrides, invisible
-characters). A stored time no date can show is printed as a number, not a crash.
+characters).
+
+Table output is pre-fitted: flexible columns (names, errors, payloads) are
+shortened with "…" so that cliff's table (``| a | b |``) fits the terminal, 80
+columns when stdout is not a terminal.
 """
 
 from __future__ import annotations
 
-import datetime
-import math
+import argparse
 import shutil
 import sys
 import textwrap
 import unicodedata
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
-# clock(ts): HH:MM:SS UTC, the same in tables as in diagnoses.
-from spawnflow.persistence.diagnosis import clock as clock
+from cliff.formatters.table import TableFormatter
 
 WIDTH = 80  # operators read this on a console at 3 am
 
@@ -51,108 +49,13 @@ def safe(text: Any, keep: str = "") -> str:
     text). Printable text (the usual case) is returned as it is; the escapes are
     plain ASCII, so ``safe(safe(x)) == safe(x)``.
     """
-    text = text if isinstance(text, str) else str(text)
-    if text.isprintable():
-        return text
+    shown = text if isinstance(text, str) else str(text)
+    if shown.isprintable():
+        return shown
     return "".join(
-        _escape(ch) if ch not in keep and unicodedata.category(ch) in _UNSAFE else ch for ch in text
+        _escape(ch) if ch not in keep and unicodedata.category(ch) in _UNSAFE else ch
+        for ch in shown
     )
-
-
-def _utc(ts: float) -> datetime.datetime | None:
-    """The UTC moment of ``ts``, or None when no date can show it (1e12, inf, NaN)."""
-    try:
-        return datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    except (OverflowError, ValueError, OSError, TypeError):
-        return None
-
-
-def _raw(ts: Any) -> str:
-    """A stored time no date can show, as the number it is (an older or damaged row)."""
-    return f"{ts:.6g}" if isinstance(ts, (int, float)) else safe(ts)
-
-
-def clock_ms(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    moment = _utc(ts)
-    return _raw(ts) if moment is None else moment.strftime("%H:%M:%S.%f")[:-3]
-
-
-def stamp(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    moment = _utc(ts)
-    return _raw(ts) if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def short_stamp(ts: float | None) -> str:
-    """``MM-DD HH:MM`` (UTC): a start time in 11 columns."""
-    if ts is None:
-        return "-"
-    moment = _utc(ts)
-    return _raw(ts) if moment is None else moment.strftime("%m-%d %H:%M")
-
-
-def iso(ts: float | None) -> str | None:
-    """ISO 8601 with milliseconds and Z, for machine-readable formats."""
-    if ts is None:
-        return None
-    moment = _utc(ts)
-    if moment is None:
-        return _raw(ts)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}s"
-
-
-def human(value: float | None) -> str:
-    """0.148s, 12.345s, 2m05s, 3h00m20s, 2d03h: a duration for sentences."""
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return "?"
-    if value < 60:
-        return f"{value:.3f}s"
-    minutes, secs = divmod(int(value), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{hours // 24}d{hours % 24:02d}h"
-
-
-def took(value: float | None) -> str:
-    """A duration in at most 5 columns: <1ms 12ms 1.23s 12.3s 123s 17m05 5h07 12d."""
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return "?"
-    value = max(0.0, value)
-    if value < 0.0005:
-        return "<1ms"
-    if value < 0.9995:
-        return f"{value * 1000:.0f}ms"
-    if value < 9.995:
-        return f"{value:.2f}s"
-    if value < 99.95:
-        return f"{value:.1f}s"
-    if value < 999.5:
-        return f"{value:.0f}s"
-    minutes, secs = divmod(int(value), 60)
-    if minutes < 100:
-        return f"{minutes}m{secs:02d}"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 100:
-        return f"{hours}h{minutes:02d}"
-    return f"{hours // 24}d"
-
-
-def rounded(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def shorten(text: str | None, width: int = 40) -> str:
@@ -177,7 +80,7 @@ def fit(
     rows: Sequence[Sequence[Any]],
     flexible: dict[str, int],
     width: int | None = None,
-) -> list[tuple]:
+) -> list[tuple[Any, ...]]:
     """Shorten the ``flexible`` columns ({name: minimum width}) so the table fits ``width``.
 
     The widest flexible column gives up a character first; no column shrinks below
@@ -218,3 +121,16 @@ def wrap(label: str, text: str, width: int | None = None, indent: int = 10) -> l
         break_long_words=True,
         break_on_hyphens=False,
     ) or [label]
+
+
+def emit_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO) -> None:
+    """Write ``rows`` as cliff's table, as a Lister prints it by default.
+
+    For a command that prints a table after other text and returns its own exit
+    status (``spawn``). The formatter's options are its own defaults, honouring
+    ``CLIFF_MAX_TERM_WIDTH`` and ``CLIFF_FIT_WIDTH`` like every listing.
+    """
+    formatter = TableFormatter()
+    parser = argparse.ArgumentParser(add_help=False)
+    formatter.add_argument_group(parser)
+    formatter.emit_list(columns, rows, stream, parser.parse_args([]))

@@ -9,38 +9,46 @@
         doc = history.export(build.build_id)             # JSON-able dict
     import_document(other_db_url, doc)                   # refuses duplicates
 
-See ``spawnflow.persistence.history`` for the model and README "History".
+The package is the read side of the event log: ``model`` (dataclasses),
+``fold`` (events -> one build's history), ``reader`` (``History``), ``stats``,
+``diagnosis``, ``export`` / ``import_*`` and ``retention``; see README "History".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from spawnflow.persistence.diagnosis import diagnose
-from spawnflow.persistence.eventlog import EventLog
-from spawnflow.persistence.export import (
-    DuplicateBuild,
-    InvalidExport,
-    check_document,
-    import_build,
-)
-from spawnflow.persistence.history import (
-    BuildHistory,
+from spawnflow.history.build import BuildHistory
+from spawnflow.history.diagnosis import diagnose
+from spawnflow.history.export import dumps as dumps_document
+from spawnflow.history.export import import_build
+from spawnflow.history.export import read as read_document
+from spawnflow.history.import_check import check_document
+from spawnflow.history.import_values import DuplicateBuild, InvalidExport
+from spawnflow.history.model import (
+    FORWARD,
+    REVERT,
+    AgentLease,
+    BuildRecord,
     BuildSummary,
     Diagnosis,
     Event,
     EventWait,
     ExternalEvent,
-    History,
     Interruption,
     Span,
     Stats,
     StepHistory,
     StepStats,
     Transition,
-    parse_time,
 )
-from spawnflow.persistence.retention import purge as _purge
+from spawnflow.history.reader import History
+from spawnflow.history.retention import count_purgeable as _count_purgeable
+from spawnflow.history.retention import purge as _purge
+from spawnflow.history.times import parse_time
+from spawnflow.persistence import lifecycle
+from spawnflow.persistence.eventlog import EventLog
+from spawnflow.persistence.redact import mask_url
 
 
 def import_document(
@@ -53,24 +61,28 @@ def import_document(
     even opened, so a refused import never creates one either.
     """
     check_document(document)
-    eventlog = EventLog.open(db_url)
-    try:
+    with EventLog.open(db_url) as eventlog:
         return import_build(eventlog, document, allow_unfinished=allow_unfinished)
-    finally:
-        eventlog.close()
 
 
 def purge(db_url: str, older_than_days: float, batch_size: int = 500) -> int:
     """Delete finished builds older than ``older_than_days``; return how many."""
-    eventlog = EventLog.open(db_url, upgrade=False)
-    try:
+    with EventLog.open(db_url, upgrade=False) as eventlog:
         return _purge(eventlog, older_than_days, batch_size=batch_size)
-    finally:
-        eventlog.close()
+
+
+def count_purgeable(db_url: str, older_than_days: float) -> int:
+    """How many builds ``purge(db_url, older_than_days)`` would delete now (nothing is)."""
+    with EventLog.open(db_url, upgrade=False) as eventlog:
+        return _count_purgeable(eventlog, older_than_days)
 
 
 __all__ = [
+    "FORWARD",
+    "REVERT",
+    "AgentLease",
     "BuildHistory",
+    "BuildRecord",
     "BuildSummary",
     "Diagnosis",
     "DuplicateBuild",
@@ -85,8 +97,13 @@ __all__ = [
     "StepHistory",
     "StepStats",
     "Transition",
+    "count_purgeable",
     "diagnose",
+    "dumps_document",
     "import_document",
+    "lifecycle",
+    "mask_url",
     "parse_time",
     "purge",
+    "read_document",
 ]

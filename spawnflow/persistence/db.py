@@ -1,4 +1,9 @@
-"""Database engines and schema revisions (alembic), with the refusal rules.
+"""Opening a database: engines, SQLite setup, how a URL is shown, schema revisions.
+
+The one place that makes an engine: the durable one the event log writes
+through (``open_engine``) and the read-only one the history reads through
+(``read_engine``), both with the same SQLite setup; URLs in messages are
+always ``mask_url``-ed (no password, query or fragment).
 
 A database is accepted when it is empty (it gets upgraded), or carries our
 alembic version table at a revision this code knows. Anything else — a foreign
@@ -10,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from pathlib import Path
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -17,14 +24,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from spawnflow.exceptions import SchemaError
+from spawnflow.exceptions import PersistenceError, SchemaError
 from spawnflow.persistence.redact import mask_url
 
 LOG = logging.getLogger(__name__)
 VERSION_TABLE = "spawnflow_alembic_version"
 # alembic narrates every migration at INFO; operators only need to hear of problems.
 logging.getLogger("alembic").setLevel(logging.WARNING)
-_MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+_MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 
 def parse_url(url: str) -> sa.engine.URL:
@@ -57,20 +64,31 @@ def make_engine(url: str) -> sa.Engine:
     path = parsed.database
     if path and path != ":memory:" and not path.startswith("file:"):
         prepare_sqlite_file(path)
+    return _sqlite_engine(
+        url, ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"), writes=True
+    )
+
+
+def _sqlite_engine(url: str, pragmas: tuple[str, ...], *, writes: bool) -> sa.Engine:
+    """A SQLite engine that issues its own BEGIN, with ``pragmas`` set on every connection.
+
+    ``writes``: a transaction with execution option ``write=True`` begins
+    IMMEDIATE (takes the write lock at once); every other one is deferred (a
+    read snapshot in WAL mode, no write lock).
+    """
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _begin(conn):
-        write = conn.get_execution_options().get("write", False)
+    def _begin(conn: sa.Connection) -> None:
+        write = writes and conn.get_execution_options().get("write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
@@ -90,9 +108,9 @@ def prepare_sqlite_file(path: str) -> None:
     group or other bits is tightened to 0600, with a warning; a file another
     user owns is left alone (we only write to it).
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o711, exist_ok=True)
+    directory = Path(path).absolute().parent
+    if not directory.is_dir():
+        directory.mkdir(mode=0o711, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -104,12 +122,12 @@ def prepare_sqlite_file(path: str) -> None:
             os.close(fd)
     for name in (path, f"{path}-wal", f"{path}-shm"):
         try:
-            info = os.stat(name)
+            info = Path(name).stat()
         except FileNotFoundError:
             continue
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077 and info.st_uid == os.geteuid():
-            os.chmod(name, mode & 0o700)
+            Path(name).chmod(mode & 0o700)
             LOG.warning(
                 "%s was readable by other users (mode %04o); changed it to %04o",
                 name,
@@ -127,10 +145,13 @@ def _alembic_config(connection: sa.Connection) -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory(_MIGRATIONS).get_current_head()
+    """The newest revision the migrations of this code know."""
+    # Never None: the migrations ship with the package (alembic types it optional).
+    return cast(str, ScriptDirectory(_MIGRATIONS).get_current_head())
 
 
 def current_revision(engine: sa.Engine) -> str | None:
+    """The revision the database is at (None: no version table, an empty database)."""
     with engine.connect() as conn:
         return MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE}
@@ -167,7 +188,7 @@ def inspect_url(url: str) -> str | None:
     parsed = parse_url(url)
     if url.startswith("sqlite"):
         path = parsed.database
-        if path and path != ":memory:" and not os.path.exists(path):
+        if path and path != ":memory:" and not Path(path).exists():
             return None
     probe = sa.create_engine(parsed)
     try:
@@ -197,3 +218,34 @@ def upgrade(engine: sa.Engine) -> str:
     with engine.connect() as conn, conn.execution_options(write=True).begin():
         command.upgrade(_alembic_config(conn), "head")
     return head_revision()
+
+
+def read_engine(url: str) -> sa.Engine:
+    """An engine for reads on a checked spawnflow database; never creates or upgrades.
+
+    Refuses (SchemaError) a missing or empty database, a foreign one, one newer
+    than this code. On SQLite it reads in deferred transactions (snapshots in
+    WAL mode) with ``query_only`` set, so it never takes or waits for the
+    write lock a running agent uses.
+    """
+    try:
+        revision = inspect_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise PersistenceError(f"not a database URL: {mask_url(url)} ({exc})") from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise PersistenceError(f"cannot read {mask_url(url)}: {first_line(exc)}") from None
+    if revision is None:
+        raise SchemaError(
+            f"{mask_url(url)} holds no spawnflow history (missing or empty "
+            "database; check --db or [database] connection)"
+        )
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    return _sqlite_engine(url, ("busy_timeout=30000", "query_only=ON"), writes=False)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error (the driver's, when SQLAlchemy wraps one)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__

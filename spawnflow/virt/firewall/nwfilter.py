@@ -1,4 +1,4 @@
-"""Instance firewall: libvirt nwfilter (per-instance filter on clean-traffic) or noop.
+"""The ``nwfilter`` firewall driver: a per-instance libvirt nwfilter on ``clean-traffic``.
 
 Each VIF gets a filter named after the instance uuid, the MAC and the build
 id, referencing libvirt's stock ``clean-traffic`` (no MAC/IP/ARP spoofing); the
@@ -17,12 +17,14 @@ import libvirt
 from lxml import etree
 
 from spawnflow.exceptions import FirewallError, NotSupportedByHost
+from spawnflow.virt.firewall.base import FirewallDriver
 from spawnflow.virt.host import Host, error_code
 
 BASE_FILTER = "clean-traffic"
 
 
 def filter_name(instance_uuid: str, mac: str, build_id: str) -> str:
+    """The name of build ``build_id``'s filter for the VIF with ``mac``."""
     return f"spawnflow-{instance_uuid}-{mac.replace(':', '')}-{build_id}"
 
 
@@ -32,29 +34,17 @@ _FILTER_NAMESPACE = uuid.UUID("5c4b7d0e-2f1a-4c3e-9b8d-7a6f5e4d3c2b")
 
 
 def filter_xml(name: str) -> str:
+    """The ``<filter>`` document of filter ``name``: ``clean-traffic`` and a uuid from the name."""
     root = etree.Element("filter", name=name, chain="root")
     etree.SubElement(root, "uuid").text = str(uuid.uuid5(_FILTER_NAMESPACE, name))
     etree.SubElement(root, "filterref", filter=BASE_FILTER)
-    return etree.tostring(root, encoding="unicode")
+    text: str = etree.tostring(root, encoding="unicode")
+    return text
 
 
-class NoopFirewall:
-    name = "noop"
+class NWFilterFirewall(FirewallDriver):
+    """One filter per VIF and build, referencing libvirt's ``clean-traffic``."""
 
-    def filter_for(self, instance_uuid: str, mac: str, build_id: str) -> str | None:
-        return None
-
-    def setup(self, instance_uuid: str, macs: list[str], build_id: str) -> list[str]:
-        return []
-
-    def teardown(self, names: list[str]) -> None:
-        pass
-
-    def exists(self, name: str) -> bool:
-        return False
-
-
-class NWFilterFirewall:
     name = "nwfilter"
 
     def __init__(self, host: Host):
@@ -100,11 +90,3 @@ class NWFilterFirewall:
             except libvirt.libvirtError as exc:
                 if error_code(exc) != libvirt.VIR_ERR_NO_NWFILTER:
                     raise FirewallError(f"undefining nwfilter {name}: {exc}") from exc
-
-
-def get_firewall(driver: str, host: Host) -> NoopFirewall | NWFilterFirewall:
-    if driver == "noop":
-        return NoopFirewall()
-    if driver == "nwfilter":
-        return NWFilterFirewall(host)
-    raise FirewallError(f"unknown firewall driver {driver!r}")

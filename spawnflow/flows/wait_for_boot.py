@@ -9,22 +9,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from taskflow import task
-
 from spawnflow.exceptions import BootTimeout, DomainError
-from spawnflow.flows.context import BuildContext
+from spawnflow.flows.base import SpawnTask
 from spawnflow.virt import domain
 
 POLL_INTERVAL = 0.5
 
 
-class WaitForBootTask(task.Task):
+class WaitForBootStep(SpawnTask):
     step = "wait_for_boot"
     default_provides = "power_state"
-
-    def __init__(self, ctx: BuildContext):
-        super().__init__(name=self.step)
-        self.ctx = ctx
 
     def execute(self) -> str:
         if not self.ctx.spec.power_on:

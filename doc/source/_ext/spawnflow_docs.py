@@ -1,0 +1,99 @@
+"""Sphinx directives that draw tables from spawnflow's own code at build time.
+
+``.. lifecycle-table::``
+    The build lifecycle transition table, read from
+    ``spawnflow.persistence.lifecycle.TRANSITIONS`` (the one table the event
+    log checks every build transition against).
+
+``.. spawn-steps::``
+    The steps of the spawn flow in flow order, read from
+    ``spawnflow.flows.spawn`` (``TASKS`` and ``step_names()``): each step's
+    name and the docstring of the module that holds it (what the step creates
+    and what its revert removes).
+
+Both import the package, so the documentation cannot say something the code
+does not do; an import error or a missing name fails the build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+
+
+def _cell(text: str) -> list[str]:
+    return text.splitlines() or [""]
+
+
+def _list_table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
+    """A reStructuredText list-table; each cell may hold several lines of markup."""
+    out = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: " + " ".join(str(w) for w in widths),
+        "",
+    ]
+    for row in [header, *rows]:
+        for i, cell in enumerate(row):
+            lines = _cell(cell)
+            out.append(("   * - " if i == 0 else "     - ") + lines[0])
+            out.extend("       " + line if line else "" for line in lines[1:])
+    out.append("")
+    return out
+
+
+class _TableDirective(Directive):
+    has_content = False
+
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def run(self) -> list[nodes.Node]:
+        source = f"<{type(self).__name__}>"
+        container = nodes.container()
+        self.state.nested_parse(
+            StringList(self.lines(), source), self.content_offset, container
+        )
+        return container.children
+
+
+class LifecycleTable(_TableDirective):
+    """The build lifecycle: every state, where it may go next, whether it is final."""
+
+    def lines(self) -> list[str]:
+        lifecycle = importlib.import_module("spawnflow.persistence.lifecycle")
+        rows = []
+        for state, targets in lifecycle.TRANSITIONS.items():
+            shown = "*(new build)*" if state is None else f"``{state}``"
+            allowed = ", ".join(f"``{t}``" for t in sorted(targets)) or "—"
+            final = "final" if state is not None and lifecycle.is_final(state) else ""
+            rows.append([shown, allowed, final])
+        return _list_table(["from", "may go to", ""], rows, [20, 60, 20])
+
+
+class SpawnSteps(_TableDirective):
+    """The spawn flow's steps in order, with what each creates and reverts."""
+
+    def lines(self) -> list[str]:
+        spawn = importlib.import_module("spawnflow.flows.spawn")
+        # The flow's own step names (what history shows), in flow order.
+        names = spawn.step_names()
+        if len(names) != len(spawn.TASKS):
+            raise self.error("step_names() and TASKS of the spawn flow disagree")
+        rows = []
+        for number, (task_cls, name) in enumerate(zip(spawn.TASKS, names), start=1):
+            module = sys.modules[task_cls.__module__]
+            doc = inspect.cleandoc(module.__doc__ or task_cls.__doc__ or "")
+            rows.append([str(number), f"``{name}``", doc])
+        return _list_table(["#", "step", "what it does, what its revert removes"], rows, [4, 16, 80])
+
+
+def setup(app):
+    app.add_directive("lifecycle-table", LifecycleTable)
+    app.add_directive("spawn-steps", SpawnSteps)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,157 @@
+"""The operator's admin API: what a shell does to builds without running an agent.
+
+Queue a build for this host's agent, cancel a build, deliver an external
+event, upgrade or inspect the database schema. ``Agent`` runs builds and
+``spawnflow.history`` reads them; these are the few writes in between that a
+short-lived process (``spawnflow spawn --no-wait``, ``build cancel``, ``event
+deliver``, ``db upgrade|current``) makes. Each call opens what it needs and
+closes it before it returns, so the caller holds no connection.
+
+Every database these calls name is shown masked (``mask_url``): no password,
+query or fragment is ever printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from oslo_config import cfg
+
+from spawnflow import conf as sf_conf
+from spawnflow.engine import agent, events
+from spawnflow.exceptions import PersistenceError
+from spawnflow.flows.policy import check_queueable, check_spec
+from spawnflow.flows.spec import BuildSpec, parse_spec
+from spawnflow.persistence import lifecycle
+from spawnflow.persistence.backend import EventLogBackend
+from spawnflow.persistence.db import head_revision, inspect_url, open_engine
+from spawnflow.persistence.eventlog import EventLog
+from spawnflow.persistence.redact import mask_url
+from spawnflow.virt.host import Host
+
+EVENT_STATUSES = events.STATUSES
+"""The statuses ``deliver_event`` accepts (``completed``, ``failed``)."""
+
+
+@dataclass(frozen=True)
+class QueuedBuild:
+    """What ``queue_build`` found or made for an instance."""
+
+    build_id: str
+    instance_uuid: str
+    host: str
+    created: bool  # False: the instance's unfinished or ACTIVE build was returned
+    state: str | None  # the returned build's state; None when created
+
+    @property
+    def already_active(self) -> bool:
+        """The instance's VM exists (its latest build is ACTIVE): nothing was queued."""
+        return self.state == lifecycle.ACTIVE
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A persisted cancel: the build's owning agent rolls it back."""
+
+    build_id: str
+    host: str  # of the agent that acts on it
+
+
+@dataclass(frozen=True)
+class SchemaRevision:
+    """The schema revision of an event log database."""
+
+    database: str  # its URL, masked
+    current: str | None  # None: an empty database
+    head: str  # the newest revision this code knows
+
+
+def queue_build(
+    conf: cfg.ConfigOpts, spec: BuildSpec | dict[str, Any] | str | os.PathLike[str]
+) -> QueuedBuild:
+    """Record a build as QUEUED for this host's agent (``spawnflow agent``) to run.
+
+    The spec is validated and checked against what the operator allows (and
+    against what a queued build can fetch: ``check_queueable``) before
+    anything is written. A retry returns the instance's unfinished or ACTIVE
+    build instead of a new one (``Agent.start_build`` does the same).
+    """
+    spec = parse_spec(spec)
+    with contextlib.closing(Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)) as host:
+        check_spec(spec, conf, host)
+    check_queueable(spec, conf)
+    with (
+        EventLog.open(sf_conf.database_url(conf)) as log,
+        contextlib.closing(EventLogBackend(eventlog=log)) as backend,
+    ):
+        build_id, created = agent.queue_build(log, backend, spec, conf.host)
+        state = None if created else log.get_build(build_id).state
+    return QueuedBuild(build_id, spec.instance.uuid, conf.host, created, state)
+
+
+def cancel_build(db_url: str, build_id: str) -> CancelRequest:
+    """Ask the owning agent to roll ``build_id`` back from its next step boundary.
+
+    The request is persisted first; the agent that owns the build (in this or
+    another process) reads it from the log. A build already final is refused.
+    """
+    # upgrade=False here and below: a mistyped URL is refused instead of becoming a
+    # new database.
+    with EventLog.open(db_url, upgrade=False) as log:
+        row = events.request_cancel(log, build_id)
+    return CancelRequest(row.build_id, row.host)
+
+
+def deliver_event(
+    db_url: str, instance_uuid: str, name: str, tag: str, status: str = "completed"
+) -> str:
+    """Persist an external event for the instance's unfinished build; return its id.
+
+    The agent running that build reads it from the log (within a second), so
+    this works from any process, like ``Agent.deliver_event``.
+    """
+    with EventLog.open(db_url, upgrade=False) as log:
+        return events.deliver(log, instance_uuid, name, tag, status)
+
+
+@contextlib.contextmanager
+def _named(db_url: str) -> Iterator[None]:
+    """A malformed URL is refused showing it masked (SQLAlchemy's own error does not
+    say which URL, and must not print it whole)."""
+    try:
+        yield
+    except sa.exc.ArgumentError as exc:
+        raise PersistenceError(f"not a database URL: {mask_url(db_url)} ({exc})") from None
+
+
+def upgrade_database(db_url: str) -> SchemaRevision:
+    """Create or upgrade the event log schema at ``db_url`` to the newest revision."""
+    with _named(db_url):
+        open_engine(db_url).dispose()
+    head = head_revision()
+    return SchemaRevision(mask_url(db_url), head, head)
+
+
+def database_revision(db_url: str) -> SchemaRevision:
+    """The schema revision at ``db_url``, read without changing anything."""
+    with _named(db_url):
+        current = inspect_url(db_url)
+    return SchemaRevision(mask_url(db_url), current, head_revision())
+
+
+__all__ = [
+    "EVENT_STATUSES",
+    "CancelRequest",
+    "QueuedBuild",
+    "SchemaRevision",
+    "cancel_build",
+    "database_revision",
+    "deliver_event",
+    "queue_build",
+    "upgrade_database",
+]
