@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -115,6 +116,19 @@ def _one_line_usage_errors(get_parser: GetParser) -> GetParser:
     return make
 
 
+class _TerminalSafeFormatter(logging.Formatter):
+    """A handler's own formatter, its output escaped: a log line may quote what a
+    server or a stored record said (an HTTP reason, an instance name), and a
+    terminal reading the log must not act on the escapes inside it."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(self.inner.format(record), keep="\n\t")
+
+
 class SpawnflowApp(App):
     """The ``spawnflow`` application: its commands are the ``spawnflow.cli`` entry points."""
 
@@ -142,6 +156,12 @@ class SpawnflowApp(App):
             help="oslo.config file (repeatable)",
         )
         return parser
+
+    def configure_logging(self) -> None:
+        super().configure_logging()
+        for handler in logging.getLogger("").handlers:
+            inner = handler.formatter or logging.Formatter()
+            handler.setFormatter(_TerminalSafeFormatter(inner))
 
     @property
     def conf(self) -> cfg.ConfigOpts:

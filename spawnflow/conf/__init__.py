@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from oslo_config import cfg
+from sqlalchemy.engine import make_url
 
 from spawnflow.conf import (
     database,
@@ -54,6 +55,27 @@ def database_url(conf: cfg.ConfigOpts) -> str:
     if connection:
         return connection
     return "sqlite:///" + str(Path(conf.state_path) / "spawnflow.sqlite")
+
+
+def protected_paths(conf: cfg.ConfigOpts) -> list[tuple[str, str]]:
+    """``(what, path)`` of everything spawnflow keeps on the host that no spec may
+    name, whatever the allow lists say: state_path, instances_path (every
+    instance's disk and the image cache) and the SQLite event log with its
+    -wal/-shm/-journal (it may live elsewhere). Passphrase files need no entry:
+    as an image or a volume they would have to pass the allow lists, and the
+    key directory is the operator's to keep out of them."""
+    found = [
+        ("state_path", str(conf.state_path)),
+        ("instances_path", instances_path(conf)),
+    ]
+    url = make_url(database_url(conf))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_file = str(Path(url.database).absolute())
+        found += [
+            ("the event log database", db_file + suffix)
+            for suffix in ("", "-wal", "-shm", "-journal")
+        ]
+    return found
 
 
 def instances_path(conf: cfg.ConfigOpts) -> str:

@@ -46,6 +46,7 @@ from spawnflow.engine.runner import (
 )
 from spawnflow.exceptions import SpawnflowError, UnknownBuild
 from spawnflow.flows.context import BuildContext
+from spawnflow.flows.image import MARKER
 from spawnflow.flows.policy import check_spec
 from spawnflow.flows.spawn import FLOW_NAME
 from spawnflow.flows.spec import BuildSpec, parse_spec
@@ -55,6 +56,7 @@ from spawnflow.persistence.eventlog import EventLog
 from spawnflow.virt.firewall import FirewallDriver
 from spawnflow.virt.host import Host
 from spawnflow.virt.images import CachePolicy, ImageCache
+from spawnflow.virt.marked_dir import clean_staging
 
 LOG = logging.getLogger(__name__)
 UNFINISHED = lifecycle.STATES - lifecycle.FINAL
@@ -176,7 +178,9 @@ class Agent:
         self.backend = EventLogBackend(eventlog=self.eventlog)
         self.host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
         self.instances_path = sf_conf.instances_path(conf)
-        Path(self.instances_path).mkdir(parents=True, exist_ok=True)
+        # 0711: QEMU (another user on stock Debian) must pass through to the
+        # instance disks; nobody else may list which instances live here.
+        Path(self.instances_path).mkdir(mode=0o711, parents=True, exist_ok=True)
         self.images = ImageCache(
             str(Path(self.instances_path) / "_base"),
             str(Path(conf.state_path) / "locks"),
@@ -185,6 +189,11 @@ class Agent:
         removed = self.images.clean_partial()
         if removed:
             LOG.info("removed partial image downloads left by a crash: %s", removed)
+        # The lease is held and no build runs yet: a staging instance
+        # directory can only be a crash's leftover.
+        staged = clean_staging(self.instances_path, MARKER)
+        if staged:
+            LOG.info("removed instance directories left half-made by a crash: %s", staged)
         self.firewall = FirewallDriver.load(conf.firewall.driver, host=self.host)
         self.events = EventHub(self._log(), cancelled=self._is_cancelled)
         self._stopping.clear()

@@ -1,10 +1,19 @@
 """One owner per host: a lease row in the database, renewed by a heartbeat.
 
 A second agent for the same host and database refuses to start while the
-owner's lease is fresh and its process is alive, so no build is ever resumed
-twice. After a kill -9 the owner's pid is gone and the next agent takes over
-at once; an owner on a machine that vanished is taken over when its lease
-expires.
+owner's lease is fresh, so no build is ever resumed twice. The lease records
+who the owner is beyond its pid (node name, boot id, pid namespace, process
+start time): only when those say the owner lived here and its process is
+gone (kill -9, or the pid now belongs to a process started later) does the
+next agent take over at once. An owner that cannot be seen from here (another
+machine or container, another pid namespace, a lease from an older spawnflow)
+is taken over only once its lease expires.
+
+Each takeover increments the lease's ``epoch`` in one compare-and-set UPDATE,
+so of two agents racing for one lease exactly one wins; the epoch never goes
+back for a host (a fresh row continues from the last one the log recorded).
+The agent keeps its epoch: a renewal that finds another one has lost the
+host, and sets ``lost`` without touching the row.
 """
 
 from __future__ import annotations
@@ -14,25 +23,45 @@ import os
 import threading
 import time
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
 from spawnflow.exceptions import HostOwned
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import EventLog
+from spawnflow.virt import processes
 
 LOG = logging.getLogger(__name__)
 AGENT = "agent"  # event kind
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _owner(row: sa.Row[Any]) -> processes.ProcessIdentity:
+    return processes.ProcessIdentity(
+        node=row.node,
+        boot_id=row.boot_id,
+        pid_ns=row.pid_ns,
+        pid=row.pid,
+        start_time=row.start_time,
+    )
+
+
+def refusal(row: sa.Row[Any], host: str, lease_seconds: int, now: float) -> str | None:
+    """Why the lease in ``row`` may not be taken over now (None: it may).
+
+    It may when its heartbeat is older than ``lease_seconds``, or when its
+    owner is certainly dead (see ``processes.certainly_dead``).
+    """
+    age = now - row.heartbeat_at
+    if age >= lease_seconds or processes.certainly_dead(_owner(row)):
+        return None
+    node = row.node or "unknown node"
+    return (
+        f"another spawnflow agent (node {node}, pid {row.pid}, heartbeat {age:.0f}s ago) "
+        f"owns host {host!r} in this database; its lease expires in "
+        f"{lease_seconds - age:.0f}s unless renewed; refusing to start (no build may be "
+        "resumed twice)"
+    )
 
 
 class HostLease:
@@ -41,6 +70,7 @@ class HostLease:
         self.host = host
         self.lease_seconds = lease_seconds
         self.agent_id = str(uuid.uuid4())
+        self.epoch: int | None = None  # set by acquire
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -58,31 +88,43 @@ class HostLease:
         self._thread = threading.Thread(target=self._heartbeat, name="spawnflow-lease", daemon=True)
         self._thread.start()
 
+    def _last_epoch(self, conn: sa.Connection) -> int:
+        """The epoch of the last agent the log saw start for this host (0: none)."""
+        payload = conn.execute(
+            sa.select(t.events.c.payload)
+            .where(
+                t.events.c.build_id.is_(None),
+                t.events.c.kind == AGENT,
+                t.events.c.name == self.host,
+                t.events.c.to_state == "STARTED",
+            )
+            .order_by(t.events.c.seq.desc())
+            .limit(1)
+        ).scalar()
+        epoch = payload.get("epoch") if isinstance(payload, dict) else None
+        return epoch if isinstance(epoch, int) else 0
+
     def _take(self) -> None:
         now = time.time()
+        me = processes.this_process()
+        values = {
+            "agent_id": self.agent_id,
+            "pid": me.pid,
+            "started_at": now,
+            "heartbeat_at": now,
+            "node": me.node,
+            "boot_id": me.boot_id,
+            "pid_ns": me.pid_ns,
+            "start_time": me.start_time,
+        }
         with self.log.transaction() as conn:
             query = sa.select(t.agents).where(t.agents.c.host == self.host)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
             owner = conn.execute(query).first()
-            if owner is not None and owner.agent_id != self.agent_id:
-                fresh = now - owner.heartbeat_at < self.lease_seconds
-                if fresh and _pid_alive(owner.pid):
-                    raise HostOwned(
-                        f"another spawnflow agent (pid {owner.pid}, heartbeat "
-                        f"{now - owner.heartbeat_at:.0f}s ago) owns host {self.host!r} in this "
-                        "database; refusing to start (no build may be resumed twice)"
-                    )
-                conn.execute(sa.delete(t.agents).where(t.agents.c.host == self.host))
-            conn.execute(
-                sa.insert(t.agents).values(
-                    host=self.host,
-                    agent_id=self.agent_id,
-                    pid=os.getpid(),
-                    started_at=now,
-                    heartbeat_at=now,
-                )
-            )
+            if owner is None:
+                epoch = self._last_epoch(conn) + 1
+                conn.execute(sa.insert(t.agents).values(host=self.host, epoch=epoch, **values))
+            else:
+                epoch = self._take_over(conn, owner, now, values)
             self.log.append(
                 conn,
                 kind=AGENT,
@@ -90,8 +132,46 @@ class HostLease:
                 subject=self.agent_id,
                 name=self.host,
                 to_state="STARTED",
-                payload={"pid": os.getpid(), "took_over_from": owner.agent_id if owner else None},
+                payload={
+                    "pid": me.pid,
+                    "took_over_from": owner.agent_id if owner else None,
+                    "epoch": epoch,
+                    "node": me.node,
+                },
             )
+        self.epoch = epoch
+
+    def _take_over(
+        self, conn: sa.Connection, owner: sa.Row[Any], now: float, values: dict[str, Any]
+    ) -> int:
+        """Replace ``owner``'s lease by ours if it may be taken over; returns the new epoch.
+
+        The UPDATE matches the row exactly as it was read (agent, epoch,
+        heartbeat): if another agent took over or the owner renewed since,
+        nothing is updated and we refuse, so two takers never both win.
+        """
+        reason = refusal(owner, self.host, self.lease_seconds, now)
+        if reason is not None:
+            raise HostOwned(reason)
+        old = owner.epoch
+        epoch = (old if old is not None else self._last_epoch(conn)) + 1
+        same_epoch = t.agents.c.epoch.is_(None) if old is None else t.agents.c.epoch == old
+        won = conn.execute(
+            sa.update(t.agents)
+            .where(
+                t.agents.c.host == self.host,
+                t.agents.c.agent_id == owner.agent_id,
+                t.agents.c.heartbeat_at == owner.heartbeat_at,
+                same_epoch,
+            )
+            .values(epoch=epoch, **values)
+        ).rowcount
+        if won != 1:
+            raise HostOwned(
+                f"another spawnflow agent took over host {self.host!r} in this database "
+                "at the same time; refusing to start (no build may be resumed twice)"
+            )
+        return epoch
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
@@ -99,14 +179,22 @@ class HostLease:
                 with self.log.transaction() as conn:
                     renewed = conn.execute(
                         sa.update(t.agents)
-                        .where(t.agents.c.host == self.host, t.agents.c.agent_id == self.agent_id)
+                        .where(
+                            t.agents.c.host == self.host,
+                            t.agents.c.agent_id == self.agent_id,
+                            t.agents.c.epoch == self.epoch,
+                        )
                         .values(heartbeat_at=time.time())
                     ).rowcount
             except sa.exc.SQLAlchemyError:
                 LOG.exception("cannot renew the host lease; will retry")
                 continue
             if not renewed:
-                LOG.error("host lease for %s was taken by another agent", self.host)
+                LOG.error(
+                    "host lease for %s was taken by another agent (our epoch %s is gone)",
+                    self.host,
+                    self.epoch,
+                )
                 self.lost.set()
                 return
 
@@ -122,7 +210,9 @@ class HostLease:
         with self.log.transaction() as conn:
             conn.execute(
                 sa.delete(t.agents).where(
-                    t.agents.c.host == self.host, t.agents.c.agent_id == self.agent_id
+                    t.agents.c.host == self.host,
+                    t.agents.c.agent_id == self.agent_id,
+                    t.agents.c.epoch == self.epoch,
                 )
             )
             self.log.append(

@@ -3,8 +3,10 @@
 Creates the instance directory and the root disk (a qcow2 overlay on the
 cached base, or a raw copy) grown to the flavor's root_gb. Each is marked with
 the build id that made it, before it exists: the directory by ``MARKER``
-inside it, the disk by ``DISK_MARKER`` next to it (needed when the directory
-was there before the build). The shared base is never removed.
+inside it, written before the directory appears under its name
+(:func:`~spawnflow.virt.marked_dir.make_marked_dir`), the disk by
+``DISK_MARKER`` next to it (needed when the directory was there before the
+build). The shared base is never removed.
 
 Revert reads the markers, never the recorded result: it removes the instance
 directory if this build made it, otherwise only the disk if this build made
@@ -31,6 +33,7 @@ from spawnflow.flows.base import SpawnTask
 from spawnflow.persistence.step_results import ImageResult
 from spawnflow.virt.image_sources import is_masked
 from spawnflow.virt.images import FetchResult, group_id
+from spawnflow.virt.marked_dir import make_marked_dir, remove_staging
 
 MARKER = ".spawnflow-build"
 DISK_MARKER = ".spawnflow-disk-build"
@@ -65,18 +68,12 @@ class ImageStep(SpawnTask):
         ctx, image = self.ctx, self.ctx.spec.image
         base = self._fetch()
         instance_dir = ctx.instance_dir
-        created_dir = _made_by(instance_dir, ctx.build_id)
-        if not os.path.isdir(instance_dir):
-            # Root only, plus the group libvirt runs guests as when it exists
-            # (what the image cache uses): other users never read a guest's disk.
-            gid = group_id(ctx.conf.images.cache_group)
-            os.makedirs(instance_dir, mode=0o700)
-            if gid is not None and os.geteuid() == 0:
-                os.chown(instance_dir, 0, gid)
-                # Group only, not others: QEMU (that group) must reach the disk.
-                os.chmod(instance_dir, 0o750)  # noqa: S103 - group only, see above
-            _write_marker(os.path.join(instance_dir, MARKER), ctx.build_id)
-            created_dir = True
+        # Root only, plus the group libvirt runs guests as when it exists
+        # (what the image cache uses): other users never read a guest's disk.
+        # Made with its marker in one step, so never there unmarked.
+        gid = group_id(ctx.conf.images.cache_group)
+        made = make_marked_dir(instance_dir, MARKER, ctx.build_id, gid)
+        created_dir = made or _made_by(instance_dir, ctx.build_id)
         disk_path = os.path.join(instance_dir, "disk")
         disk_marker = os.path.join(instance_dir, DISK_MARKER)
         if not os.path.exists(disk_path):
@@ -102,6 +99,8 @@ class ImageStep(SpawnTask):
         # module docstring): a result may be missing (failure, crash
         # mid-step) or stale (a later build of this instance owns the paths).
         instance_dir = self.ctx.instance_dir
+        # A crash inside make_marked_dir leaves only its staging directory.
+        remove_staging(instance_dir, self.ctx.build_id)
         if _made_by(instance_dir, self.ctx.build_id):
             shutil.rmtree(instance_dir, ignore_errors=False)
             return

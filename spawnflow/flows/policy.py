@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 
 from oslo_config import cfg
-from sqlalchemy.engine import make_url
 
 from spawnflow import conf as sf_conf
 from spawnflow.exceptions import ConfigError, InvalidSpec, VolumeError
@@ -130,17 +129,7 @@ def volume_policy(conf: cfg.ConfigOpts) -> VolumePolicy:
     and the image cache; the event log may also live elsewhere ([database]
     connection), so its file and SQLite's -wal/-shm/-journal are added.
     """
-    forbidden = [
-        ("state_path", conf.state_path),
-        ("instances_path", sf_conf.instances_path(conf)),
-    ]
-    url = make_url(sf_conf.database_url(conf))
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        db_file = os.path.abspath(url.database)
-        forbidden += [
-            ("the event log database", db_file + suffix)
-            for suffix in ("", "-wal", "-shm", "-journal")
-        ]
+    forbidden = sf_conf.protected_paths(conf)
     return VolumePolicy(allowed_paths=tuple(conf.volumes.allowed_paths), forbidden=tuple(forbidden))
 
 

@@ -9,13 +9,11 @@ persisted or logged.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import unicodedata
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,6 +27,7 @@ from pydantic import (
 )
 
 from spawnflow.exceptions import InvalidSpec, VolumeError
+from spawnflow.flows.spec_file import read_spec_file
 from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import guest_config as gc
 from spawnflow.virt.vif import tap_name
@@ -379,53 +378,12 @@ def _format_errors(error: ValidationError) -> str:
     return "invalid build spec: " + "; ".join(lines)
 
 
-# A spec is a few hundred bytes; a caller's megabytes are a mistake or an attack.
-MAX_SPEC_BYTES = 1024 * 1024
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """YAML without aliases: ``&a [*a, *a, ...]`` nested a few levels deep expands
-    to billions of nodes when validated (a "billion laughs"); a spec never needs one."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            # PyYAML's stubs leave peek_event untyped: strict mypy refuses the call
-            # (no-untyped-call), plain mypy does not (unused-ignore).
-            event = self.peek_event()  # type: ignore[no-untyped-call, unused-ignore]
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a build spec", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
-def _read_spec_file(source: str | os.PathLike[str]) -> Any:
-    name = os.fspath(source)
-    try:
-        with open(source, "rb") as f:
-            data = f.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        raise InvalidSpec(f"cannot read build spec {name!r}: {exc.strerror}") from exc
-    if len(data) > MAX_SPEC_BYTES:
-        raise InvalidSpec(f"build spec {name!r} is larger than {MAX_SPEC_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-        if name.endswith(".json"):
-            return json.loads(text)
-        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader, no aliases
-    except RecursionError:
-        raise InvalidSpec(f"build spec {name!r} is nested too deeply") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        # One line: YAML errors span several (context, marks).
-        reason = " ".join(str(exc).split())
-        raise InvalidSpec(f"build spec {name!r} is not valid YAML/JSON: {reason}") from None
-
-
 def parse_spec(source: BuildSpec | dict[str, Any] | str | os.PathLike[str]) -> BuildSpec:
     """Accept a spec object, a dict, or a path to a YAML/JSON file."""
     if isinstance(source, BuildSpec):
         return source
     if isinstance(source, (str, os.PathLike)):
-        source = _read_spec_file(source)
+        source = read_spec_file(source)
     if not isinstance(source, dict):
         raise InvalidSpec("invalid build spec: spec: must be a mapping")
     try:

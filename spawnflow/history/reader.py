@@ -133,7 +133,15 @@ class History:
         agents = t.agents
         try:
             with self._connect() as conn:
-                row = conn.execute(sa.select(agents).where(agents.c.host == host)).first()
+                # Named columns: a database before 0006 lacks the lease identity ones.
+                query = sa.select(
+                    agents.c.host,
+                    agents.c.agent_id,
+                    agents.c.pid,
+                    agents.c.started_at,
+                    agents.c.heartbeat_at,
+                ).where(agents.c.host == host)
+                row = conn.execute(query).first()
         except sa.exc.OperationalError:
             return None  # a database from before the agents table
         except sa.exc.ProgrammingError:

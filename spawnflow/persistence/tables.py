@@ -147,6 +147,13 @@ agents = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
+    # Who the owner is beyond its pid, and the takeover count (migration 0006;
+    # null in a row an older spawnflow wrote). See spawnflow.engine.ownership.
+    sa.Column("node", sa.String(255), nullable=True),
+    sa.Column("boot_id", sa.String(64), nullable=True),
+    sa.Column("pid_ns", sa.String(64), nullable=True),
+    sa.Column("start_time", sa.BigInteger, nullable=True),
+    sa.Column("epoch", sa.BigInteger, nullable=True),
 )
 
 PROJECTIONS = (builds, logbooks, flowdetails, atomdetails)

@@ -14,6 +14,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def resolve(path: str) -> str:
@@ -88,3 +89,23 @@ def open_beneath(directory: str, path: str, flags: int = os.O_RDONLY) -> int:
         os.close(leaf)
         raise
     return leaf
+
+
+def changeable_by_others(directory: str) -> str | None:
+    """The first directory from ``/`` down to ``directory`` (resolved) that a user
+    other than root could change an entry of, or None.
+
+    A path checked now is opened later by someone else (QEMU opens a volume
+    path itself): if a non-root user may rename or replace entries on the way,
+    the file checked is not the file opened. A directory qualifies as safe when
+    root owns it and neither group nor others may write to it, or when it is
+    sticky (``/tmp``: others may add entries but not replace root's).
+    """
+    current = "/"
+    for part in ["", *Path(resolve(directory)).parts[1:]]:
+        current = os.path.join(current, part) if part else current
+        info = os.stat(current)
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if info.st_uid != 0 or (writable and not info.st_mode & stat.S_ISVTX):
+            return current
+    return None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import select
 import socket
 import threading
@@ -54,6 +55,8 @@ _MAX_REDIRECTS = 5
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _MAX_BACKOFF = 10.0
+# A query string inside an error message: up to whitespace, a quote or a bracket.
+_QUERY_IN_TEXT = re.compile(r"\?[^\s)'\"\]>]+")
 
 
 class Sink(Protocol):
@@ -424,4 +427,7 @@ def _reason(exc: BaseException, *urls: str) -> str:
         for secret in (parts.query, parts.fragment, parts.password, parts.username):
             if secret:
                 text = text.replace(secret, MASK)
-    return text
+    # requests re-quotes the URL before urllib3 words its errors (%7E -> ~,
+    # spaces and non-ASCII percent-encoded), so the literal replacement above
+    # can miss: any query string left in the text goes too.
+    return _QUERY_IN_TEXT.sub("?" + MASK, text)

@@ -47,7 +47,15 @@ _METADATA_NAMES = frozenset({"metadata.google.internal", "metadata"})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure IMDS, OpenStack
+        "169.254.170.2",  # AWS ECS task metadata
+        "100.100.100.200",  # Alibaba
+        "fd00:ec2::254",  # AWS IPv6
+        "fd20:ce::254",  # GCP IPv6
+        "168.63.129.16",  # Azure WireServer
+        "192.0.0.192",  # Oracle Cloud
+    )
 )
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -120,10 +128,14 @@ def _canonical_host(host: str) -> str:
         raise SourceRefused(f"host {host!r} is a legacy numeric IP form; give the dotted address")
     if host.replace(".", "").isdigit():
         raise SourceRefused(f"host {host!r} is a numeric form of no IP address")
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise SourceRefused(f"host {host!r} is not a valid host name") from None
+    if not host.isascii():
+        # Python's codec is IDNA 2003 and requests' is IDNA 2008: "straße" is
+        # "strasse" to one and "xn--strae-oqa" to the other, so the host checked
+        # would not be the host connected to. The A-label is unambiguous.
+        raise SourceRefused(f"host {host!r} is not ASCII; give its xn-- (punycode) form")
+    if not all(label and len(label) <= 63 for label in host.rstrip(".").split(".")):
+        raise SourceRefused(f"host {host!r} is not a valid host name")
+    return host
 
 
 def _segments(path: str) -> list[str]:
@@ -217,8 +229,8 @@ class AllowedSources:
     def local_directory(self, path: str) -> str:
         """The allowed directory holding ``path`` (resolved); SourceRefused otherwise.
 
-        A path that exists must be a regular file (after links): a FIFO, a device
-        or a directory is refused here, before anything is written.
+        The path must exist and be a regular file (after links): a missing file,
+        a FIFO, a device or a directory is refused here, before anything is written.
         """
         real = hostpaths.resolve(path)
         for never in self.never:
@@ -233,7 +245,10 @@ class AllowedSources:
         try:
             mode = os.stat(real).st_mode
         except FileNotFoundError:
-            return directory  # the fetch reports it missing
+            # Refused, not left to the fetch: a spec naming a missing file and
+            # the checksum of a cached image would otherwise get that image
+            # without ever having had access to its source.
+            raise SourceRefused(f"{path!r} does not exist") from None
         except OSError as exc:
             raise SourceRefused(f"{path!r} cannot be examined: {exc.strerror}") from None
         if not stat.S_ISREG(mode):

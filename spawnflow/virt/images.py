@@ -94,17 +94,14 @@ class CachePolicy:
 
 
 def allowed_sources(conf: cfg.ConfigOpts) -> AllowedSources:
-    """``[images] allowed_sources``, with spawnflow's own state refused whatever it says.
+    """``[images] allowed_sources``, with spawnflow's own files refused whatever it says.
 
     Instance disks, the cache itself and the SQLite event log are never an
     image source: a build could otherwise hand another instance's disk or the
-    database to its guest.
+    database to its guest. (state_path as
+    a whole is not refused: the default source directory lies inside it.)
     """
-    never = [sf_conf.instances_path(conf)]
-    url = sf_conf.database_url(conf)
-    if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///") :].split("?", 1)[0]
-        never += [db, db + "-wal", db + "-shm", db + "-journal"]
+    never = [path for what, path in sf_conf.protected_paths(conf) if what != "state_path"]
     return AllowedSources(conf.images.allowed_sources, never=never)
 
 

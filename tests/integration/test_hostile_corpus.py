@@ -325,6 +325,9 @@ _image_case("prefix-encoded-dotdot", lambda e: "https://images.example.test/pub/
 _image_case("prefix-scheme", lambda e: "http://images.example.test/pub/x.img")
 _image_case("prefix-port", lambda e: "https://images.example.test:8443/pub/x.img")
 _image_case("ftp", lambda e: "ftp://images.example.test/pub/x.img")
+_image_case("missing-local", lambda e: str(e.images / "no-such.qcow2"), "does not exist")
+_image_case("idn-lookalike", lambda e: "https://images.exämple.test/pub/x.img", "punycode")
+_image_case("event-log", lambda e: str(e.db))
 _image_case(
     "userinfo-token", lambda e: f"https://{TOKENS['url_userinfo']}@images.example.test/pub/x.img"
 )
@@ -457,6 +460,12 @@ def _laughs(env: Env) -> list[str]:
 @case("spec-huge", "larger than")
 def _huge(env: Env) -> list[str]:
     return spawn(env, "huge", "# " + "x" * (2 << 20) + "\n")
+
+
+@case("spec-base60-number", "plain decimal")
+def _base60(env: Env) -> list[str]:
+    spec = yaml.safe_dump(env.spec()).replace("vcpus: 1", "vcpus: 1" + ":59" * 200_000)
+    return spawn(env, "base60", spec)
 
 
 @case("spec-not-mapping", "mapping")

@@ -13,6 +13,7 @@ import pytest
 
 from spawnflow.flows.policy import image_refusals
 from spawnflow.flows.spec import parse_spec
+from spawnflow.virt.image_fetch import _reason
 from spawnflow.virt.image_sources import (
     AllowedSources,
     SourceRefused,
@@ -20,6 +21,7 @@ from spawnflow.virt.image_sources import (
     is_masked,
     special_address,
 )
+from spawnflow.virt.images import allowed_sources
 from tests.helpers import load_conf
 
 ENTRIES = ["https://img.example.com/images/", "http://10.0.0.5:8080/pub", "http://127.0.0.1:9000/"]
@@ -89,10 +91,18 @@ def test_refused_urls(allowed, url, reason):
         allowed.check(url, resolver=table)
 
 
-def test_idn_host_matches_its_punycode():
-    allowed = AllowedSources(["https://bücher.example/"])
+def test_idn_hosts_must_be_given_as_punycode():
+    # Python's codec is IDNA 2003 and requests' IDNA 2008: "strasse" and
+    # "straße" are one host to the first and two to the second, so the host
+    # checked would not be the host connected to. Only the A-label is taken.
+    allowed = AllowedSources(["https://xn--bcher-kva.example/"])
     allowed.check("https://xn--bcher-kva.example/x.qcow2", resolver=table)
-    allowed.check("https://BÜCHER.example/x.qcow2", resolver=table)
+    allowed.check("https://XN--BCHER-KVA.example/x.qcow2", resolver=table)
+    for host in ("bücher.example", "BÜCHER.example", "straße.example"):
+        with pytest.raises(SourceRefused, match="punycode"):
+            allowed.check(f"https://{host}/x.qcow2", resolver=table)
+    with pytest.raises(ValueError, match="punycode"):  # a bad entry is a config error
+        AllowedSources(["https://straße.example/"])
     with pytest.raises(SourceRefused):
         allowed.check("https://bucher.example/x.qcow2", resolver=table)
 
@@ -194,9 +204,15 @@ def tree(tmp_path):
     return tmp_path, AllowedSources([str(images)])
 
 
-@pytest.mark.parametrize(
-    "name", ["good.qcow2", "sub/nested.raw", "link-in.qcow2", "not-yet-there.qcow2"]
-)
+def test_missing_local_source_is_refused(tree):
+    # Not left to the fetch: a missing path plus the checksum of a cached image
+    # would hand out that image without access to any source of it.
+    root, allowed = tree
+    with pytest.raises(SourceRefused, match="does not exist"):
+        allowed.check(str(root / "images" / "not-yet-there.qcow2"))
+
+
+@pytest.mark.parametrize("name", ["good.qcow2", "sub/nested.raw", "link-in.qcow2"])
 def test_local_allowed(tree, name):
     root, allowed = tree
     directory, _path = allowed.check(str(root / "images" / name))
@@ -267,6 +283,8 @@ def test_image_refusals_name_field_value_and_option(tmp_path):
     conf = load_conf(
         tmp_path, images={"allowed_sources": f"{tmp_path}/images,https://img.example.com/"}
     )
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.qcow2").write_bytes(b"x")
     assert image_refusals(_spec(f"{tmp_path}/images/a.qcow2"), conf) == []
     (refusal,) = image_refusals(_spec("/etc/shadow"), conf)
     assert refusal.field == "image.source"
@@ -278,6 +296,8 @@ def test_image_refusals_name_field_value_and_option(tmp_path):
 
 def test_default_allows_only_state_path_images(tmp_path):
     conf = load_conf(tmp_path, images={"allowed_sources": "$state_path/images"})
+    (tmp_path / "state" / "images").mkdir(parents=True)
+    (tmp_path / "state" / "images" / "a.qcow2").write_bytes(b"x")
     assert image_refusals(_spec(f"{tmp_path}/state/images/a.qcow2"), conf) == []
     assert image_refusals(_spec(f"{tmp_path}/a.qcow2"), conf) != []
     assert image_refusals(_spec("https://img.example.com/x"), conf) != []
@@ -291,3 +311,47 @@ def test_redacted_spec_masks_the_url_token():
     spec = _spec("https://img.example.com/x.qcow2?X-Amz-Signature=s3cret#frag")
     assert spec.redacted()["image"]["source"] == "https://img.example.com/x.qcow2?***#***"
     assert spec.image.source.endswith("s3cret#frag")  # the fetch uses the full URL
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+pysqlite"])
+def test_the_event_log_is_never_a_source(tmp_path, driver) -> None:
+    # The operator allowed the very directory that holds the event log; it may
+    # never become an image, however the URL names SQLite.
+    db = tmp_path / "spawnflow.sqlite"
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for path in (db, keys / "v.key", tmp_path / "ok.qcow2"):
+        path.write_bytes(b"x")
+    conf = load_conf(
+        tmp_path,
+        images={"allowed_sources": tmp_path},
+        database={"connection": f"{driver}:///{db}"},
+        encryption={"key_dir": keys},
+    )
+    allowed = allowed_sources(conf)
+    allowed.check(str(tmp_path / "ok.qcow2"))
+    for path in (db, tmp_path / "spawnflow.sqlite-wal"):
+        path.write_bytes(b"x")
+        with pytest.raises(SourceRefused, match="own state"):
+            allowed.check(str(path))
+
+
+@pytest.mark.parametrize("address", ["168.63.129.16", "192.0.0.192", "fd20:ce::254"])
+def test_more_cloud_metadata_addresses_are_refused(address: str) -> None:
+    # An ordinary name that resolves to a metadata service is refused even
+    # though the entry names that host (rebinding looks exactly like this).
+    allowed = AllowedSources(["http://images.example/"])
+    with pytest.raises(SourceRefused, match="metadata"):
+        allowed.check("http://images.example/x.qcow2", resolver=lambda _h, _p: [address])
+
+
+def test_requoted_query_strings_are_masked_in_fetch_errors() -> None:
+    # requests re-quotes the URL before urllib3 words its error: %7E comes
+    # back as "~", so the literal query is not in the message.
+    error = Exception(
+        "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+        "/img/x.qcow2?X-Sig=SECRET~abc (Caused by NewConnectionError('refused'))"
+    )
+    text = _reason(error, "http://127.0.0.1:9/img/x.qcow2?X-Sig=SECRET%7Eabc")
+    assert "SECRET" not in text
+    assert "/img/x.qcow2?***" in text

@@ -256,7 +256,7 @@ def test_errors_carry_the_masked_url_only(http_cache, server, qcow2_image):
 
 def test_unreachable_missing_path(cache, tmp_path):
     missing = str(tmp_path / "nope.qcow2")
-    with pytest.raises(ImageUnreachable, match=r"nope.qcow2"):
+    with pytest.raises(ImageSourceRefused, match=r"nope.qcow2' does not exist"):
         cache.fetch(missing, None, "qcow2")
     _no_leftovers(cache)
 

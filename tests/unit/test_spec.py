@@ -282,3 +282,17 @@ def test_credentials_in_an_image_url_are_refused_and_not_echoed():
     with pytest.raises(InvalidSpec, match=r"image.source: .*credentials") as raised:
         parse_spec(spec)
     assert "s3cr3t-pw" not in str(raised.value)
+
+
+def test_yaml_base60_and_huge_numbers_are_refused_at_once(tmp_path) -> None:
+    # YAML 1.1 base-60 ("1:59:59") is converted digit by digit into an ever
+    # larger int: a 1 MiB scalar took a minute of CPU before it was refused.
+    for name, number in (("base60", "1" + ":59" * 300_000), ("long", "9" * 100_000)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            "instance: {uuid: 6f1c2a7e-4a57-4f0e-9a49-3d0f7c0d1a01, name: a}\n"
+            f"flavor: {{vcpus: {number}, memory_mb: 512, root_gb: 1}}\n"
+            "image: {source: /x}\n"
+        )
+        with pytest.raises(InvalidSpec, match="plain decimal"):
+            parse_spec(path)

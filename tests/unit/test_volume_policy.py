@@ -457,3 +457,24 @@ def test_what_no_volume_may_reach_follows_the_configuration(env):
     )
     assert postgres.forbidden == (("state_path", state), ("instances_path", f"{state}/instances"))
     assert postgres.allowed_paths == (str(env["vols"]),)
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "why"),
+    [(0o777, 0, "writable by anyone"), (0o775, 0, "group-writable"), (0o755, 65534, "not root's")],
+)
+def test_a_directory_others_can_change_is_refused(env, mode, owner, why) -> None:
+    # QEMU opens the path itself, after the check: whoever may swap the file
+    # for a link in between could hand the guest any file (here: not root).
+    conf = conf_for(env)
+    assert refused(conf, local(env["vols"] / "v.raw")) == {}
+    os.chown(env["vols"], owner, 0)
+    os.chmod(env["vols"], mode)
+    reason = refused(conf, local(env["vols"] / "v.raw"))["volumes.0.path"]
+    assert "a user other than root can change" in reason, why
+    assert str(env["vols"]) in reason
+
+
+def test_a_sticky_world_writable_directory_is_safe(env) -> None:
+    os.chmod(env["vols"], 0o1777)  # like /tmp: others may add, never replace root's file
+    assert refused(conf_for(env), local(env["vols"] / "v.raw")) == {}

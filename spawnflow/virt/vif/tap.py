@@ -11,6 +11,8 @@ name only names the port).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 from typing import Any
 
@@ -32,6 +34,65 @@ from spawnflow.virt.vif.netlink import delete_link, get_link, link_kind
 
 LOG = logging.getLogger(__name__)
 
+#: First characters of a staging tap's name (see the module docstring).
+STAGING_PREFIX = "sft"
+
+
+def staging_tap_name(alias: str) -> str:
+    """The name a tap is made under before it is tagged with ``alias`` and renamed.
+
+    ``sft`` + 12 hex characters of the alias's SHA-256 (15 bytes, the most
+    Linux allows): only this build's plug of this port makes a device of
+    that name, so a re-run or a revert may remove it untagged.
+    """
+    return STAGING_PREFIX + hashlib.sha256(alias.encode()).hexdigest()[:12]
+
+
+def remove_staging_tap(ipr: IPRoute, alias: str) -> bool:
+    """Remove the staging tap a crash left for ``alias``; True if there was one.
+
+    Left alone (with a warning) if the device is not a tap or carries
+    another alias: then it is not ours, whatever its name.
+    """
+    staging = staging_tap_name(alias)
+    link = get_link(ipr, staging)
+    if link is None:
+        return False
+    if link_kind(link) != "tun" or link.get("IFLA_IFALIAS") not in (None, alias):
+        LOG.warning("%s is not this build's staging tap; not removing it", staging)
+        return False
+    delete_link(ipr, link["index"])
+    LOG.info("removed staging tap %s left by an interrupted plug", staging)
+    return True
+
+
+def create_tagged_tap(ipr: IPRoute, tap: str, alias: str) -> Any:
+    """Make tap ``tap`` tagged with ``alias``, never visible under ``tap`` untagged.
+
+    Made under its staging name, tagged, then renamed (see the module
+    docstring). Returns the final link. Raises VifError if ``tap`` appeared
+    meanwhile (the staging tap is then removed).
+    """
+    remove_staging_tap(ipr, alias)
+    staging = staging_tap_name(alias)
+    ipr.link("add", ifname=staging, kind="tuntap", mode="tap", ifr={"no_pi": 1})
+    link = get_link(ipr, staging)
+    if link is None:
+        raise VifError(f"staging tap {staging!r} vanished right after creation")
+    ipr.link("set", index=link["index"], ifalias=alias)
+    try:
+        # A new tap is down, and a down device may be renamed.
+        ipr.link("set", index=link["index"], ifname=tap)
+    except NetlinkError as exc:
+        delete_link(ipr, link["index"])
+        if exc.code == errno.EEXIST:
+            raise VifError(f"device {tap!r} appeared while its tap was being made") from exc
+        raise
+    final = get_link(ipr, tap)
+    if final is None:
+        raise VifError(f"tap {tap!r} vanished right after creation")
+    return final
+
 
 class TapVifDriver(VifDriver):
     """A persistent tap we create; libvirt only opens it (``managed='no'``).
@@ -52,18 +113,13 @@ class TapVifDriver(VifDriver):
                     # TUNSETIFF on an existing persistent tap attaches to it
                     # instead of failing, hence the lookup above rather than
                     # relying on EEXIST.
-                    ipr.link("add", ifname=tap, kind="tuntap", mode="tap", ifr={"no_pi": 1})
-                    link = get_link(ipr, tap)
-                    if link is None:
-                        raise VifError(f"vif {vif.id}: tap {tap!r} vanished right after creation")
-                    # Tag first, before anything else can fail: the alias is how
-                    # a re-run knows this tap is ours. A crash inside this small
-                    # window leaves an untagged tap, which a re-run refuses
-                    # (safe: we never adopt or delete an unproven device).
-                    ipr.link("set", index=link["index"], ifalias=alias)
+                    link = create_tagged_tap(ipr, tap, alias)
                     LOG.info("vif %s: created tap %s", vif.id, tap)
                 else:
                     self._check_ours(vif, tap, link, alias)
+                    # Renamed, then the crash: a new staging tap cannot be
+                    # left, but an older run's cannot either; cheap to check.
+                    remove_staging_tap(ipr, alias)
                     LOG.info("vif %s: re-using tap %s created by an earlier run", vif.id, tap)
                 # Converge MTU and state on every run: the crash may have come
                 # after creation but before these.
@@ -88,11 +144,13 @@ class TapVifDriver(VifDriver):
             )
 
     def unplug(self, vif: Vif, result: PlugResult, instance_uuid: str, build_id: str) -> None:
-        if not result.created_tap:
-            return
         alias = tap_alias(instance_uuid, vif.id, build_id)
         try:
             with IPRoute() as ipr:
+                # A plug cut short before its rename leaves only the staging tap.
+                remove_staging_tap(ipr, alias)
+                if not result.created_tap:
+                    return
                 link = get_link(ipr, result.tap)
                 if link is None:
                     return

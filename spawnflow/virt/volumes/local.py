@@ -90,6 +90,7 @@ def check_local_path(path: str, policy: VolumePolicy) -> LocalPath:
     except OSError as exc:
         raise VolumeError(f"cannot stat {shown}: {exc.strerror}") from None
     if stat.S_ISREG(info.st_mode) and directory is not None:
+        _check_unchangeable(shown, real)
         return LocalPath(real, "file", directory)
     if stat.S_ISBLK(info.st_mode) and pattern is not None:
         in_use = block_device_in_use(info.st_rdev)
@@ -100,20 +101,35 @@ def check_local_path(path: str, policy: VolumePolicy) -> LocalPath:
                 f"{OPTION} says"
             )
         return LocalPath(real, "block", None)
-    if stat.S_ISREG(info.st_mode):
+    raise VolumeError(_wrong_kind(shown, info.st_mode, pattern))
+
+
+def _check_unchangeable(shown: str, real: str) -> None:
+    """QEMU opens the path itself, later: nobody but root may be able to swap the
+    file for a link between this check and that open."""
+    unsafe = hostpaths.changeable_by_others(os.path.dirname(real))
+    if unsafe is not None:
         raise VolumeError(
+            f"{shown} lies below {unsafe!r}, which a user other than root can "
+            f"change (owner or write bits); a directory of {OPTION} must be "
+            "root's all the way down"
+        )
+
+
+def _wrong_kind(shown: str, mode: int, pattern: str | None) -> str:
+    """Why a path of the wrong kind for the entry it matched is refused."""
+    if stat.S_ISREG(mode):
+        return (
             f"{shown} is a regular file, but matches only the block-device "
             f"glob {pattern!r}; a file must lie inside a directory listed "
             f"in {OPTION}"
         )
-    if stat.S_ISBLK(info.st_mode):
-        raise VolumeError(
+    if stat.S_ISBLK(mode):
+        return (
             f"{shown} is a block device, but block devices must match a "
             f"glob in {OPTION} (a listed directory allows regular files only)"
         )
-    raise VolumeError(
-        f"{shown} is {_kind(info.st_mode)}; a local volume must be a regular file or a block device"
-    )
+    return f"{shown} is {_kind(mode)}; a local volume must be a regular file or a block device"
 
 
 def _kind(mode: int) -> str:
