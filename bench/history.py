@@ -30,23 +30,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from spawnflow.flows.spawn import step_names
 from spawnflow.history import History, retention
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import EventLog
 
 SIZES = (10_000, 1_000_000)
-STEPS = (
-    "disk_info",
-    "image",
-    "volumes",
-    "encryptor",
-    "domain_xml",
-    "vifs",
-    "firewall",
-    "domain_create",
-    "resume",
-    "wait_for_boot",
-)
+STEPS = tuple(step_names())  # the real flow's steps, in its order
 HOSTS = tuple(f"cmp-{i:03d}" for i in range(1, 21))
 DAYS = 90
 # Where a rolled-back build failed, and with what.

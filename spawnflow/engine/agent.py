@@ -55,7 +55,7 @@ from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
 from spawnflow.virt.firewall import FirewallDriver
 from spawnflow.virt.host import Host
-from spawnflow.virt.images import CachePolicy, ImageCache
+from spawnflow.virt.images import ImageCache
 from spawnflow.virt.marked_dir import clean_staging
 
 LOG = logging.getLogger(__name__)
@@ -181,11 +181,7 @@ class Agent:
         # 0711: QEMU (another user on stock Debian) must pass through to the
         # instance disks; nobody else may list which instances live here.
         Path(self.instances_path).mkdir(mode=0o711, parents=True, exist_ok=True)
-        self.images = ImageCache(
-            str(Path(self.instances_path) / "_base"),
-            str(Path(conf.state_path) / "locks"),
-            CachePolicy.from_conf(conf),
-        )
+        self.images = ImageCache.from_conf(conf)
         removed = self.images.clean_partial()
         if removed:
             LOG.info("removed partial image downloads left by a crash: %s", removed)

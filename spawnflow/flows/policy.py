@@ -27,7 +27,7 @@ from spawnflow.persistence.redact import mask_url
 from spawnflow.virt import secrets
 from spawnflow.virt.host import Host
 from spawnflow.virt.image_sources import SourceRefused
-from spawnflow.virt.images import allowed_sources
+from spawnflow.virt.images import ImageCache, allowed_sources
 from spawnflow.virt.volumes import VolumePolicy
 from spawnflow.virt.volumes.local import check_local_path
 
@@ -144,8 +144,8 @@ def check_queueable(spec: BuildSpec, conf: cfg.ConfigOpts) -> None:
     source = spec.image.source
     if mask_url(source) == source:
         return
-    base = os.path.join(sf_conf.instances_path(conf), "_base")
-    if spec.image.sha256 and os.path.isfile(os.path.join(base, spec.image.sha256)):
+    digest = spec.image.sha256
+    if digest and os.path.isfile(ImageCache.from_conf(conf).entry_path(digest)):
         return
     raise InvalidSpec(
         f"build spec refused: image.source: {mask_url(source)!r} carries a query, fragment "

@@ -165,6 +165,15 @@ class ImageCache:
     def dir_mode(self) -> int:
         return 0o750 if self._gid is not None else 0o700
 
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts) -> ImageCache:
+        """This host's cache: ``<instances_path>/_base``, locks under state_path."""
+        return cls(
+            os.path.join(sf_conf.instances_path(conf), "_base"),
+            os.path.join(conf.state_path, "locks"),
+            CachePolicy.from_conf(conf),
+        )
+
     def entry_path(self, sha256: str) -> str:
         """Where the entry with content digest ``sha256`` (bare hex) lives."""
         return os.path.join(self.base_dir, sha256.lower())
