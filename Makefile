@@ -41,6 +41,10 @@ genconfig: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
+	# The fault suite's full sweep (every call of every step, ~7 min); make test
+	# runs its reduced form.
+	tools/host-setup.sh
+	SPAWNFLOW_FAULTS_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/faults
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info doc/build

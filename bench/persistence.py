@@ -34,6 +34,7 @@ from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models
 
 from spawnflow.persistence import open_backend
+from spawnflow.persistence import tables as t
 
 TASKS = 10
 RUNS = 30
@@ -181,6 +182,24 @@ def pg_available(url: str) -> bool:
         engine.dispose()
 
 
+def fenced(backend: Any) -> Any:
+    """``backend`` as an agent's: a lease row for a host, every write checking its epoch."""
+    log = backend.eventlog
+    with log.transaction() as conn:
+        conn.execute(
+            sa.insert(t.agents).values(
+                host="bench",
+                agent_id="bench",
+                pid=os.getpid(),
+                started_at=0.0,
+                heartbeat_at=time.time(),
+                epoch=1,
+            )
+        )
+    log.fence("bench", 1)
+    return backend
+
+
 def backends(tmp: str) -> Iterator[tuple[str, int, Callable[[], object]]]:
     """(name, warm-up flows, factory) of every backend measured."""
     yield "taskflow in-memory", 3, lambda: tf_backends.fetch({"connection": "memory://"})
@@ -198,6 +217,11 @@ def backends(tmp: str) -> Iterator[tuple[str, int, Callable[[], object]]]:
         STEADY_WARMUP,
         lambda: open_backend(f"sqlite:///{tmp}/ours.sqlite"),
     )
+    yield (
+        "spawnflow sqlite, fenced",
+        STEADY_WARMUP,
+        lambda: fenced(open_backend(f"sqlite:///{tmp}/fenced.sqlite")),
+    )
     pg_url = os.environ.get("SPAWNFLOW_BENCH_PG_URL", DEFAULT_PG_URL)
     if pg_available(pg_url):
 
@@ -209,6 +233,8 @@ def backends(tmp: str) -> Iterator[tuple[str, int, Callable[[], object]]]:
             return open_backend(pg_url)
 
         yield "spawnflow postgresql", 10, ours_pg
+        # The same database (made just above): its own logbooks, plus the lease row.
+        yield "spawnflow postgresql, fenced", 10, lambda: fenced(open_backend(pg_url))
     else:
         print(
             f"(no PostgreSQL at {sa.make_url(pg_url).render_as_string(hide_password=True)}"

@@ -21,6 +21,19 @@ class HostError(SpawnflowError):
     """A host primitive (libvirt, qemu-img, netlink) failed."""
 
 
+class HostCallInterrupted(HostError):
+    """A blocking host call (qemu-img) was ended because the build was cancelled or the
+    agent is stopping; the step decides which (see ``flows.image``)."""
+
+
+class LibvirtUnreachable(HostError):
+    """libvirtd did not answer again within ``[libvirt] reconnect_timeout``.
+
+    Raised only after the connection was re-opened and the call retried for
+    that long, so it means "the daemon is down", not "the call failed".
+    """
+
+
 class NotSupportedByHost(HostError):
     """The connected hypervisor cannot do what the build asks for."""
 
@@ -79,6 +92,20 @@ class PersistenceError(SpawnflowError):
 
 class IllegalTransition(PersistenceError):
     """A state change that the state machine does not allow; nothing was written."""
+
+
+class LogUnavailable(PersistenceError):
+    """The event log cannot take a write now (locked, full disk, server gone).
+
+    Transient by nature: the build whose write failed is held, its step not
+    run (or its result not claimed), until the log answers again.
+    """
+
+
+class Fenced(PersistenceError):
+    """This agent's lease epoch is no longer the current one: another agent took the
+    host over. The transaction was aborted; this agent must stop without
+    touching the host."""
 
 
 class SchemaError(PersistenceError):

@@ -31,6 +31,8 @@ PACKAGES=(
     postgresql
     # openssl: the image-fetch tests make a self-signed certificate for HTTPS
     openssl
+    # mkfs.ext4 and mount -o loop: the full-disk test's small filesystem
+    e2fsprogs mount
 )
 
 if [[ "${1:-}" == "demo" ]]; then

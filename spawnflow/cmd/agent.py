@@ -48,8 +48,12 @@ class AgentCommand(Command):
             )
         self.app.stdout.write(f"agent of host {self.conf.host} running\n")
         self.app.stdout.flush()
+        failed = None
         try:
             while not stop.is_set():
+                failed = agent.failed
+                if failed is not None:
+                    break
                 for build_id in agent.pick_up_queued():
                     self.app.stdout.write(f"picked up build {build_id}\n")
                     self.app.stdout.flush()
@@ -58,4 +62,9 @@ class AgentCommand(Command):
             self.app.stdout.write("stopping: running steps finish, then builds pause\n")
             self.app.stdout.flush()
             agent.stop()
+        if failed is not None:
+            # Exit non-zero so a service manager restarts the agent; the next
+            # start recovers whatever this one left.
+            self.app.stderr.write(f"spawnflow agent: stopped: {failed}\n")
+            return 1
         return 0

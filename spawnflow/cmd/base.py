@@ -18,7 +18,7 @@ from oslo_config import cfg
 from spawnflow.cmd.main import SpawnflowApp
 from spawnflow.cmd.options import add_db_option, db_url
 from spawnflow.cmd.render.text import safe
-from spawnflow.history import BuildHistory, History
+from spawnflow.history import BuildHistory, History, log_wait
 
 
 class _OfSpawnflow:
@@ -40,6 +40,8 @@ class _OfSpawnflow:
             recovery_policy=conf.recovery.policy,
             resume_window=conf.recovery.resume_window,
             lease_seconds=getattr(conf.recovery, "lease_seconds", None),
+            # What the build's agent, if it runs on this host, says it waits for.
+            log_wait=log_wait(str(conf.state_path), build.host, build.build_id),
         ).text
 
 

@@ -26,6 +26,14 @@ OPTS = [
         "(default: <state_path>/instances).",
     ),
     cfg.IntOpt(
+        "min_free_disk_mb",
+        default=512,
+        min=0,
+        help="New builds are refused while the filesystem of state_path or "
+        "instances_path has less free space than this (MiB): a full disk "
+        "would interrupt them and the event log's own writes. 0: no check.",
+    ),
+    cfg.IntOpt(
         "max_concurrent_builds",
         default=10,
         min=1,

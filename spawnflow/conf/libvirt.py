@@ -24,6 +24,15 @@ OPTS = [
         help="Seconds to wait for the domain to reach RUNNING after it was "
         "resumed (nova waits forever).",
     ),
+    cfg.IntOpt(
+        "reconnect_timeout",
+        default=60,
+        min=1,
+        help="Seconds a libvirt call waits for libvirtd to answer again after the "
+        "connection was lost (a libvirtd restart), before the step fails with "
+        "'libvirtd is unreachable'. The connection is re-opened and the call "
+        "retried; every call of a step and of a revert is safe to repeat.",
+    ),
 ]
 
 

@@ -30,8 +30,11 @@ OPTS = [
         "graceful_stop_timeout",
         default=30,
         min=0,
-        help="Seconds SIGTERM waits for running steps to reach a boundary; builds "
-        "still inside a step are then left for the next start to recover.",
+        help="Seconds a stop (SIGTERM) gives a step inside a call that cannot be "
+        "interrupted (a libvirt call) before it warns about it. Interruptible "
+        "calls (image fetch, qemu-img, event waits, wait for boot) give way at "
+        "once. Either way the agent exits only after every build thread has "
+        "ended; its builds are left INTERRUPTED for the next start.",
     ),
 ]
 

@@ -82,7 +82,7 @@ def queue_build(
     build instead of a new one (``Agent.start_build`` does the same).
     """
     spec = parse_spec(spec)
-    with contextlib.closing(Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)) as host:
+    with contextlib.closing(Host.from_conf(conf)) as host:
         check_spec(spec, conf, host)
     check_queueable(spec, conf)
     with (

@@ -21,20 +21,18 @@ import logging
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from oslo_config import cfg
-from taskflow import exceptions as tf_exc
-from taskflow.persistence import models
 
 from spawnflow import conf as sf_conf
-from spawnflow.engine import recovery
+from spawnflow.engine import log_retry, recovery
 from spawnflow.engine.events import EventHub, deliver, request_cancel
+from spawnflow.engine.log_retry import unavailable
 from spawnflow.engine.outcome import Outcome
 from spawnflow.engine.ownership import HostLease
+from spawnflow.engine.queue import UNFINISHED, ensure_logbook, queue_build
 from spawnflow.engine.runner import (
     FRESH,
     RESUME,
@@ -44,94 +42,27 @@ from spawnflow.engine.runner import (
     describe,
     run_build,
 )
-from spawnflow.exceptions import SpawnflowError, UnknownBuild
+from spawnflow.exceptions import (
+    Fenced,
+    HostError,
+    LogUnavailable,
+    SpawnflowError,
+    UnknownBuild,
+)
 from spawnflow.flows.context import BuildContext
 from spawnflow.flows.image import MARKER
 from spawnflow.flows.policy import check_spec
-from spawnflow.flows.spawn import FLOW_NAME
 from spawnflow.flows.spec import BuildSpec, parse_spec
-from spawnflow.persistence import lifecycle
+from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
+from spawnflow.virt import disk_space, instance_disks
 from spawnflow.virt.firewall import FirewallDriver
 from spawnflow.virt.host import Host
 from spawnflow.virt.images import ImageCache
 from spawnflow.virt.marked_dir import clean_staging
 
 LOG = logging.getLogger(__name__)
-UNFINISHED = lifecycle.STATES - lifecycle.FINAL
-
-
-def queue_build(
-    eventlog: EventLog, backend: EventLogBackend, spec: BuildSpec, host: str
-) -> tuple[str, bool]:
-    """Record a build as QUEUED for ``host`` (its logbook too); return (id, created).
-
-    A retry never makes a second VM: the instance's unfinished build is returned
-    instead of a new one, and so is its latest build when that one is ACTIVE (the
-    VM exists; a second build would only fail at domain_create). A latest build
-    that ROLLED_BACK or FAILED allows a new one. An unfinished or ACTIVE build
-    on another host is an error. The database allows one unfinished build per
-    instance (a partial unique index), so of several processes starting one
-    instance at once, one inserts and every other gets the winner's build.
-    Used by ``Agent.start_build`` and by ``spawnflow spawn --no-wait``.
-    """
-    instance = spec.instance.uuid
-    for _attempt in range(5):
-        existing = _current_build(eventlog, instance)
-        if existing is not None:
-            if existing.host != host:
-                doing = "is being built" if existing.state in UNFINISHED else f"is {existing.state}"
-                raise SpawnflowError(
-                    f"instance {instance} {doing} on host {existing.host} "
-                    f"(build {existing.build_id})"
-                )
-            return existing.build_id, False
-        build_id = str(uuid.uuid4())
-        try:
-            eventlog.create_build(
-                build_id,
-                instance_uuid=instance,
-                instance_name=spec.instance.name,
-                host=host,
-                spec=spec.redacted(),
-            )
-        except sa.exc.IntegrityError:
-            # Another process inserted this instance's unfinished build first:
-            # look again (it may even have finished meanwhile).
-            eventlog.forget_build(build_id)
-            continue
-        ensure_logbook(backend, build_id)
-        return build_id, True
-    raise SpawnflowError(
-        f"instance {instance}: could not record a build (its builds kept "
-        "changing under concurrent starts); try again"
-    )
-
-
-def _current_build(eventlog: EventLog, instance_uuid: str) -> Any:
-    """The build a start of ``instance_uuid`` must return: its unfinished one, else its
-    latest when that is ACTIVE; None when a new build may start."""
-    builds = eventlog.builds(instance_uuid=instance_uuid)
-    unfinished = [row for row in builds if row.state in UNFINISHED]
-    if unfinished:
-        return unfinished[-1]
-    if builds:
-        latest = max(builds, key=lambda row: (row.created_at, row.build_id))
-        if latest.state == lifecycle.ACTIVE:
-            return latest
-    return None
-
-
-def ensure_logbook(backend: EventLogBackend, build_id: str) -> None:
-    """The build's TaskFlow logbook (uuid = build id), made if a crash came first."""
-    conn = backend.get_connection()
-    try:
-        conn.get_logbook(build_id, lazy=True)
-    except tf_exc.NotFound:
-        book = models.LogBook(f"build-{build_id}", uuid=build_id)
-        book.add(models.FlowDetail(FLOW_NAME, uuid=str(uuid.uuid4())))
-        conn.save_logbook(book)
 
 
 class Agent:
@@ -144,6 +75,8 @@ class Agent:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._log_lost = threading.Event()
+        self._log_waits = log_retry.LogWaits(conf)
 
     # -- lifecycle of the agent ---------------------------------------------------------
 
@@ -176,22 +109,28 @@ class Agent:
             max_workers=conf.max_concurrent_builds, thread_name_prefix="spawnflow-build"
         )
         self.backend = EventLogBackend(eventlog=self.eventlog)
-        self.host = Host(conf.libvirt.connection_uri, conf.libvirt.virt_type)
+        self.host = Host.from_conf(conf)
         self.instances_path = sf_conf.instances_path(conf)
         # 0711: QEMU (another user on stock Debian) must pass through to the
         # instance disks; nobody else may list which instances live here.
         Path(self.instances_path).mkdir(mode=0o711, parents=True, exist_ok=True)
         self.images = ImageCache.from_conf(conf)
-        removed = self.images.clean_partial()
+        # The lease is held and no build runs yet: a half-written image download
+        # or root disk can only be what a killed agent left.
+        removed = self.images.clean_partial() + instance_disks.clean_partial(self.instances_path)
         if removed:
-            LOG.info("removed partial image downloads left by a crash: %s", removed)
+            LOG.info("removed partial files left by a crash: %s", removed)
         # The lease is held and no build runs yet: a staging instance
         # directory can only be a crash's leftover.
         staged = clean_staging(self.instances_path, MARKER)
         if staged:
             LOG.info("removed instance directories left half-made by a crash: %s", staged)
         self.firewall = FirewallDriver.load(conf.firewall.driver, host=self.host)
-        self.events = EventHub(self._log(), cancelled=self._is_cancelled)
+        self.host.guard = self.lease.guard
+        self.events = EventHub(
+            self._log(), cancelled=self._is_cancelled, stopping=self.lease.lost.is_set
+        )
+        self._log_waits.reserve()
         self._stopping.clear()
 
     def _recover(self) -> None:
@@ -208,44 +147,69 @@ class Agent:
                     lifecycle.INTERRUPTED,
                     payload={"reason": f"found {row.state} at agent start (agent died)"},
                 )
-            flow_detail = next(iter(self.backend.get_connection().get_logbook(row.build_id)))
-            decision = recovery.decide(
-                self.conf,
-                row.created_at,
-                flow_detail,
-                cancelled=self.events.cancel_requested(row.build_id),
-            )
-            LOG.info(
-                "build %s was interrupted: %s (%s)", row.build_id, decision.action, decision.reason
-            )
-            self.recovered[row.build_id] = decision
-            mode = RESUME if decision.action == recovery.RESUME else ROLLBACK
-            plan.append(
-                (row.build_id, mode, f"recovery: {decision.action}, because {decision.reason}")
-            )
+            plan.append((row.build_id, *self._plan(row.build_id, row.created_at)))
         for build_id, mode, reason in plan:
             self._submit(build_id, mode, reason)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop taking work; running builds stop at their next step boundary.
+    def _plan(self, build_id: str, created_at: float) -> tuple[str, str]:
+        """Resume or roll back an INTERRUPTED build, as ``[recovery]`` decides: (mode, reason)."""
+        self.backend.forget(build_id)  # decide on what the log holds
+        flow_detail = next(iter(self.backend.get_connection().get_logbook(build_id)))
+        decision = recovery.decide(
+            self.conf, created_at, flow_detail, cancelled=self.events.cancel_requested(build_id)
+        )
+        LOG.info("build %s was interrupted: %s (%s)", build_id, decision.action, decision.reason)
+        self.recovered[build_id] = decision
+        mode = RESUME if decision.action == recovery.RESUME else ROLLBACK
+        return mode, f"recovery: {decision.action}, because {decision.reason}"
 
-        Builds still inside a step after ``timeout`` seconds (default: [recovery]
-        graceful_stop_timeout) are left as they are, for the next start to recover:
-        then the host lease is kept (its heartbeat stops and it expires, or the
-        next agent finds this process gone), so no other agent can take over a
-        build that a thread of this one is still running.
+    @property
+    def failed(self) -> str | None:
+        """Why this agent cannot go on (None: it can): its lease or its log is gone."""
+        if self.lease.lost.is_set():
+            return f"another agent took over host {self.conf.host!r} (our lease epoch is gone)"
+        if self._log_lost.is_set():
+            return "the event log stayed unavailable past [database] max_retries"
+        return None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; return only once no thread of this agent touches the host or the log.
+
+        At once: no queued build starts any more (it stays QUEUED for the next
+        start), running builds stop at their next step boundary, and every
+        blocking call of a step that can be interrupted gives way (image fetch,
+        qemu-img, the network-vif-plugged wait, wait_for_boot): the step is left
+        RUNNING and the build INTERRUPTED, for the next start to re-run it. A
+        step inside a call that cannot be interrupted (a libvirt call) gets
+        ``timeout`` seconds (default [recovery] graceful_stop_timeout); then a
+        warning names its build, and stop keeps waiting, warning again every 10
+        seconds (how long at most: "Stopping an agent" in the operations guide).
+        Only when every build thread has ended are deferred writes committed,
+        the host lease given back, and the libvirt connection and the log
+        closed: closing them under a step that still runs would break its
+        writes, and a lease given up early would let another agent run a build
+        this one still runs.
         """
         if self.eventlog is None:
             return
-        self._stopping.set()
+        with self._lock:  # no build is submitted after this (see start_build)
+            self._stopping.set()
         self.events.close()
-        wait = self.conf.recovery.graceful_stop_timeout if timeout is None else timeout
-        _done, running = concurrent.futures.wait(list(self._futures.values()), timeout=wait)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if running:
-            LOG.warning("%d build(s) still inside a step; leaving them for recovery", len(running))
-            self.lease.abandon()
-            return
+        self.host.stop_waiting()
+        self._executor.shutdown(wait=False, cancel_futures=True)  # queued ones stay QUEUED
+        grace = self.conf.recovery.graceful_stop_timeout if timeout is None else timeout
+        builds = {future: build_id for build_id, future in list(self._futures.items())}
+        _done, running = concurrent.futures.wait(list(builds), timeout=grace)
+        while running:
+            LOG.warning(
+                "stopping: build(s) %s still inside a step after %.0fs; waiting for them "
+                "(every interruptible call was asked to stop)",
+                ", ".join(sorted(builds[future] for future in running)),
+                grace,
+            )
+            _done, running = concurrent.futures.wait(running, timeout=10.0)
+            grace += 10.0
+        self._executor.shutdown(wait=True)  # and the idle build threads end too
         self.backend.close()  # commits deferred writes before the host is given back
         self.lease.release()
         self.host.close()
@@ -272,7 +236,12 @@ class Agent:
             raise SpawnflowError("agent is stopping; no new builds are accepted")
         spec = parse_spec(spec)
         check_spec(spec, self.conf, self.host)
+        short = self._disk_shortage()
+        if short is not None:
+            raise HostError(short)
         with self._lock:
+            if self._stopping.is_set():  # stop() began since the check above
+                raise SpawnflowError("agent is stopping; no new builds are accepted")
             build_id, created = queue_build(log, self.backend, spec, self.conf.host)
             # Not created: an unfinished build (submitted unless already running
             # here) or the instance's ACTIVE build (returned as it is).
@@ -285,15 +254,30 @@ class Agent:
 
     def pick_up_queued(self) -> list[str]:
         """Start builds queued for this host by other processes (``spawn --no-wait``)."""
-        started = []
+        started: list[str] = []
+        short = self._disk_shortage()
+        if short is not None:
+            LOG.warning("queued builds wait: %s", short)
+            return started
+        try:
+            queued = self._log().builds(host=self.conf.host, states=frozenset({lifecycle.QUEUED}))
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            LOG.warning("cannot look for queued builds: %s", db.first_line(exc))
+            return started
         with self._lock:
-            for row in self._log().builds(
-                host=self.conf.host, states=frozenset({lifecycle.QUEUED})
-            ):
+            if self._stopping.is_set():
+                return started
+            for row in queued:
                 if row.build_id not in self._futures:
                     self._submit(row.build_id, FRESH)
                     started.append(row.build_id)
         return started
+
+    def _disk_shortage(self) -> str | None:
+        paths = [str(self.conf.state_path), self.instances_path]
+        return disk_space.shortage(paths, self.conf.min_free_disk_mb)
 
     def _submit(
         self, build_id: str, mode: str, reason: str | None = None, spec: BuildSpec | None = None
@@ -315,6 +299,57 @@ class Agent:
         future.add_done_callback(forget_if_final)
 
     def _run(self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None) -> str:
+        """Run the build; while the log is unavailable, hold it, then recover it in place."""
+        next_run: tuple[str, str | None] | None = (mode, reason)
+        try:
+            while next_run is not None:
+                try:
+                    return self._run_once(build_id, *next_run, spec)
+                except Fenced as exc:
+                    self.lease.lost.set()
+                    LOG.error("build %s left to the host's new owner: %s", build_id, exc)
+                    return lifecycle.INTERRUPTED
+                except Exception as exc:
+                    if self._log().fenced:
+                        self.lease.lost.set()
+                        LOG.error("build %s left to the host's new owner: %s", build_id, exc)
+                        return lifecycle.INTERRUPTED
+                    if not (unavailable(exc) or self._log().held(build_id)):
+                        raise
+                    why = self._log().held(build_id) or db.first_line(exc)
+                    next_run = self._after_log_fault(build_id, why)
+            return lifecycle.INTERRUPTED
+        finally:
+            self.backend.forget(build_id)
+            self._log().forget_build(build_id)
+
+    def _guard(self, build_id: str) -> None:
+        """Raise unless this agent may still touch the host (``HostLease.guard``); a lease
+        that cannot be confirmed holds the build, as a failed write does."""
+        try:
+            self.lease.guard()
+        except LogUnavailable as exc:
+            self._log().hold(build_id, exc)
+            raise
+
+    def _after_log_fault(self, build_id: str, error: str) -> tuple[str, str | None] | None:
+        """Wait for the log, then the build's next run (None: leave it for the next start)."""
+        plan = log_retry.recover_in_place(
+            self._log(),
+            build_id,
+            error,
+            self.conf,
+            self._log_waits,
+            plan=self._plan,
+            stop=lambda seconds: self._stopping.wait(seconds) or self.lease.lost.is_set(),
+        )
+        if plan is log_retry.GAVE_UP and not self._stopping.is_set():
+            self._log_lost.set()
+        return None if plan is log_retry.GAVE_UP else plan
+
+    def _run_once(
+        self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None
+    ) -> str:
         row = self._log().get_build(build_id)
         # The persisted spec is redacted: a build started by this process keeps
         # the one it was given (secrets included); a recovered one has only that.
@@ -335,6 +370,7 @@ class Agent:
             instances_path=self.instances_path,
             cancelled=control.cancelled,
             stopping=control.stopping,
+            guard=lambda: self._guard(build_id),
         )
         if self._is_cancelled(build_id) and row.state == lifecycle.QUEUED:
             self._log().transition_build(build_id, lifecycle.REVERTING)
@@ -349,11 +385,8 @@ class Agent:
         except Exception as exc:
             # Only a broken event log or libvirt connection gets here: the
             # build is left unfinished for recovery rather than mislabelled.
-            LOG.exception("build %s stopped: %s", build_id, describe(exc))
+            LOG.warning("build %s stopped: %s", build_id, describe(exc))
             raise
-        finally:
-            self.backend.forget(build_id)
-            self._log().forget_build(build_id)
 
     def wait(self, build_id: str, timeout: float | None = None) -> Outcome:
         """Block until the build reaches a final state (or ``timeout`` seconds pass)."""

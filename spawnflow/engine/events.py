@@ -1,7 +1,10 @@
 """External events (network-vif-plugged): persisted first, then waiters woken.
 
 Waiting reads the log, so an event delivered before the wait began, or while
-the agent was down, counts exactly like one delivered during the wait.
+the agent was down, counts exactly like one delivered during the wait. A read
+that finds the log unavailable (a database restarting) holds the build, as a
+failed write does: the waiting step's failure is then never recorded, and the
+step runs again once the log answers.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -27,6 +30,7 @@ from spawnflow.persistence.step_results import VIF_PLUGGED
 
 STATUSES = frozenset({"completed", "failed"})
 _MAX_SLEEP = 1.0  # re-read the log at least this often (events from other processes)
+_T = TypeVar("_T")
 
 
 def deliver(
@@ -63,14 +67,30 @@ def request_cancel(eventlog: EventLog, build_id: str) -> sa.Row[Any]:
 
 
 class EventHub:
-    def __init__(self, eventlog: EventLog, cancelled: Callable[[str], bool] | None = None):
+    def __init__(
+        self,
+        eventlog: EventLog,
+        cancelled: Callable[[str], bool] | None = None,
+        stopping: Callable[[], bool] | None = None,
+    ):
         self._log = eventlog
         self._cond = threading.Condition()
         self._closed = False
         self._cancelled = cancelled or self.cancel_requested
+        # e.g. the host lease was lost: waits give way as on a stop.
+        self._stopping = stopping or (lambda: False)
 
     def cancel_requested(self, build_id: str) -> bool:
-        return any(e.name == CANCEL for e in self._log.external_events(build_id))
+        events = self._read(build_id, lambda: self._log.external_events(build_id))
+        return any(e.name == CANCEL for e in events)
+
+    def _read(self, build_id: str, read: Callable[[], _T]) -> _T:
+        """``read()`` for a build; an unavailable log holds the build (LogUnavailable)."""
+        try:
+            return read()
+        except Exception as exc:
+            self._log.hold(build_id, exc)  # raises when the log is unavailable
+            raise
 
     def notify(self) -> None:
         with self._cond:
@@ -85,14 +105,14 @@ class EventHub:
         """Latest status per expected tag among the persisted events of the build."""
         wanted = set(tags)
         found: dict[str, str] = {}
-        for event in self._log.external_events(build_id):
+        for event in self._read(build_id, lambda: self._log.external_events(build_id)):
             if event.name == VIF_PLUGGED and event.subject in wanted:
                 found[event.subject] = event.to_state
         return found
 
     def checkpoint(self, build_id: str) -> None:
         """Raise if a waiting step must stop: the agent stops, or the build was cancelled."""
-        if self._closed:
+        if self._closed or self._stopping():
             raise AgentStopping(f"agent stopping while build {build_id} waits")
         if self._cancelled(build_id):
             raise BuildCancelled("cancelled by operator")

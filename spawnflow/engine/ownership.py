@@ -13,7 +13,11 @@ Each takeover increments the lease's ``epoch`` in one compare-and-set UPDATE,
 so of two agents racing for one lease exactly one wins; the epoch never goes
 back for a host (a fresh row continues from the last one the log recorded).
 The agent keeps its epoch: a renewal that finds another one has lost the
-host, and sets ``lost`` without touching the row.
+host, and sets ``lost`` without touching the row. ``check`` is what a side
+effect asks first: a lease not renewed for most of its length (the process
+was stopped, or starved) is renewed right there, so a woken agent finds out it
+lost the host before it touches the host again, not at the heartbeat's next
+turn.
 """
 
 from __future__ import annotations
@@ -27,13 +31,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from spawnflow.exceptions import HostOwned
+from spawnflow.exceptions import Fenced, HostOwned, LogUnavailable
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.eventlog import EventLog
 from spawnflow.virt import processes
 
 LOG = logging.getLogger(__name__)
 AGENT = "agent"  # event kind
+# The part of lease_seconds after a renewal during which ``check`` trusts the
+# lease without asking the database (the heartbeat renews every third).
+TRUSTED = 2 / 3
+
+
+def _clock() -> float:
+    """Seconds on a clock that runs on while the process is stopped or the machine
+    sleeps (CLOCK_BOOTTIME), unlike CLOCK_MONOTONIC across a suspend."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def _owner(row: sa.Row[Any]) -> processes.ProcessIdentity:
@@ -72,12 +85,15 @@ class HostLease:
         self.agent_id = str(uuid.uuid4())
         self.epoch: int | None = None  # set by acquire
         self.lost = threading.Event()
+        # When (``_clock``) the newest transaction that proved our epoch began.
+        self._confirmed: float | None = None
+        self._renewing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
         try:
-            self._take()
+            epoch = self._take()
         except sa.exc.IntegrityError:
             # Two agents started at the same instant (PostgreSQL locks no row
             # that does not exist yet): the other one inserted first.
@@ -85,6 +101,9 @@ class HostLease:
                 f"another spawnflow agent is starting for host {self.host!r} in "
                 "this database; refusing to start"
             ) from None
+        # From now on every write of this process proves, in its own
+        # transaction, that this lease is still the host's.
+        self.log.fence(self.host, epoch)
         self._thread = threading.Thread(target=self._heartbeat, name="spawnflow-lease", daemon=True)
         self._thread.start()
 
@@ -104,7 +123,8 @@ class HostLease:
         epoch = payload.get("epoch") if isinstance(payload, dict) else None
         return epoch if isinstance(epoch, int) else 0
 
-    def _take(self) -> None:
+    def _take(self) -> int:
+        started = _clock()
         now = time.time()
         me = processes.this_process()
         values = {
@@ -140,6 +160,8 @@ class HostLease:
                 },
             )
         self.epoch = epoch
+        self._confirmed = started
+        return epoch
 
     def _take_over(
         self, conn: sa.Connection, owner: sa.Row[Any], now: float, values: dict[str, Any]
@@ -176,6 +198,20 @@ class HostLease:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
             try:
+                self._renew()
+            except Fenced:
+                return  # lost
+            except (sa.exc.SQLAlchemyError, LogUnavailable) as exc:
+                LOG.warning("cannot renew the host lease (%s); will retry", exc)
+
+    def _renew(self) -> None:
+        """Renew the lease in a fenced transaction; raise Fenced (and set ``lost``) if
+        another agent holds it. One renewal at a time (``check`` renews too)."""
+        with self._renewing:
+            if self.lost.is_set():
+                raise Fenced(f"host {self.host!r}: this agent's lease epoch {self.epoch} is gone")
+            started = _clock()
+            try:
                 with self.log.transaction() as conn:
                     renewed = conn.execute(
                         sa.update(t.agents)
@@ -186,17 +222,55 @@ class HostLease:
                         )
                         .values(heartbeat_at=time.time())
                     ).rowcount
-            except sa.exc.SQLAlchemyError:
-                LOG.exception("cannot renew the host lease; will retry")
-                continue
-            if not renewed:
-                LOG.error(
-                    "host lease for %s was taken by another agent (our epoch %s is gone)",
-                    self.host,
-                    self.epoch,
-                )
-                self.lost.set()
+            except Fenced:
+                renewed = 0
+            if renewed:
+                late = started - (self._confirmed or started) - self.lease_seconds
+                if late > 0:
+                    LOG.warning(
+                        "host lease for %s renewed %.0fs after it could have expired "
+                        "(this process was stopped or starved); it is still ours",
+                        self.host,
+                        late,
+                    )
+                self._confirmed = started
                 return
+            LOG.error(
+                "host lease for %s was taken by another agent (our epoch %s is gone)",
+                self.host,
+                self.epoch,
+            )
+            self.lost.set()
+            raise Fenced(f"host {self.host!r}: this agent's lease epoch {self.epoch} is gone")
+
+    def check(self) -> None:
+        """Raise Fenced unless this agent may still touch the host; call it before a
+        side effect.
+
+        A lease renewed less than ``TRUSTED`` of ``lease_seconds`` ago cannot have
+        been taken over (the rest is a margin for clocks and for the call that
+        follows), so that costs one clock read. An older one is renewed first,
+        here: a process woken from SIGSTOP or a frozen VM learns that it lost
+        the host before anything else it does touches the host, rather than
+        at its heartbeat's next turn. The clock counts time stopped or asleep.
+        Raises LogUnavailable (or the database's error) when the lease cannot be
+        confirmed: nothing may be touched then either.
+        """
+        if self.lost.is_set():
+            raise Fenced(f"host {self.host!r}: this agent's lease epoch {self.epoch} is gone")
+        confirmed = self._confirmed
+        if confirmed is not None and _clock() - confirmed < self.lease_seconds * TRUSTED:
+            return
+        self._renew()
+
+    def guard(self) -> None:
+        """``check``, and once the lease is known gone, the log is fenced at once: nothing
+        the caller's build does afterwards is written."""
+        try:
+            self.check()
+        except Fenced:
+            self.log.fenced = True
+            raise
 
     def abandon(self) -> None:
         """Stop renewing without giving the host back: the lease expires by itself,
@@ -207,6 +281,8 @@ class HostLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.lost.is_set() or self.log.fenced:
+            return  # another agent holds the host now: its lease row is not ours
         with self.log.transaction() as conn:
             conn.execute(
                 sa.delete(t.agents).where(
@@ -224,3 +300,4 @@ class HostLease:
                 to_state="STOPPED",
                 payload={"pid": os.getpid()},
             )
+        self.log.fence(self.host, None)

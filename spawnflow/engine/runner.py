@@ -148,6 +148,10 @@ class _BuildRun:
                 )
                 return None, None
             except Exception as exc:
+                if self.log.fenced or self.log.held(self.build_id) is not None:
+                    # The log failed under the run: nothing more may be
+                    # written for it here; the agent waits for the log.
+                    raise
                 error = describe(exc)
             flow_state: str = self.engine.storage.get_flow_state()
             if flow_state != tf_states.SUSPENDED:

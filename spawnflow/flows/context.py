@@ -44,6 +44,10 @@ class BuildContext:
     # image fetch polls them to stop within a second). Default: never.
     cancelled: Callable[[], bool] = field(default=lambda: False)
     stopping: Callable[[], bool] = field(default=lambda: False)
+    # Raises (Fenced) unless this agent may still touch the host: called before
+    # each side effect, so an agent woken from SIGSTOP after another took its
+    # host over touches nothing (see engine.ownership.HostLease.check).
+    guard: Callable[[], None] = field(default=lambda: None)
 
     def should_stop(self) -> bool:
         """Whether a long step must give up now (build cancelled or agent stopping)."""

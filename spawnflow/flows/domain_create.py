@@ -15,7 +15,6 @@ from spawnflow.exceptions import DomainError
 from spawnflow.flows.base import SpawnTask
 from spawnflow.persistence.step_results import DomainInfo, VifsResult
 from spawnflow.virt import domain
-from spawnflow.virt.metadata import build_id_of
 
 
 class DomainCreateStep(SpawnTask):
@@ -24,22 +23,23 @@ class DomainCreateStep(SpawnTask):
 
     def execute(self, domain_xml: str, vifs: VifsResult) -> DomainInfo:
         ctx = self.ctx
-        existing = domain.lookup(ctx.host, ctx.instance_uuid)
-        if existing is not None and build_id_of(existing) != ctx.build_id:
+        if (
+            domain.exists(ctx.host, ctx.instance_uuid)
+            and domain.build_id(ctx.host, ctx.instance_uuid) != ctx.build_id
+        ):
             raise DomainError(
                 f"a domain with uuid {ctx.instance_uuid} already exists and was "
                 "not defined by this build; refusing to touch it"
             )
-        dom = domain.define(ctx.host, domain_xml)
+        domain.define(ctx.host, domain_xml)
         paused = bool(vifs["expected_events"])
-        if ctx.spec.power_on and not dom.isActive():
-            domain.start(dom, paused=paused)
+        if ctx.spec.power_on:
+            domain.start(ctx.host, ctx.instance_uuid, paused=paused)  # a running one is left
         return DomainInfo(uuid=ctx.instance_uuid, started_paused=paused and ctx.spec.power_on)
 
     def revert(self, *args: Any, **kwargs: Any) -> None:
         ctx = self.ctx
-        dom = domain.lookup(ctx.host, ctx.instance_uuid)
-        if dom is None or build_id_of(dom) != ctx.build_id:
-            return
+        if domain.build_id(ctx.host, ctx.instance_uuid) != ctx.build_id:
+            return  # none, or another build's
         domain.destroy(ctx.host, ctx.instance_uuid)
         domain.undefine(ctx.host, ctx.instance_uuid)

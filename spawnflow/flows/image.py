@@ -14,11 +14,17 @@ it, otherwise nothing. So it works without a result (a crash lost it), and
 reverting an old build again never deletes the directory or disk of a later
 build of the same instance (same uuid, same paths), which a result saying
 ``created_disk`` would have.
+
+The fetch and every ``qemu-img`` end within a fraction of a second when the
+agent stops (``AgentStopping``: the step stays RUNNING and re-runs on the
+next start) or the build is cancelled (``BuildCancelled``: it rolls back);
+the half-written ``.part`` or ``disk.tmp`` is removed on the way out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from typing import Any
@@ -26,6 +32,7 @@ from typing import Any
 from spawnflow.exceptions import (
     AgentStopping,
     BuildCancelled,
+    HostCallInterrupted,
     ImageFetchInterrupted,
     ImageUnreachable,
 )
@@ -35,6 +42,7 @@ from spawnflow.virt.image_sources import is_masked
 from spawnflow.virt.images import FetchResult, group_id
 from spawnflow.virt.marked_dir import make_marked_dir, remove_staging
 
+LOG = logging.getLogger(__name__)
 MARKER = ".spawnflow-build"
 DISK_MARKER = ".spawnflow-disk-build"
 GiB = 1024**3
@@ -65,8 +73,33 @@ class ImageStep(SpawnTask):
     default_provides = "image"
 
     def execute(self) -> ImageResult:
+        try:
+            return self._make()
+        except (ImageFetchInterrupted, HostCallInterrupted):
+            # Which interruption decides the outcome: SIGTERM leaves the step to
+            # be re-run by the next agent (RUNNING); a cancel rolls the build back.
+            if self.ctx.stopping():
+                raise AgentStopping(
+                    f"agent stopping while build {self.ctx.build_id} makes its root disk"
+                ) from None
+            raise BuildCancelled("cancelled by operator while making the root disk") from None
+
+    def _must_stop(self) -> bool:
+        """Whether the fetch or a qemu-img must end now: the agent stops (a flag in
+        memory, asked first) or the build was cancelled (read from the log, which
+        may fail for a moment: that is not a cancel, and is asked again shortly)."""
+        if self.ctx.stopping():
+            return True
+        try:
+            return self.ctx.cancelled()
+        except Exception:
+            LOG.debug("build %s: cannot read whether it was cancelled", self.ctx.build_id)
+            return False
+
+    def _make(self) -> ImageResult:
         ctx, image = self.ctx, self.ctx.spec.image
         base = self._fetch()
+        ctx.guard()  # a fetch may take long: still ours before the instance files?
         instance_dir = ctx.instance_dir
         # Root only, plus the group libvirt runs guests as when it exists
         # (what the image cache uses): other users never read a guest's disk.
@@ -81,7 +114,9 @@ class ImageStep(SpawnTask):
             # leaves a disk that a re-run adopts and a revert removes.
             _write_marker(disk_marker, ctx.build_id)
         size = ctx.spec.flavor.root_gb * GiB or None
-        ctx.images.create_instance_disk(base.path, disk_path, image.disk_format, size)
+        ctx.images.create_instance_disk(
+            base.path, disk_path, image.disk_format, size, should_stop=self._must_stop
+        )
         # Ours if this run or an earlier run of this build (cut short) made it.
         created_disk = _marker(disk_marker) == ctx.build_id
         return ImageResult(
@@ -117,7 +152,9 @@ class ImageStep(SpawnTask):
             # A recovered build has only the persisted (redacted) spec: the
             # URL's token is gone. The entry may still be cached by checksum.
             found = (
-                ctx.images.lookup(image.sha256, image.disk_format, image.label)
+                ctx.images.lookup(
+                    image.sha256, image.disk_format, image.label, should_stop=self._must_stop
+                )
                 if image.sha256
                 else None
             )
@@ -129,19 +166,10 @@ class ImageStep(SpawnTask):
                     "start the build again"
                 )
             return found
-        try:
-            return ctx.images.fetch(
-                image.source,
-                image.sha256,
-                image.disk_format,
-                label=image.label,
-                should_stop=ctx.should_stop,
-            )
-        except ImageFetchInterrupted:
-            # Which interruption decides the outcome: SIGTERM leaves the step to
-            # be re-run by the next agent; a cancel rolls the build back.
-            if ctx.stopping():
-                raise AgentStopping(
-                    f"agent stopping while build {ctx.build_id} fetches its image"
-                ) from None
-            raise BuildCancelled("cancelled by operator while fetching the image") from None
+        return ctx.images.fetch(
+            image.source,
+            image.sha256,
+            image.disk_format,
+            label=image.label,
+            should_stop=self._must_stop,
+        )

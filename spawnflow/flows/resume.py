@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from spawnflow.exceptions import DomainError, VifPlugFailed, VifPlugTimeout
+from spawnflow.exceptions import VifPlugFailed, VifPlugTimeout
 from spawnflow.flows.base import SpawnTask
 from spawnflow.persistence.step_results import VIF_PLUGGED, DomainInfo, VifsResult
 from spawnflow.virt import domain
@@ -54,8 +54,4 @@ class ResumeStep(SpawnTask):
             LOG.warning("%s; continuing (vif_plugging_is_fatal=False)", message)
 
     def _resume(self) -> None:
-        dom = domain.lookup(self.ctx.host, self.ctx.instance_uuid)
-        if dom is None:
-            raise DomainError(f"domain {self.ctx.instance_uuid} vanished before resume")
-        if domain.state(dom) == "paused":
-            domain.resume(dom)
+        domain.resume(self.ctx.host, self.ctx.instance_uuid)  # raises if it vanished

@@ -43,6 +43,7 @@ class VifsStep(SpawnTask):
         waiting_since = time.time()
         plugged = []
         for spec_vif in self.ctx.spec.vifs:
+            self.ctx.guard()  # each tap is a side effect of its own
             result = VifDriver.load(spec_vif.type).plug(
                 vif_of(spec_vif), self.ctx.instance_uuid, self.ctx.build_id
             )
@@ -59,6 +60,7 @@ class VifsStep(SpawnTask):
             # Without a recorded result (crash mid-step) the driver's own
             # ownership check (the tap's alias) decides what is ours.
             plugged = recorded.get(spec_vif.id) or expected_plug(spec_vif.id)
+            self.ctx.guard()
             VifDriver.load(spec_vif.type).unplug(
                 vif_of(spec_vif), plugged, self.ctx.instance_uuid, self.ctx.build_id
             )

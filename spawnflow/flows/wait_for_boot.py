@@ -27,10 +27,9 @@ class WaitForBootStep(SpawnTask):
         state = "unknown"
         while True:
             self.ctx.events.checkpoint(self.ctx.build_id)
-            dom = domain.lookup(self.ctx.host, self.ctx.instance_uuid)
-            if dom is None:
+            state = domain.state(self.ctx.host, self.ctx.instance_uuid)
+            if state == "gone":
                 raise DomainError(f"domain {self.ctx.instance_uuid} vanished while booting")
-            state = domain.state(dom)
             if state == "running":
                 return state
             if time.monotonic() >= deadline:

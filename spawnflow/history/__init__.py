@@ -48,6 +48,8 @@ from spawnflow.history.retention import purge as _purge
 from spawnflow.history.times import parse_time
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.eventlog import EventLog
+from spawnflow.persistence.log_wait import LogWait
+from spawnflow.persistence.log_wait import read as log_wait
 from spawnflow.persistence.redact import mask_url
 
 
@@ -92,6 +94,7 @@ __all__ = [
     "History",
     "Interruption",
     "InvalidExport",
+    "LogWait",
     "Span",
     "Stats",
     "StepHistory",
@@ -102,6 +105,7 @@ __all__ = [
     "dumps_document",
     "import_document",
     "lifecycle",
+    "log_wait",
     "mask_url",
     "parse_time",
     "purge",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from spawnflow.history.diagnosis import diagnose
 from spawnflow.history.model import BuildRecord, Diagnosis
+from spawnflow.persistence.log_wait import LogWait
 
 
 class BuildHistory(BuildRecord):
@@ -23,6 +24,7 @@ class BuildHistory(BuildRecord):
         resume_window: float | None = None,
         lease_seconds: float | None = None,
         now: float | None = None,
+        log_wait: LogWait | None = None,
     ) -> Diagnosis:
         """In words: what this build waits for, or why it failed; see ``diagnosis``."""
         return diagnose(
@@ -33,4 +35,5 @@ class BuildHistory(BuildRecord):
             resume_window=resume_window,
             lease_seconds=lease_seconds,
             now=now,
+            log_wait=log_wait,
         )

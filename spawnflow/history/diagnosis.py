@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 from taskflow import states as tf_states
 
+from spawnflow.history.leftovers import leftovers
 from spawnflow.history.model import BuildRecord, Diagnosis, EventWait, Interruption
 from spawnflow.history.times import age, clock
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence import recovery_rules as rules
+from spawnflow.persistence.log_wait import LogWait
 from spawnflow.persistence.step_results import VIF_PLUGGED
 
 STALE_AFTER = 60.0  # seconds without an event worth mentioning
@@ -210,11 +212,12 @@ def _failed(build: BuildRecord, step: str | None) -> Diagnosis:
     broken = build.revert_failed_steps
     if broken:
         first = build.step(broken[0])
-        left = [s.name for s in build.steps if s.ran and not s.reverted]
+        steps = [s.name for s in build.steps if s.ran and not s.reverted]
         parts.append(f"rollback failed at step {first.name}: {first.revert_error}")
         parts.append(
-            f"{_plural(len(build.reverted_steps), 'step')} reverted, "
-            f"left in place: {', '.join(left) or '-'}; operator action needed"
+            f"{_plural(len(build.reverted_steps), 'step')} reverted, steps not reverted: "
+            f"{', '.join(steps) or '-'}; left on the host: "
+            f"{'; '.join(leftovers(build)) or 'nothing recorded'}; operator action needed"
         )
     return Diagnosis("failed", "; ".join(parts), build.failed_step or step)
 
@@ -265,6 +268,21 @@ def _running(build: BuildRecord, opts: _Options, stale: str, dead: str) -> Diagn
     )
 
 
+def _waiting_for_log(build: BuildRecord, wait: LogWait) -> Diagnosis:
+    current = build.current_steps
+    step = current[-1].name if current else None
+    where = f" at step {step}" if step else ""
+    retries = f"{wait.attempts} {'retry' if wait.attempts == 1 else 'retries'}"
+    return Diagnosis(
+        "waiting",
+        f"waiting for the database since {clock(wait.since)}{where} "
+        f"({retries} so far: {wait.error}); nothing more runs "
+        "until the log takes the build's writes, then it is resumed or rolled back "
+        "as after a restart",
+        step,
+    )
+
+
 def diagnose(
     build: BuildRecord,
     *,
@@ -274,12 +292,15 @@ def diagnose(
     resume_window: float | None = None,
     lease_seconds: float | None = None,
     now: float | None = None,
+    log_wait: LogWait | None = None,
 ) -> Diagnosis:
     """What ``build`` waits for, or why it failed, in words (see the module docstring).
 
     The options are what the log cannot know, as ``[network]`` and
     ``[recovery]`` set them; one left out is not claimed (no deadline without
     ``vif_plugging_timeout``, no recovery decision without ``recovery_policy``).
+    ``log_wait``: the build's agent says it is waiting for the log to take a
+    write (``persistence.log_wait``, read beside the agent).
     """
     opts = _Options(
         vif_plugging_timeout=vif_plugging_timeout,
@@ -294,6 +315,8 @@ def diagnose(
     stale = f" (last event {age(quiet)} ago)" if quiet > STALE_AFTER else ""
     current = build.current_steps
     state = build.state
+    if log_wait is not None and not lifecycle.is_final(state):
+        return _waiting_for_log(build, log_wait)
     if state == lifecycle.ACTIVE:
         return _active(build)
     if state == lifecycle.ROLLED_BACK:

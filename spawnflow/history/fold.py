@@ -176,6 +176,8 @@ class _Folder:
                 self._close(step, phase, event)
         if "results" in changes:
             step.result = changes["results"]
+            if new == tf_states.SUCCESS and changes["results"] is not None:
+                step.made = changes["results"]
         if changes.get("failure"):
             step.error = failure_text(changes["failure"])
         if changes.get("revert_failure"):

@@ -32,7 +32,12 @@ from spawnflow.history.import_values import (
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.eventlog import ATOM, BUILD, FLOW, LOGBOOK
 from spawnflow.persistence.replay import Projections, replay_events
-from spawnflow.persistence.transitions import check_atom_transition, check_flow_transition
+from spawnflow.persistence.transitions import (
+    KIND_KEY,
+    REASON_KEY,
+    check_recorded_atom,
+    check_recorded_flow,
+)
 
 
 @dataclass
@@ -140,7 +145,7 @@ class EventsCheck:
         if subject == self.build_id or subject in self.atoms:
             raise c.bad(path + ("subject",), "a flow's id must be its own")
         payload = c.obj(event["payload"], path + ("payload",))
-        c.keys(payload, ("parent", "set", "unset"), path + ("payload",))
+        c.keys(payload, ("parent", "set", "unset", KIND_KEY, REASON_KEY), path + ("payload",))
         new = subject not in self.flows
         if new and self.book is None:
             raise c.bad(path, "a flow before the build's logbook")
@@ -160,7 +165,7 @@ class EventsCheck:
             )
         old_state = old.get("state") if old else None
         try:
-            check_flow_transition(old_state, state)
+            check_recorded_flow(old_state, state, payload)
         except IllegalTransition as exc:
             raise c.bad(path, str(exc)) from None
         self._states(event, old_state, state, path)
@@ -172,7 +177,9 @@ class EventsCheck:
         if subject == self.build_id or subject in self.flows:
             raise c.bad(path + ("subject",), "an atom's id must be its own")
         payload = c.obj(event["payload"], path + ("payload",))
-        c.keys(payload, ("parent", "type", "set", "unset"), path + ("payload",))
+        c.keys(
+            payload, ("parent", "type", "set", "unset", KIND_KEY, REASON_KEY), path + ("payload",)
+        )
         known = self.atom_of.get(subject)
         if known is None:
             if not member(payload.get("parent"), self.flows):
@@ -211,7 +218,7 @@ class EventsCheck:
                 raise c.bad(path + ("payload", "set", field), "must be an object or null")
         old_state = old.get("state") if old else None
         try:
-            check_atom_transition(known[0], old_state, state)
+            check_recorded_atom(known[0], old_state, state, payload)
         except IllegalTransition as exc:
             raise c.bad(path, str(exc)) from None
         self._states(event, old_state, state, path)

@@ -48,6 +48,9 @@ class StepHistory:
     error: str | None = None  # "Type: message" of the forward failure
     revert_error: str | None = None  # "Type: message" of a failed revert
     result: Any = None  # the step's latest result (redacted)
+    # The result of its latest successful forward run, kept through a revert
+    # (TaskFlow clears ``results`` when a revert fails): what the step made.
+    made: Any = None
     spans: list[Span] = field(default_factory=list)
 
     @property

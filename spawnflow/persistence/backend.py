@@ -34,8 +34,10 @@ from spawnflow.persistence.redact import redact
 from spawnflow.persistence.transitions import (
     DURABLE_STATES,
     FLOW_DURABLE_STATES,
-    check_atom_transition,
-    check_flow_transition,
+    KIND_KEY,
+    OVERRIDE,
+    atom_marker,
+    flow_marker,
 )
 
 
@@ -141,14 +143,16 @@ class EventLogConnection(base.Connection):  # type: ignore[misc]  # TaskFlow shi
             return  # unchanged (a redacted doc only equals a raw one without secrets)
         doc = redact(raw)
         if old is None:
-            check_atom_transition(atom_type, None, ad.state)
             payload = {"parent": flow_uuid, "type": atom_type, "set": doc}
             from_state = None
         else:
-            check_atom_transition(atom_type, old.state, ad.state)
+            # A reset or an override says so: neither is a step of a run.
+            marker = atom_marker(atom_type, old.state, ad.state)
             payload = diff(old.doc, doc)
             if not payload:
                 return
+            payload.update(marker)
+            changes.durable |= marker.get(KIND_KEY) == OVERRIDE
             from_state = old.state
         changes.event(
             kind=ATOM,
@@ -223,7 +227,7 @@ class EventLogConnection(base.Connection):  # type: ignore[misc]  # TaskFlow shi
             )
             changes.row("flowdetails", True, {**row, "doc": doc})
             return
-        check_flow_transition(old.state, fd.state)
+        marker = flow_marker(old.state, fd.state)
         if not diff(old.doc, doc):
             return
         # The whole doc, not the change: the row is rewritten whole, and if
@@ -236,10 +240,12 @@ class EventLogConnection(base.Connection):  # type: ignore[misc]  # TaskFlow shi
             name=fd.name,
             from_state=old.state,
             to_state=fd.state,
-            payload={"set": doc},
+            payload={"set": doc, **marker},
         )
         changes.row("flowdetails", False, {**row, "doc": doc})
-        if fd.state != old.state and fd.state in FLOW_DURABLE_STATES:
+        if marker.get(KIND_KEY) == OVERRIDE or (
+            fd.state != old.state and fd.state in FLOW_DURABLE_STATES
+        ):
             changes.durable = True
 
     def _apply(self, changes: Changes, book_uuid: str, *, commit: bool = False) -> None:

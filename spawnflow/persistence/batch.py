@@ -59,6 +59,16 @@ class Statements:
         event_columns = [c.name for c in t.events.columns if c.name != "seq"]
         # inline(): no RETURNING of the new seq (PostgreSQL would fetch it per row).
         self.insert_event = _Statement(sa.insert(t.events).inline(), dialect, event_columns)
+        # The fencing check: the lease's epoch, read under a share lock on
+        # PostgreSQL so a takeover (an UPDATE of that row) waits for this
+        # transaction, or this one sees the takeover (SQLite: BEGIN IMMEDIATE
+        # already serialises every writer).
+        self.fence = str(
+            sa.select(t.agents.c.epoch)
+            .where(t.agents.c.host == sa.bindparam("fence_host"))
+            .with_for_update(read=True)
+            .compile(dialect=dialect)
+        )
         self.insert: dict[str, _Statement] = {}
         self.update: dict[str, _Statement] = {}
         self.select_doc: dict[str, str] = {}

@@ -64,9 +64,21 @@ def make_engine(url: str) -> sa.Engine:
     path = parsed.database
     if path and path != ":memory:" and not path.startswith("file:"):
         prepare_sqlite_file(path)
+    busy = busy_timeout_ms(parsed)
     return _sqlite_engine(
-        url, ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"), writes=True
+        url, ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={busy}"), writes=True
     )
+
+
+def busy_timeout_ms(parsed: sa.engine.URL) -> int:
+    """How long a SQLite writer waits for another one's lock: the URL's ``timeout``
+    (seconds, as SQLAlchemy's pysqlite takes it), else 30 s. A write still
+    locked out after that fails, and its build is held until the log answers."""
+    try:
+        seconds = float(parsed.query.get("timeout", 30))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise sa.exc.ArgumentError("its timeout is not a number of seconds") from None
+    return max(0, int(seconds * 1000))
 
 
 def _sqlite_engine(url: str, pragmas: tuple[str, ...], *, writes: bool) -> sa.Engine:
@@ -76,7 +88,8 @@ def _sqlite_engine(url: str, pragmas: tuple[str, ...], *, writes: bool) -> sa.En
     IMMEDIATE (takes the write lock at once); every other one is deferred (a
     read snapshot in WAL mode, no write lock).
     """
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    seconds = busy_timeout_ms(parse_url(url)) / 1000
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": seconds})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,10 +12,11 @@ Bounded in every direction a caller could abuse:
   and each hop must match the allow list; transient errors (connection
   failures, a short body, 5xx, 429) are retried a bounded number of times with
   backoff;
-- a watchdog thread ends the fetch when ``should_stop()`` turns true (cancel,
-  SIGTERM), at the overall deadline, or when no bytes came for the stall
-  timeout: it shuts the socket down, which makes a blocked read return at
-  once, and the reader then raises the watchdog's reason.
+- a watchdog thread (``fetch_watchdog``) ends the fetch when ``should_stop()``
+  turns true (cancel, SIGTERM), at the overall deadline, or when no bytes came
+  for the stall timeout: it shuts the socket down (the TLS one once wrapped),
+  which makes a blocked read return at once, and the reader then raises the
+  watchdog's reason.
 
 The bytes go to a ``Sink`` (the image cache), which checks size and free space
 as they arrive. Errors carry the masked URL only (``mask_url``).
@@ -23,16 +24,13 @@ as they arrive. Errors carry the masked URL only (``mask_url``).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -42,15 +40,16 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from spawnflow.exceptions import ImageFetchInterrupted, ImageSourceRefused, ImageUnreachable
+from spawnflow.exceptions import ImageSourceRefused, ImageUnreachable
 from spawnflow.persistence.redact import MASK, mask_url
 from spawnflow.virt import hostpaths
+from spawnflow.virt.fetch_watchdog import POLL, FetchLimits, Watchdog
 from spawnflow.virt.image_sources import AllowedSources, SourceRefused
 
 CHUNK = 1024 * 1024
+DEFAULT_LIMITS = FetchLimits()
 # Progress is counted per read, and a read returns what has arrived (read1):
 # a slow but steady server never looks stalled.
-_POLL = 0.2  # how often the watchdog looks: cancel takes effect within this
 _MAX_REDIRECTS = 5
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -69,118 +68,16 @@ class Sink(Protocol):
         """Take the next bytes."""
 
 
-@dataclass(frozen=True)
-class FetchLimits:
-    """Time bounds and TLS settings of one fetch (from ``[images]``)."""
-
-    fetch_timeout: float = 3600.0
-    stall_timeout: float = 60.0
-    retries: int = 3
-    ca_file: str | None = None
-
-
-class _Watchdog:
-    """Ends a fetch from another thread: stop requested, deadline, or stall."""
-
-    def __init__(
-        self, shown: str, limits: FetchLimits, should_stop: Callable[[], bool] | None
-    ) -> None:
-        self.shown = shown
-        self.limits = limits
-        self.should_stop = should_stop
-        self.deadline = time.monotonic() + limits.fetch_timeout
-        self.fired = threading.Event()
-        self.error: Exception | None = None
-        self._last = time.monotonic()
-        self._paused = False
-        self._sock: socket.socket | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spawnflow-fetch-watch", daemon=True)
-
-    def __enter__(self) -> _Watchdog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def progress(self) -> None:
-        self._last = time.monotonic()
-
-    def attach(self, sock: socket.socket | None) -> None:
-        """The socket to shut down when the watchdog fires (the current connection)."""
-        self._sock = sock
-        if sock is not None and self.fired.is_set():
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            # shutdown, not close: it wakes a recv() blocked in another
-            # thread (close would leave it blocked on Linux).
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _fire(self, error: Exception) -> None:
-        if not self.fired.is_set():
-            self.error = error
-            self.fired.set()
-        self._shutdown()
-
-    def _run(self) -> None:
-        while not self._done.wait(_POLL):
-            now = time.monotonic()
-            if self.should_stop is not None and self.should_stop():
-                self._fire(
-                    ImageFetchInterrupted(
-                        f"fetch of {self.shown} interrupted (build cancelled or agent stopping)"
-                    )
-                )
-            elif now > self.deadline:
-                self._fire(
-                    ImageUnreachable(
-                        f"fetch of {self.shown} took longer than [images] fetch_timeout "
-                        f"({self.limits.fetch_timeout:g} s)"
-                    )
-                )
-            elif not self._paused and now - self._last > self.limits.stall_timeout:
-                self._fire(
-                    ImageUnreachable(
-                        f"fetch of {self.shown} stalled: no data for [images] stall_timeout "
-                        f"({self.limits.stall_timeout:g} s)"
-                    )
-                )
-
-    def check(self) -> None:
-        """Raise the reason the watchdog fired, if it did."""
-        if self.fired.is_set():
-            raise self.error  # type: ignore[misc]
-
-    def sleep(self, seconds: float) -> None:
-        """Back off for ``seconds`` (not a stall), waking early if the watchdog fires."""
-        self._paused = True
-        try:
-            self.fired.wait(max(0.0, min(seconds, self.deadline - time.monotonic())))
-        finally:
-            self._paused = False
-            self.progress()
-        self.check()
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-
 def read_local(
     directory: str,
     path: str,
     sink: Sink,
     *,
-    limits: FetchLimits = FetchLimits(),
+    limits: FetchLimits = DEFAULT_LIMITS,
     should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Copy the regular file ``path`` (inside the allowed ``directory``) into ``sink``."""
-    with _Watchdog(repr(path), limits, should_stop) as watch:
+    with Watchdog(repr(path), limits, should_stop) as watch:
         try:
             fd = hostpaths.open_beneath(directory, path)
         except OSError as exc:
@@ -217,7 +114,7 @@ class _Refused(Exception):
 
 
 def _guarded_connect(
-    conn: HTTPConnection, url_of: Callable[[], str], allowed: AllowedSources, watch: _Watchdog
+    conn: HTTPConnection, url_of: Callable[[], str], allowed: AllowedSources, watch: Watchdog
 ) -> socket.socket:
     """Resolve, refuse any special address, connect (interruptibly), hand the socket
     to the watchdog. Replaces urllib3's ``_new_conn``."""
@@ -252,7 +149,7 @@ def _guarded_connect(
 
 
 def _connect(
-    sock: socket.socket, address: tuple[Any, ...], timeout: float | None, watch: _Watchdog
+    sock: socket.socket, address: tuple[Any, ...], timeout: float | None, watch: Watchdog
 ) -> None:
     """connect() that the watchdog can interrupt (a blocking connect ignores shutdown)."""
     sock.setblocking(False)
@@ -263,7 +160,7 @@ def _connect(
     while code:
         if watch.fired.is_set():
             raise _Refused("interrupted")
-        _, ready, _ = select.select([], [sock], [], _POLL)
+        _, ready, _ = select.select([], [sock], [], POLL)
         if ready:
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
@@ -275,15 +172,25 @@ def _connect(
 
 
 def _session(
-    allowed: AllowedSources, watch: _Watchdog, url_of: Callable[[], str]
+    allowed: AllowedSources, watch: Watchdog, url_of: Callable[[], str]
 ) -> requests.Session:
     """A session whose connections go through ``_guarded_connect``."""
 
-    def new_conn(self: HTTPConnection) -> socket.socket:
-        return _guarded_connect(self, url_of, allowed, watch)
+    class GuardedHTTPConnection(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            return _guarded_connect(self, url_of, allowed, watch)
 
-    conn_cls = type("GuardedHTTPConnection", (HTTPConnection,), {"_new_conn": new_conn})
-    tls_cls = type("GuardedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn})
+    class GuardedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            return _guarded_connect(self, url_of, allowed, watch)
+
+        def connect(self) -> None:
+            super().connect()
+            # Wrapping in TLS detached the plain socket the watchdog held (its
+            # shutdown would now do nothing): hand it the TLS one.
+            watch.attach(self.sock)
+
+    conn_cls, tls_cls = GuardedHTTPConnection, GuardedHTTPSConnection
     pool_cls = type("GuardedPool", (HTTPConnectionPool,), {"ConnectionCls": conn_cls})
     tls_pool_cls = type("GuardedTLSPool", (HTTPSConnectionPool,), {"ConnectionCls": tls_cls})
 
@@ -311,12 +218,12 @@ def read_http(
     sink: Sink,
     allowed: AllowedSources,
     *,
-    limits: FetchLimits = FetchLimits(),
+    limits: FetchLimits = DEFAULT_LIMITS,
     should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Stream ``url`` into ``sink``; retries transient errors; errors name the masked URL."""
     shown = repr(mask_url(url))
-    with _Watchdog(shown, limits, should_stop) as watch:
+    with Watchdog(shown, limits, should_stop) as watch:
         attempt = 0
         while True:
             try:
@@ -334,7 +241,7 @@ def read_http(
 
 
 def _attempt(
-    url: str, sink: Sink, allowed: AllowedSources, watch: _Watchdog, limits: FetchLimits
+    url: str, sink: Sink, allowed: AllowedSources, watch: Watchdog, limits: FetchLimits
 ) -> None:
     """One GET of ``url`` (following allowed redirects) into ``sink``."""
     current = [url]
@@ -395,7 +302,7 @@ def _attempt(
         session.close()
 
 
-def _stream(resp: requests.Response, sink: Sink, watch: _Watchdog, urls: tuple[str, ...]) -> None:
+def _stream(resp: requests.Response, sink: Sink, watch: Watchdog, urls: tuple[str, ...]) -> None:
     length = resp.headers.get("content-length")
     sink.begin(int(length) if length and length.isdigit() else None)
     raw = resp.raw
@@ -431,3 +338,7 @@ def _reason(exc: BaseException, *urls: str) -> str:
     # spaces and non-ASCII percent-encoded), so the literal replacement above
     # can miss: any query string left in the text goes too.
     return _QUERY_IN_TEXT.sub("?" + MASK, text)
+
+
+# FetchLimits lives with the watchdog that enforces it; callers find it here.
+__all__ = ["CHUNK", "DEFAULT_LIMITS", "FetchLimits", "Sink", "read_http", "read_local"]

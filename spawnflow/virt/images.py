@@ -1,4 +1,7 @@
-"""Content-addressed image cache (nova's ``_base`` directory) and instance disks.
+"""Content-addressed image cache (nova's ``_base`` directory).
+
+Instance disks made from its entries are :mod:`spawnflow.virt.instance_disks`'
+(``create_instance_disk`` and ``remove_instance_disk`` are kept here for callers).
 
 An entry is named by the sha256 of its content: ``base_dir/<sha256>``. The
 spec's ``image.id`` is a label for messages only, so no build can choose the
@@ -50,12 +53,12 @@ from spawnflow.exceptions import (
     ImageUnacceptable,
 )
 from spawnflow.persistence.redact import mask_url
-from spawnflow.virt import qemu_img
+from spawnflow.virt import instance_disks, qemu_img
 from spawnflow.virt.image_fetch import FetchLimits, read_http, read_local
 from spawnflow.virt.image_part import PartWriter
 from spawnflow.virt.image_sources import AllowedSources, SourceRefused
+from spawnflow.virt.instance_disks import check_disk_format, fsync_path, unlink
 
-_FORMATS = ("qcow2", "raw")
 GiB = 1024**3
 MiB = 1024**2
 
@@ -126,28 +129,6 @@ def _flock(path: str, blocking: bool = True) -> Iterator[None]:
         os.close(fd)  # closing the only descriptor releases the lock
 
 
-def _fsync(path: str) -> None:
-    """fsync a file, or a directory to make a rename in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _check_disk_format(what: str, disk_format: str) -> None:
-    if disk_format not in _FORMATS:
-        raise ImageUnacceptable(f"{what}: disk_format {disk_format!r} is not qcow2 or raw")
-
-
 class ImageCache:
     """Content-addressed cache of base images plus creation of per-instance disks."""
 
@@ -189,7 +170,14 @@ class ImageCache:
             os.chown(self.base_dir, 0, self._gid if self._gid is not None else 0)
         os.chmod(self.base_dir, self.dir_mode)  # also tightens a cache made 0755 before
 
-    def lookup(self, expected_sha256: str, disk_format: str, label: str = "") -> FetchResult | None:
+    def lookup(
+        self,
+        expected_sha256: str,
+        disk_format: str,
+        label: str = "",
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FetchResult | None:
         """The entry with this digest, format-checked, or None when it is not cached."""
         final = self.entry_path(expected_sha256.strip())
         if not os.path.isdir(self.base_dir):
@@ -198,7 +186,7 @@ class ImageCache:
         with _flock(self._lock_path(os.path.basename(final))):
             if not os.path.lexists(final):
                 return None
-            self._check_cached(label or os.path.basename(final), final, disk_format)
+            self._check_cached(label or os.path.basename(final), final, disk_format, should_stop)
             return FetchResult(final, False)
 
     def fetch(
@@ -216,10 +204,12 @@ class ImageCache:
         ``[images] allowed_sources``; ``expected_sha256`` is bare hex (no
         ``sha256:`` prefix) or None; ``label`` names the image in errors (the
         masked source by default); ``should_stop`` is polled while fetching
-        and ends the fetch (``ImageFetchInterrupted``) when it returns True.
+        and ends the fetch (``ImageFetchInterrupted``) when it returns True,
+        or the format check (``HostCallInterrupted``); the ``.part`` file is
+        removed either way.
         """
         label = label or repr(mask_url(source))
-        _check_disk_format(f"image {label}", disk_format)
+        check_disk_format(f"image {label}", disk_format)
         expected = expected_sha256.strip().lower() if expected_sha256 else None
         try:
             local = self.policy.allowed.check(source, resolver=None)
@@ -232,7 +222,7 @@ class ImageCache:
                 # have finished fetching the same image while we waited.
                 final = self.entry_path(expected)
                 if os.path.lexists(final):
-                    self._check_cached(label, final, disk_format)
+                    self._check_cached(label, final, disk_format, should_stop)
                     return FetchResult(final, False)
                 part = final + ".part"
                 return self._fetch_into(
@@ -254,7 +244,7 @@ class ImageCache:
         should_stop: Callable[[], bool] | None,
     ) -> FetchResult:
         """Fetch into ``part`` (whose lock the caller holds), verify, publish by digest."""
-        _unlink(part)  # a leftover of a crash; the lock says no one is writing it
+        unlink(part)  # a leftover of a crash; the lock says no one is writing it
         try:
             fd = os.open(
                 part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
@@ -269,19 +259,21 @@ class ImageCache:
                         f"image {label} from {mask_url(source)!r} has sha256 {actual} "
                         f"but the spec expects sha256 {expected}"
                     )
-                self._check_format(label, part, disk_format)
+                self._check_format(label, part, disk_format, should_stop)
                 if os.geteuid() == 0:
                     os.fchown(fd, 0, self._gid if self._gid is not None else 0)
                 os.fchmod(fd, self.file_mode)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            return self._publish(part, actual, expected is not None, label, disk_format)
+            return self._publish(
+                part, actual, expected is not None, label, disk_format, should_stop
+            )
         except OSError as exc:
-            _unlink(part)
+            unlink(part)
             raise HostError(f"cannot write image cache file {part}: {exc.strerror}") from exc
         except BaseException:
-            _unlink(part)
+            unlink(part)
             raise
 
     def _write_part(
@@ -303,7 +295,13 @@ class ImageCache:
         return writer.digest.hexdigest()
 
     def _publish(
-        self, part: str, actual: str, checked: bool, label: str, disk_format: str
+        self,
+        part: str,
+        actual: str,
+        checked: bool,
+        label: str,
+        disk_format: str,
+        should_stop: Callable[[], bool] | None = None,
     ) -> FetchResult:
         """Rename the complete ``part`` to its digest, or drop it for the entry already there.
 
@@ -312,22 +310,28 @@ class ImageCache:
         """
         if checked:
             os.rename(part, self.entry_path(actual))
-            _fsync(self.base_dir)
+            fsync_path(self.base_dir)
             return FetchResult(self.entry_path(actual), True)
         with _flock(self._lock_path(actual)):
             final = self.entry_path(actual)
             if os.path.lexists(final):
-                _unlink(part)  # same content cached already: that entry is the one
-                self._check_cached(label, final, disk_format)
+                unlink(part)  # same content cached already: that entry is the one
+                self._check_cached(label, final, disk_format, should_stop)
                 return FetchResult(final, False)
             os.rename(part, final)
-            _fsync(self.base_dir)
+            fsync_path(self.base_dir)
             return FetchResult(final, True)
 
-    def _check_format(self, label: str, path: str, disk_format: str) -> None:
+    def _check_format(
+        self,
+        label: str,
+        path: str,
+        disk_format: str,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         """Refuse images whose real format differs from the declared one, or that
         reference other files (a backing or data file could expose host files)."""
-        info = qemu_img.info(path)
+        info = qemu_img.info(path, should_stop=should_stop)
         if info.format != disk_format:
             raise ImageUnacceptable(
                 f"image {label} is declared {disk_format} but qemu-img detects format {info.format}"
@@ -341,7 +345,13 @@ class ImageCache:
                 f"image {label} has an external data file ({info.data_file}); refusing it"
             )
 
-    def _check_cached(self, label: str, final: str, disk_format: str) -> None:
+    def _check_cached(
+        self,
+        label: str,
+        final: str,
+        disk_format: str,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         """A cached entry is used only if it is a plain file and has the declared format.
 
         Its name is its digest, given only by the rename after hashing and
@@ -352,7 +362,7 @@ class ImageCache:
             raise ImageError(
                 f"cache entry {final} for image {label} is not a regular file; refusing it"
             )
-        self._check_format(label, final, disk_format)
+        self._check_format(label, final, disk_format, should_stop)
 
     def clean_partial(self) -> list[str]:
         """Remove ``*.part`` files left by a crash; skip those whose image lock is held."""
@@ -367,79 +377,27 @@ class ImageCache:
             try:
                 with _flock(self._lock_path(key), blocking=False):
                     path = os.path.join(self.base_dir, name)
-                    if _unlink(path):
+                    if unlink(path):
                         removed.append(path)
             except BlockingIOError:
                 continue  # a fetch of this image is in progress
         return removed
 
     def create_instance_disk(
-        self, base_path: str, disk_path: str, disk_format: str, size_bytes: int | None
+        self,
+        base_path: str,
+        disk_path: str,
+        disk_format: str,
+        size_bytes: int | None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
     ) -> bool:
-        """Create ``disk_path`` from the cached ``base_path``; True if this call created it.
-
-        qcow2 makes an overlay (backing format recorded with ``-F``), raw makes a
-        sparse copy. The disk is grown to ``size_bytes`` (None or 0 = the image's
-        own size, as nova's root_gb=0). Not safe for two concurrent callers on the
-        same ``disk_path``; a build owns its disks.
-        """
-        _check_disk_format(f"instance disk {disk_path}", disk_format)
-        if os.path.exists(disk_path):
-            self._check_existing_disk(base_path, disk_path, disk_format)
-            return False
-        base = qemu_img.info(base_path)
-        if size_bytes and size_bytes < base.virtual_size:
-            # nova's FlavorDiskTooSmall: shrinking would cut off the guest's data.
-            raise ImageUnacceptable(
-                f"flavor root_gb ({size_bytes} bytes) is smaller than the virtual size "
-                f"({base.virtual_size} bytes) of image {base_path}"
-            )
-        tmp = disk_path + ".tmp"
-        _unlink(tmp)  # a leftover .tmp is a half-made disk from a crash, never in use
-        try:
-            if disk_format == "qcow2":
-                qemu_img.create_overlay(tmp, base_path, base.format)
-            else:
-                qemu_img.convert(base_path, tmp, base.format, "raw")
-            if size_bytes and size_bytes > base.virtual_size:
-                qemu_img.resize(tmp, size_bytes, disk_format)
-            _fsync(tmp)
-            # link() fails if disk_path appeared meanwhile, where rename() would
-            # silently replace a disk this call did not create.
-            os.link(tmp, disk_path)
-        except FileExistsError:
-            _unlink(tmp)
-            self._check_existing_disk(base_path, disk_path, disk_format)
-            return False
-        except BaseException:
-            _unlink(tmp)
-            raise
-        _unlink(tmp)
-        _fsync(os.path.dirname(os.path.abspath(disk_path)))
-        return True
-
-    @staticmethod
-    def _check_existing_disk(base_path: str, disk_path: str, disk_format: str) -> None:
-        """Raise unless ``disk_path`` is the disk an earlier call made from ``base_path``."""
-        if disk_format == "raw":
-            # Not probed: a raw disk's first bytes belong to the guest (it may have
-            # written a qcow2 header), and link() only ever exposes complete disks.
-            ok = os.path.isfile(disk_path)
-        else:
-            info = qemu_img.info(disk_path)
-            backing = os.path.join(os.path.dirname(disk_path), info.backing_file or "")
-            ok = (
-                info.format == "qcow2"
-                and bool(info.backing_file)
-                and os.path.realpath(backing) == os.path.realpath(base_path)
-            )
-        if not ok:
-            raise ImageError(
-                f"{disk_path} already exists but is not a {disk_format} disk "
-                f"made from {base_path}; refusing to touch it"
-            )
+        """Create ``disk_path`` from the cached ``base_path``; True if this call created it
+        (see :func:`spawnflow.virt.instance_disks.create`)."""
+        return instance_disks.create(
+            base_path, disk_path, disk_format, size_bytes, should_stop=should_stop
+        )
 
     def remove_instance_disk(self, disk_path: str) -> bool:
         """Delete ``disk_path`` and any stale ``.tmp``; True if the disk existed."""
-        _unlink(disk_path + ".tmp")
-        return _unlink(disk_path)
+        return instance_disks.remove(disk_path)

@@ -7,17 +7,25 @@ qemu-img's own stderr, which is what an operator needs to act on.
 Paths are made absolute before they reach qemu-img: a relative name such as
 ``nbd:host:10809`` or ``json:{...}`` would otherwise be parsed as a protocol
 rather than a file.
+
+Every call takes an optional ``should_stop`` (the build's cancel/stop check):
+a copy of a large image can take minutes, and an agent that stops must not
+return while a qemu-img it started still writes, nor leave one running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from spawnflow.exceptions import HostError, ImageError
+from spawnflow.exceptions import HostCallInterrupted, HostError, ImageError
 
 QEMU_IMG = "qemu-img"
 
@@ -30,6 +38,12 @@ _INFO_LIMITS = ("--as=1073741824", "--cpu=30")
 # Wall-clock cap for any qemu-img call; a copy of a large image can be slow, so
 # this is generous and only guards against a hung process.
 _TIMEOUT = 3600.0
+
+# How often a running qemu-img's caller asks whether to stop, and how long
+# qemu-img then gets to exit on SIGTERM before SIGKILL.
+_POLL = 0.1
+_KILL_GRACE = 5.0
+_STOPPED = "the build was cancelled or the agent is stopping"
 
 _PBKDF_FLAKE = "Unable to get accurate CPU usage"
 _LUKS_ATTEMPTS = 10
@@ -49,9 +63,24 @@ class ImageInfo:
 
 
 def _run(
-    args: list[str], target: str, *, limits: tuple[str, ...] = (), timeout: float = _TIMEOUT
+    args: list[str],
+    target: str,
+    *,
+    limits: tuple[str, ...] = (),
+    timeout: float = _TIMEOUT,
+    should_stop: Callable[[], bool] | None = None,
 ) -> str:
-    """Run qemu-img with ``args`` on ``target``; return stdout, raise HostError on failure."""
+    """Run qemu-img with ``args`` on ``target``; return stdout, raise HostError on failure.
+
+    ``should_stop`` is polled every ``_POLL`` seconds while qemu-img runs (and
+    once before it starts): when it returns True, qemu-img is ended (SIGTERM to
+    its process group, SIGKILL after ``_KILL_GRACE`` s), reaped, and
+    :class:`~spawnflow.exceptions.HostCallInterrupted` is raised, so a stopping
+    agent never leaves a qemu-img running behind it. The same happens at
+    ``timeout``, raised as a HostError.
+    """
+    if should_stop is not None and should_stop():
+        raise HostCallInterrupted(f"{QEMU_IMG} {args[0]} on {target} not started: {_STOPPED}")
     argv = [QEMU_IMG, *args]
     prlimit = shutil.which("prlimit") if limits else None
     if prlimit:
@@ -59,15 +88,64 @@ def _run(
     try:
         # S603: an argument list, no shell; paths are ours (cache, instance dir)
         # or were checked against the operator's allow lists before any step ran.
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+        # A session of its own: ending it ends anything qemu-img started too.
+        proc = subprocess.Popen(  # noqa: S603
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     except FileNotFoundError as exc:
         raise HostError(f"{QEMU_IMG} is not installed or not on PATH: {exc}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise HostError(f"{QEMU_IMG} {args[0]} timed out after {timeout}s on {target}") from exc
+    out, err = _wait(proc, args[0], target, timeout, should_stop)
     if proc.returncode != 0:
-        err = proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}"
-        raise HostError(f"{QEMU_IMG} {args[0]} failed on {target}: {err}")
-    return proc.stdout
+        detail = err.strip() or out.strip() or f"exit status {proc.returncode}"
+        raise HostError(f"{QEMU_IMG} {args[0]} failed on {target}: {detail}")
+    return out
+
+
+def _wait(
+    proc: subprocess.Popen[str],
+    what: str,
+    target: str,
+    timeout: float,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[str, str]:
+    """Collect ``proc``'s output until it exits; end it on ``should_stop`` or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                return proc.communicate(timeout=_POLL)
+            except subprocess.TimeoutExpired:
+                pass
+            if should_stop is not None and should_stop():
+                _end(proc)
+                raise HostCallInterrupted(f"{QEMU_IMG} {what} on {target} ended: {_STOPPED}")
+            if time.monotonic() > deadline:
+                _end(proc)
+                raise HostError(f"{QEMU_IMG} {what} timed out after {timeout}s on {target}")
+    except BaseException:
+        _end(proc)  # whatever ended the wait (even a KeyboardInterrupt): no orphan
+        raise
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """End ``proc`` and its process group and reap it: SIGTERM (with SIGCONT, so a
+    stopped one gets it), then SIGKILL after ``_KILL_GRACE`` seconds."""
+    if proc.returncode is not None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGCONT):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+    try:
+        proc.communicate(timeout=_KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def _opt(value: str) -> str:
@@ -75,7 +153,7 @@ def _opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def info(path: str) -> ImageInfo:
+def info(path: str, *, should_stop: Callable[[], bool] | None = None) -> ImageInfo:
     """Probe ``path`` with ``qemu-img info``; works on images in use (``-U``).
 
     The format is detected, not assumed, so callers can compare it with what
@@ -86,6 +164,7 @@ def info(path: str) -> ImageInfo:
         path,
         limits=_INFO_LIMITS,
         timeout=60,
+        should_stop=should_stop,
     )
     try:
         data = json.loads(out)
@@ -103,12 +182,24 @@ def info(path: str) -> ImageInfo:
         raise HostError(f"cannot parse qemu-img info output for {path}: {exc}") from exc
 
 
-def create(path: str, fmt: str, size_bytes: int) -> None:
+def create(
+    path: str, fmt: str, size_bytes: int, *, should_stop: Callable[[], bool] | None = None
+) -> None:
     """Create an empty image of ``fmt`` with ``size_bytes`` virtual size."""
-    _run(["create", "-q", "-f", fmt, os.path.abspath(path), str(int(size_bytes))], path)
+    _run(
+        ["create", "-q", "-f", fmt, os.path.abspath(path), str(int(size_bytes))],
+        path,
+        should_stop=should_stop,
+    )
 
 
-def create_overlay(path: str, backing_file: str, backing_format: str) -> None:
+def create_overlay(
+    path: str,
+    backing_file: str,
+    backing_format: str,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Create a qcow2 overlay of ``backing_file``.
 
     The backing format is always recorded (``-F``) so qemu never probes the
@@ -127,12 +218,15 @@ def create_overlay(path: str, backing_file: str, backing_format: str) -> None:
             os.path.abspath(path),
         ],
         path,
+        should_stop=should_stop,
     )
 
 
-def resize(path: str, size_bytes: int, fmt: str) -> None:
+def resize(
+    path: str, size_bytes: int, fmt: str, *, should_stop: Callable[[], bool] | None = None
+) -> None:
     """Grow ``path`` to ``size_bytes``; equal size is a no-op, shrinking is refused."""
-    current = info(path).virtual_size
+    current = info(path, should_stop=should_stop).virtual_size
     if size_bytes < current:
         raise ImageError(
             f"refusing to shrink {path} from {current} to {size_bytes} bytes; "
@@ -140,10 +234,21 @@ def resize(path: str, size_bytes: int, fmt: str) -> None:
         )
     if size_bytes == current:
         return
-    _run(["resize", "-q", "-f", fmt, os.path.abspath(path), str(int(size_bytes))], path)
+    _run(
+        ["resize", "-q", "-f", fmt, os.path.abspath(path), str(int(size_bytes))],
+        path,
+        should_stop=should_stop,
+    )
 
 
-def convert(src: str, dst: str, src_fmt: str, dst_fmt: str) -> None:
+def convert(
+    src: str,
+    dst: str,
+    src_fmt: str,
+    dst_fmt: str,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Copy ``src`` into a new image ``dst``; zero areas stay sparse."""
     _run(
         [
@@ -157,16 +262,22 @@ def convert(src: str, dst: str, src_fmt: str, dst_fmt: str) -> None:
             os.path.abspath(dst),
         ],
         dst,
+        should_stop=should_stop,
     )
 
 
-def copy_raw(src: str, dst: str) -> None:
+def copy_raw(src: str, dst: str, *, should_stop: Callable[[], bool] | None = None) -> None:
     """Sparse copy of a raw image."""
-    convert(src, dst, "raw", "raw")
+    convert(src, dst, "raw", "raw", should_stop=should_stop)
 
 
 def create_luks(
-    path: str, size_bytes: int, passphrase_file: str, *, iter_time_ms: int | None = None
+    path: str,
+    size_bytes: int,
+    passphrase_file: str,
+    *,
+    iter_time_ms: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Create a LUKS volume keyed by the passphrase stored in ``passphrase_file``.
 
@@ -191,7 +302,7 @@ def create_luks(
     ]
     for attempt in range(_LUKS_ATTEMPTS):
         try:
-            _run(args, path)
+            _run(args, path, should_stop=should_stop)
             return
         except HostError as exc:
             # QEMU's PBKDF benchmark can spuriously fail on fast CPUs when

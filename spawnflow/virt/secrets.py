@@ -134,14 +134,19 @@ def check_auth_secret(
     shown = repr(secret_uuid)
     if host is None:
         return f"{shown} cannot be checked without a libvirt connection"
+
+    def read(conn: libvirt.virConnect) -> tuple[int, str | None]:
+        secret = conn.secretLookupByUUIDString(secret_uuid)
+        # the iscsi <target>, the ceph <name>, the volume path
+        return secret.usageType(), secret.usageID()
+
     try:
-        secret = host.conn.secretLookupByUUIDString(secret_uuid)
-        kind = _USAGE_TYPES.get(secret.usageType(), str(secret.usageType()))
-        usage_id = secret.usageID()  # the iscsi <target>, the ceph <name>, the volume path
+        usage_type, usage_id = host.call(f"looking up libvirt secret {shown}", read)
     except libvirt.libvirtError as exc:
         if error_code(exc) in (libvirt.VIR_ERR_NO_SECRET, libvirt.VIR_ERR_NO_SUPPORT):
             return f"{shown} names no libvirt secret on this host"
         return f"cannot look up libvirt secret {shown}: {exc}"
+    kind = _USAGE_TYPES.get(usage_type, str(usage_type))
     if (usage_id or "").startswith("spawnflow/"):
         return f"{shown} is a volume secret spawnflow made; it is never given to a guest disk"
     wanted = AUTH_SECRET_TYPES[driver]
@@ -156,39 +161,61 @@ def check_auth_secret(
     return None
 
 
-def find(host: Host, usage: str) -> str | None:
-    if not host.supports_secrets:
-        return None
+def _find(conn: libvirt.virConnect, usage: str) -> libvirt.virSecret | None:
     try:
-        found: str = host.conn.secretLookupByUsage(
-            libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage
-        ).UUIDString()
-        return found
+        return conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage)
     except libvirt.libvirtError as exc:
         if error_code(exc) == libvirt.VIR_ERR_NO_SECRET:
             return None
+        raise
+
+
+def find(host: Host, usage: str) -> str | None:
+    """The uuid of the volume secret ``usage``, None if there is none."""
+    if not host.supports_secrets:
+        return None
+
+    def read(conn: libvirt.virConnect) -> str | None:
+        secret = _find(conn, usage)
+        return None if secret is None else str(secret.UUIDString())
+
+    try:
+        return host.call(f"looking up secret {usage}", read)
+    except libvirt.libvirtError as exc:
         raise EncryptionError(f"looking up secret {usage}: {exc}") from exc
+
+
+def _secret_xml(usage: str, description: str) -> str:
+    root = etree.Element("secret", ephemeral="no", private="yes")
+    etree.SubElement(root, "description").text = description
+    usage_el = etree.SubElement(root, "usage", type="volume")
+    etree.SubElement(usage_el, "volume").text = usage
+    text: str = etree.tostring(root, encoding="unicode")
+    return text
 
 
 def define(
     host: Host, usage: str, passphrase: bytes, description: str = "spawnflow volume passphrase"
 ) -> str:
-    """Define a private, persistent volume secret holding ``passphrase``; return its uuid."""
+    """Define a private, persistent volume secret holding ``passphrase``; return its uuid.
+
+    A secret with this usage already there (defined by an attempt whose answer
+    was lost to a libvirtd restart) is this one: it gets the value again.
+    """
     if not host.supports_secrets:
         raise NotSupportedByHost(
             f"libvirt at {host.uri} has no secret driver; encrypted volumes cannot be attached here"
         )
-    root = etree.Element("secret", ephemeral="no", private="yes")
-    etree.SubElement(root, "description").text = description
-    usage_el = etree.SubElement(root, "usage", type="volume")
-    etree.SubElement(usage_el, "volume").text = usage
-    try:
-        secret = host.conn.secretDefineXML(etree.tostring(root, encoding="unicode"))
+
+    def run(conn: libvirt.virConnect) -> str:
+        secret = _find(conn, usage) or conn.secretDefineXML(_secret_xml(usage, description))
         secret.setValue(passphrase)
+        return str(secret.UUIDString())
+
+    try:
+        return host.call(f"defining secret {usage}", run)
     except libvirt.libvirtError as exc:
         raise EncryptionError(f"defining secret {usage}: {exc}") from exc
-    defined: str = secret.UUIDString()
-    return defined
 
 
 def set_value(host: Host, usage: str, passphrase: bytes) -> str:
@@ -198,22 +225,32 @@ def set_value(host: Host, usage: str, passphrase: bytes) -> str:
     value; a re-run that finds the secret sets the value again instead of
     trusting it.
     """
-    try:
-        secret = host.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage)
+
+    def run(conn: libvirt.virConnect) -> str:
+        secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage)
         secret.setValue(passphrase)
+        return str(secret.UUIDString())
+
+    try:
+        return host.call(f"setting the value of secret {usage}", run)
     except libvirt.libvirtError as exc:
         raise EncryptionError(f"setting the value of secret {usage}: {exc}") from exc
-    existing: str = secret.UUIDString()
-    return existing
 
 
 def undefine(host: Host, usage: str) -> bool:
     """Remove the secret; True if there was one."""
     if not host.supports_secrets:
         return False
-    try:
-        host.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, usage).undefine()
+
+    def run(conn: libvirt.virConnect) -> bool:
+        secret = _find(conn, usage)
+        if secret is None:
+            return False
+        secret.undefine()
         return True
+
+    try:
+        return host.call(f"undefining secret {usage}", run)
     except libvirt.libvirtError as exc:
         if error_code(exc) == libvirt.VIR_ERR_NO_SECRET:
             return False

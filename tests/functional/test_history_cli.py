@@ -343,7 +343,8 @@ def waiting_agent(tmp_path, monkeypatch):
     start a domain paused itself, so start + suspend stands in for START_PAUSED)."""
     from spawnflow.virt import domain
 
-    def start(dom, paused):
+    def start(host, uuid, paused):
+        dom = host.conn.lookupByUUIDString(uuid)
         dom.createWithFlags(0)
         if paused:
             dom.suspend()

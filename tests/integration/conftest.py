@@ -8,6 +8,7 @@ tests FAIL with a message naming the script to run: they are never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -52,12 +53,35 @@ def libvirt_uri() -> str:
     return uri
 
 
+class _ReopenedConnection:
+    """A libvirt connection that re-opens itself if libvirtd was restarted under it
+    (test_libvirtd_restart.py restarts it in the middle of the session)."""
+
+    def __init__(self, uri: str) -> None:
+        import libvirt
+
+        self._uri = uri
+        self._conn = libvirt.open(uri)
+
+    def __getattr__(self, name: str) -> object:
+        import libvirt
+
+        try:
+            self._conn.getLibVersion()
+        except libvirt.libvirtError:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+            self._conn = libvirt.open(self._uri)
+        return getattr(self._conn, name)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 @pytest.fixture(scope="session")
 def libvirt_conn(libvirt_uri: str) -> Iterator[object]:
-    """One read-write libvirt connection shared by the session."""
-    import libvirt
-
-    conn = libvirt.open(libvirt_uri)
+    """One read-write libvirt connection shared by the session (re-opened after a restart)."""
+    conn = _ReopenedConnection(libvirt_uri)
     try:
         yield conn
     finally:

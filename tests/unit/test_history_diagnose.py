@@ -41,11 +41,25 @@ def test_rolled_back(log, url):
 
 
 def test_failed_rollback_names_what_is_left(log, url):
-    build_id = run_build(log, fail_at="vifs", revert_fail_at="image")
+    image = {"instance_dir": "/srv/instances/i-1", "created_dir": True, "disk_path": "d"}
+    build_id = run_build(log, fail_at="vifs", revert_fail_at="image", results={"image": image})
     text = history(url, build_id).diagnose().text
     assert text.startswith("failed at step vifs: ImageChecksumMismatch")
     assert "rollback failed at step image: FirewallError: cannot undefine filter of image" in text
-    assert "2 steps reverted, left in place: disk_info, image; operator action needed" in text
+    assert (
+        "2 steps reverted, steps not reverted: disk_info, image; left on the host: "
+        "instance directory /srv/instances/i-1; operator action needed"
+    ) in text
+
+
+def test_failed_rollback_without_a_result_names_the_marker(log, url):
+    # The step failed (no result), then so did its revert.
+    build_id = run_build(log, fail_at="image", revert_fail_at="image")
+    text = history(url, build_id).diagnose().text
+    assert (
+        "left on the host: whatever step image made (find it by the instance directory's "
+        f"marker file: {build_id}); operator action needed"
+    ) in text
 
 
 def test_active(log, url):

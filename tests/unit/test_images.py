@@ -593,13 +593,13 @@ def test_create_luks_passphrase_only_in_file(tmp_path, monkeypatch):
     pfile.write_text(passphrase)
     pfile.chmod(0o600)
     seen: list[list[str]] = []
-    real_run = subprocess.run
+    real_popen = subprocess.Popen
 
     def spy(argv, *args, **kwargs):  # records argv, still runs the real qemu-img
         seen.append(list(argv))
-        return real_run(argv, *args, **kwargs)
+        return real_popen(argv, *args, **kwargs)
 
-    monkeypatch.setattr(qemu_img.subprocess, "run", spy)
+    monkeypatch.setattr(qemu_img.subprocess, "Popen", spy)
     path = str(tmp_path / "vol.luks")
     qemu_img.create_luks(path, 16 * MiB, str(pfile), iter_time_ms=10)
     info = qemu_img.info(path)

@@ -253,6 +253,7 @@ def test_the_spec_edges_render_a_domain(tmp_path):
         instance_uuid=spec.instance.uuid,
         firewall=NWFilterFirewall(None),
         conf=conf,
+        guard=lambda: None,
     )
     disk_info = DiskInfoStep(ctx).execute()
     volumes = VolumesStep(ctx).execute()

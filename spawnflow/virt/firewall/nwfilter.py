@@ -11,6 +11,7 @@ old build's revert neither removes nor trips over ("nwfilter is in use").
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 import libvirt
@@ -55,15 +56,18 @@ class NWFilterFirewall(FirewallDriver):
 
     def exists(self, name: str) -> bool:
         try:
-            self.host.conn.nwfilterLookupByName(name)
-            return True
+            return self.host.call(
+                f"looking up nwfilter {name}", lambda conn: _find(conn, name) is not None
+            )
         except libvirt.libvirtError as exc:
-            if error_code(exc) == libvirt.VIR_ERR_NO_NWFILTER:
-                return False
             raise FirewallError(f"looking up nwfilter {name}: {exc}") from exc
 
     def setup(self, instance_uuid: str, macs: list[str], build_id: str) -> list[str]:
-        """Define one filter per MAC (redefining is harmless); return the names defined."""
+        """Define one filter per MAC unless it is there already; return the names.
+
+        A filter of that name is this build's (the name carries the build id)
+        and its document is the same on every run, so it is not defined again.
+        """
         if not self.host.supports_nwfilter:
             raise NotSupportedByHost(
                 f"libvirt at {self.host.uri} has no nwfilter driver; set [firewall] driver = noop"
@@ -77,7 +81,7 @@ class NWFilterFirewall(FirewallDriver):
         for mac in macs:
             name = filter_name(instance_uuid, mac, build_id)
             try:
-                self.host.conn.nwfilterDefineXML(filter_xml(name))
+                self.host.call(f"defining nwfilter {name}", functools.partial(_define, name=name))
             except libvirt.libvirtError as exc:
                 raise FirewallError(f"defining nwfilter {name}: {exc}") from exc
             names.append(name)
@@ -86,7 +90,33 @@ class NWFilterFirewall(FirewallDriver):
     def teardown(self, names: list[str]) -> None:
         for name in names:
             try:
-                self.host.conn.nwfilterLookupByName(name).undefine()
+                self.host.call(
+                    f"undefining nwfilter {name}", functools.partial(_undefine, name=name)
+                )
             except libvirt.libvirtError as exc:
-                if error_code(exc) != libvirt.VIR_ERR_NO_NWFILTER:
-                    raise FirewallError(f"undefining nwfilter {name}: {exc}") from exc
+                raise FirewallError(f"undefining nwfilter {name}: {exc}") from exc
+
+
+def _find(conn: libvirt.virConnect, name: str) -> libvirt.virNWFilter | None:
+    try:
+        return conn.nwfilterLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if error_code(exc) == libvirt.VIR_ERR_NO_NWFILTER:
+            return None
+        raise
+
+
+def _define(conn: libvirt.virConnect, name: str) -> None:
+    if _find(conn, name) is None:
+        conn.nwfilterDefineXML(filter_xml(name))
+
+
+def _undefine(conn: libvirt.virConnect, name: str) -> None:
+    found = _find(conn, name)
+    if found is None:
+        return
+    try:
+        found.undefine()
+    except libvirt.libvirtError as exc:
+        if error_code(exc) != libvirt.VIR_ERR_NO_NWFILTER:  # gone meanwhile
+            raise
