@@ -57,6 +57,9 @@ class AgentCommand(Command):
                 for build_id in agent.pick_up_queued():
                     self.app.stdout.write(f"picked up build {build_id}\n")
                     self.app.stdout.flush()
+                for build_id in agent.pick_up_requests():  # build retry / rollback
+                    self.app.stdout.write(f"rolling back build {build_id} (operator)\n")
+                    self.app.stdout.flush()
                 stop.wait(parsed_args.poll_interval)
         finally:
             self.app.stdout.write("stopping: running steps finish, then builds pause\n")

@@ -18,6 +18,7 @@ from oslo_config import cfg
 from spawnflow.cmd.main import SpawnflowApp
 from spawnflow.cmd.options import add_db_option, db_url
 from spawnflow.cmd.render.text import safe
+from spawnflow.engine.admin import running_flow_version
 from spawnflow.history import BuildHistory, History, log_wait
 
 
@@ -42,6 +43,8 @@ class _OfSpawnflow:
             lease_seconds=getattr(conf.recovery, "lease_seconds", None),
             # What the build's agent, if it runs on this host, says it waits for.
             log_wait=log_wait(str(conf.state_path), build.host, build.build_id),
+            flow_version=running_flow_version(),
+            on_flow_change=conf.recovery.on_flow_change,
         ).text
 
 

@@ -1,4 +1,10 @@
-"""``spawnflow build cancel BUILD``: ask the owning agent to roll a build back."""
+"""``spawnflow build cancel|rollback|retry|resolve BUILD``: an operator's verbs on a build.
+
+``cancel`` and ``rollback`` ask the owning agent to roll a build back;
+``retry`` asks it to try a FAILED build's rollback again; ``resolve`` marks a
+FAILED build dealt with by hand. Each (but the bare cancel) is recorded with
+``--note`` and who asked (``engine.operator``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,18 @@ import argparse
 
 from spawnflow.cmd.base import Command
 from spawnflow.cmd.render.text import safe
-from spawnflow.engine.admin import cancel_build
+from spawnflow.engine.admin import cancel_build, resolve_build, retry_build, rollback_build
+
+
+def _build_parser(parser: argparse.ArgumentParser, note_required: bool = False) -> None:
+    parser.add_argument("build_id", metavar="BUILD_ID")
+    parser.add_argument(
+        "--note",
+        metavar="TEXT",
+        required=note_required,
+        help="why (kept in the build's history with who asked)"
+        + ("" if note_required else "; optional"),
+    )
 
 
 class BuildCancel(Command):
@@ -23,3 +40,48 @@ class BuildCancel(Command):
             f"cancel of build {request.build_id} requested; the agent of host "
             f"{safe(request.host)} rolls it back at the next step boundary\n"
         )
+
+
+class BuildRollback(Command):
+    """Roll a RUNNING, QUEUED or INTERRUPTED (held) build back now; a final one is refused."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _build_parser(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        request = rollback_build(self.db_url(parsed_args), parsed_args.build_id, parsed_args.note)
+        self.app.stdout.write(
+            f"rollback of build {request.build_id} ({request.state}) requested; the agent "
+            f"of host {safe(request.host)} rolls it back\n"
+        )
+
+
+class BuildRetry(Command):
+    """Retry a FAILED build's rollback from where it failed (fix the cause first)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _build_parser(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        request = retry_build(self.db_url(parsed_args), parsed_args.build_id, parsed_args.note)
+        self.app.stdout.write(
+            f"retry of build {request.build_id}'s rollback requested; the agent of host "
+            f"{safe(request.host)} reverts what is left\n"
+        )
+
+
+class BuildResolve(Command):
+    """Declare a FAILED build dealt with by hand: it becomes RESOLVED (history kept)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _build_parser(parser, note_required=True)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        request = resolve_build(self.db_url(parsed_args), parsed_args.build_id, parsed_args.note)
+        self.app.stdout.write(f"build {request.build_id} is {request.state}\n")

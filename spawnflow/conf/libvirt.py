@@ -30,7 +30,7 @@ OPTS = [
         min=1,
         help="Seconds a libvirt call waits for libvirtd to answer again after the "
         "connection was lost (a libvirtd restart), before the step fails with "
-        "'libvirtd is unreachable'. The connection is re-opened and the call "
+        "'libvirtd at <uri> is unreachable'. The connection is re-opened and the call "
         "retried; every call of a step and of a revert is safe to repeat.",
     ),
 ]

@@ -18,6 +18,20 @@ OPTS = [
         min=0,
         help="Seconds; with policy=auto, older interrupted builds are rolled back.",
     ),
+    cfg.StrOpt(
+        "on_flow_change",
+        default="rollback",
+        choices=["rollback", "hold"],
+        help="What an agent start does with an interrupted build whose flow "
+        "version (a digest of the spawn flow's step names, order and step "
+        "versions, recorded when the build was queued) differs from the "
+        "running code's, or was never recorded (a build queued before flow "
+        "versions existed). Such a build is never resumed. rollback: revert "
+        "it at once (a revert accepts results stored by an older flow). "
+        "hold: leave it INTERRUPTED, with the reason recorded once, untouched "
+        "by later agent starts until an operator acts (spawnflow build "
+        "rollback BUILD, or a cancel).",
+    ),
     cfg.IntOpt(
         "lease_seconds",
         default=30,

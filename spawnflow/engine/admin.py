@@ -1,7 +1,8 @@
 """The operator's admin API: what a shell does to builds without running an agent.
 
-Queue a build for this host's agent, cancel a build, deliver an external
-event, upgrade or inspect the database schema. ``Agent`` runs builds and
+Queue a build for this host's agent, cancel a build, ask for an operator
+verb on one (retry its rollback, resolve it, roll it back), deliver an
+external event, upgrade or inspect the database schema. ``Agent`` runs builds and
 ``spawnflow.history`` reads them; these are the few writes in between that a
 short-lived process (``spawnflow spawn --no-wait``, ``build cancel``, ``event
 deliver``, ``db upgrade|current``) makes. Each call opens what it needs and
@@ -23,9 +24,10 @@ import sqlalchemy as sa
 from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
-from spawnflow.engine import agent, events
+from spawnflow.engine import agent, events, operator
 from spawnflow.exceptions import PersistenceError
 from spawnflow.flows.policy import check_queueable, check_spec
+from spawnflow.flows.spawn import flow_version
 from spawnflow.flows.spec import BuildSpec, parse_spec
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.backend import EventLogBackend
@@ -107,6 +109,46 @@ def cancel_build(db_url: str, build_id: str) -> CancelRequest:
     return CancelRequest(row.build_id, row.host)
 
 
+@dataclass(frozen=True)
+class OperatorRequest:
+    """An operator verb recorded for a build (``build retry|resolve|rollback``)."""
+
+    build_id: str
+    host: str  # of the agent that carries it out (none needed for a resolve)
+    state: str  # the build's state once the request was recorded
+
+
+def retry_build(db_url: str, build_id: str, note: str | None = None) -> OperatorRequest:
+    """Ask the owning agent to retry a FAILED build's rollback from where it failed.
+
+    Only a FAILED build is accepted; the request carries ``note`` and who asked.
+    """
+    with EventLog.open(db_url, upgrade=False) as log:
+        row = operator.request_retry(log, build_id, note)
+    return OperatorRequest(row.build_id, row.host, row.state)
+
+
+def resolve_build(db_url: str, build_id: str, note: str) -> OperatorRequest:
+    """Move a FAILED build to RESOLVED at once (dealt with by hand; ``note`` required).
+
+    No agent is needed: nothing on the host is touched, only the log.
+    """
+    with EventLog.open(db_url, upgrade=False) as log:
+        row = operator.resolve(log, build_id, note)
+    return OperatorRequest(row.build_id, row.host, row.state)
+
+
+def rollback_build(db_url: str, build_id: str, note: str | None = None) -> OperatorRequest:
+    """Ask the owning agent to roll a RUNNING, QUEUED or INTERRUPTED build back now.
+
+    ``cancel_build`` with a note and who asked; a held INTERRUPTED build is
+    rolled back by its running agent too. A final build is refused.
+    """
+    with EventLog.open(db_url, upgrade=False) as log:
+        row = operator.request_rollback(log, build_id, note)
+    return OperatorRequest(row.build_id, row.host, row.state)
+
+
 def deliver_event(
     db_url: str, instance_uuid: str, name: str, tag: str, status: str = "completed"
 ) -> str:
@@ -144,14 +186,24 @@ def database_revision(db_url: str) -> SchemaRevision:
     return SchemaRevision(mask_url(db_url), current, head_revision())
 
 
+def running_flow_version() -> str:
+    """The flow version this code runs (``flows.spawn.flow_version``), for diagnoses."""
+    return flow_version()
+
+
 __all__ = [
     "EVENT_STATUSES",
     "CancelRequest",
+    "OperatorRequest",
     "QueuedBuild",
     "SchemaRevision",
     "cancel_build",
     "database_revision",
     "deliver_event",
     "queue_build",
+    "resolve_build",
+    "retry_build",
+    "rollback_build",
+    "running_flow_version",
     "upgrade_database",
 ]

@@ -30,6 +30,7 @@ from spawnflow import conf as sf_conf
 from spawnflow.engine import log_retry, recovery
 from spawnflow.engine.events import EventHub, deliver, request_cancel
 from spawnflow.engine.log_retry import unavailable
+from spawnflow.engine.operator_verbs import OperatorVerbs
 from spawnflow.engine.outcome import Outcome
 from spawnflow.engine.ownership import HostLease
 from spawnflow.engine.queue import UNFINISHED, ensure_logbook, queue_build
@@ -65,7 +66,7 @@ from spawnflow.virt.marked_dir import clean_staging
 LOG = logging.getLogger(__name__)
 
 
-class Agent:
+class Agent(OperatorVerbs):
     def __init__(self, conf: cfg.ConfigOpts, progress: ProgressCallback | None = None):
         self.conf = conf
         self.progress = progress
@@ -126,7 +127,7 @@ class Agent:
         if staged:
             LOG.info("removed instance directories left half-made by a crash: %s", staged)
         self.firewall = FirewallDriver.load(conf.firewall.driver, host=self.host)
-        self.host.guard = self.lease.guard
+        self.host.guard = lambda: self._guard(None)
         self.events = EventHub(
             self._log(), cancelled=self._is_cancelled, stopping=self.lease.lost.is_set
         )
@@ -149,18 +150,20 @@ class Agent:
                 )
             plan.append((row.build_id, *self._plan(row.build_id, row.created_at)))
         for build_id, mode, reason in plan:
-            self._submit(build_id, mode, reason)
+            if mode != recovery.HOLD:
+                self._submit(build_id, mode, reason)
 
     def _plan(self, build_id: str, created_at: float) -> tuple[str, str]:
         """Resume or roll back an INTERRUPTED build, as ``[recovery]`` decides: (mode, reason)."""
         self.backend.forget(build_id)  # decide on what the log holds
         flow_detail = next(iter(self.backend.get_connection().get_logbook(build_id)))
-        decision = recovery.decide(
-            self.conf, created_at, flow_detail, cancelled=self.events.cancel_requested(build_id)
+        decision = recovery.decide_for(
+            self.conf, self._log(), build_id, flow_detail, self.events.cancel_requested(build_id)
         )
         LOG.info("build %s was interrupted: %s (%s)", build_id, decision.action, decision.reason)
         self.recovered[build_id] = decision
-        mode = RESUME if decision.action == recovery.RESUME else ROLLBACK
+        modes = {recovery.RESUME: RESUME, recovery.HOLD: recovery.HOLD}  # held: not run
+        mode = modes.get(decision.action, ROLLBACK)
         return mode, f"recovery: {decision.action}, because {decision.reason}"
 
     @property
@@ -175,20 +178,13 @@ class Agent:
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work; return only once no thread of this agent touches the host or the log.
 
-        At once: no queued build starts any more (it stays QUEUED for the next
-        start), running builds stop at their next step boundary, and every
-        blocking call of a step that can be interrupted gives way (image fetch,
-        qemu-img, the network-vif-plugged wait, wait_for_boot): the step is left
-        RUNNING and the build INTERRUPTED, for the next start to re-run it. A
-        step inside a call that cannot be interrupted (a libvirt call) gets
-        ``timeout`` seconds (default [recovery] graceful_stop_timeout); then a
-        warning names its build, and stop keeps waiting, warning again every 10
-        seconds (how long at most: "Stopping an agent" in the operations guide).
-        Only when every build thread has ended are deferred writes committed,
-        the host lease given back, and the libvirt connection and the log
-        closed: closing them under a step that still runs would break its
-        writes, and a lease given up early would let another agent run a build
-        this one still runs.
+        Queued builds stay QUEUED; running ones stop at their next step boundary,
+        and every interruptible call of a step gives way (fetch, qemu-img, event
+        waits, a wait for libvirtd), leaving the step RUNNING for the next start.
+        A call that cannot be interrupted gets ``timeout`` seconds (default
+        [recovery] graceful_stop_timeout), then stop warns every 10 s and keeps
+        waiting. Only then are deferred writes committed, the lease given back and
+        the connections closed (see "Stopping an agent" in the operations guide).
         """
         if self.eventlog is None:
             return
@@ -210,11 +206,20 @@ class Agent:
             _done, running = concurrent.futures.wait(running, timeout=10.0)
             grace += 10.0
         self._executor.shutdown(wait=True)  # and the idle build threads end too
-        self.backend.close()  # commits deferred writes before the host is given back
-        self.lease.release()
-        self.host.close()
-        self.eventlog.close()
-        self.eventlog = None
+        try:
+            self.backend.close()  # commits deferred writes before the host is given back
+            self.lease.release()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            # The log is down: the lease is not given back (it expires, or the
+            # next start finds this process gone); what was queued re-runs.
+            LOG.warning("stopping without giving the host lease back: %s", db.first_line(exc))
+            self.lease.abandon()
+        finally:
+            self.host.close()
+            self.eventlog.close_quietly()
+            self.eventlog = None
 
     def __enter__(self) -> Agent:
         self.start()
@@ -323,9 +328,10 @@ class Agent:
             self.backend.forget(build_id)
             self._log().forget_build(build_id)
 
-    def _guard(self, build_id: str) -> None:
+    def _guard(self, build_id: str | None) -> None:
         """Raise unless this agent may still touch the host (``HostLease.guard``); a lease
-        that cannot be confirmed holds the build, as a failed write does."""
+        that cannot be confirmed holds the build (None: the one this thread runs),
+        as a failed write does."""
         try:
             self.lease.guard()
         except LogUnavailable as exc:
@@ -345,7 +351,7 @@ class Agent:
         )
         if plan is log_retry.GAVE_UP and not self._stopping.is_set():
             self._log_lost.set()
-        return None if plan is log_retry.GAVE_UP else plan
+        return None if plan is log_retry.GAVE_UP or (plan and plan[0] == recovery.HOLD) else plan
 
     def _run_once(
         self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None

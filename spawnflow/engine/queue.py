@@ -14,7 +14,7 @@ from taskflow import exceptions as tf_exc
 from taskflow.persistence import models
 
 from spawnflow.exceptions import SpawnflowError
-from spawnflow.flows.spawn import FLOW_NAME
+from spawnflow.flows.spawn import FLOW_NAME, flow_version
 from spawnflow.flows.spec import BuildSpec
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.backend import EventLogBackend
@@ -56,6 +56,7 @@ def queue_build(
                 instance_name=spec.instance.name,
                 host=host,
                 spec=spec.redacted(),
+                flow_version=flow_version(),
             )
         except sa.exc.IntegrityError:
             # Another process inserted this instance's unfinished build first:

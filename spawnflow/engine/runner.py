@@ -152,6 +152,7 @@ class _BuildRun:
                     # The log failed under the run: nothing more may be
                     # written for it here; the agent waits for the log.
                     raise
+                self.log.hold(self.build_id, exc)  # raises if the log failed under it
                 error = describe(exc)
             flow_state: str = self.engine.storage.get_flow_state()
             if flow_state != tf_states.SUSPENDED:
@@ -186,9 +187,10 @@ def run_build(
     progress: ProgressCallback | None = None,
 ) -> str:
     """Run, resume or roll back the build's flow; return its lifecycle state afterwards."""
-    run = _BuildRun(ctx, backend, control, progress)
-    run.begin(mode, reason)
-    flow_state, error = run.run()
-    if flow_state is None:
-        return lifecycle.INTERRUPTED
-    return run.finish(flow_state, error, reason)
+    with backend.eventlog.running(ctx.build_id):
+        run = _BuildRun(ctx, backend, control, progress)
+        run.begin(mode, reason)
+        flow_state, error = run.run()
+        if flow_state is None:
+            return lifecycle.INTERRUPTED
+        return run.finish(flow_state, error, reason)

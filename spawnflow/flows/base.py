@@ -23,7 +23,12 @@ from typing import Any, ClassVar
 
 from taskflow import task
 
-from spawnflow.exceptions import HostCallInterrupted, HostError, LibvirtUnreachable
+from spawnflow.exceptions import (
+    AgentStopping,
+    HostCallInterrupted,
+    HostError,
+    LibvirtUnreachable,
+)
 from spawnflow.flows.context import BuildContext
 
 LOG = logging.getLogger(__name__)
@@ -47,7 +52,8 @@ def _retried(revert: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             except (HostError, OSError) as exc:
                 if self.ctx.stopping():
-                    raise
+                    # Not a failed revert: left REVERTING for the next start.
+                    raise AgentStopping(f"agent stopping while reverting {self.step}") from exc
                 LOG.warning(
                     "build %s: reverting step %s failed (%s); trying again in %ss",
                     self.ctx.build_id,
@@ -79,9 +85,16 @@ class SpawnTask(task.Task):  # type: ignore[misc, unused-ignore]
 
     The context is kept, never persisted: on resume the agent builds a new
     one from the persisted spec (see :mod:`spawnflow.flows.context`).
+
+    ``step_version`` is the step's TaskFlow ``version`` (persisted with its
+    atom) and part of the flow's version (``flows.spawn.flow_version``): a
+    step whose execute, result or revert changes in a way an interrupted
+    build must not be resumed across bumps it, and recovery then rolls such
+    builds back (or holds them) instead of resuming them.
     """
 
     step: ClassVar[str]
+    step_version: ClassVar[tuple[int, int]] = (1, 0)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -92,4 +105,5 @@ class SpawnTask(task.Task):  # type: ignore[misc, unused-ignore]
 
     def __init__(self, ctx: BuildContext):
         super().__init__(name=self.step)
+        self.version = self.step_version
         self.ctx = ctx

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 from taskflow.patterns import linear_flow
 
 from spawnflow.flows.base import SpawnTask
@@ -35,6 +38,20 @@ TASKS: tuple[type[SpawnTask], ...] = (
 def step_names() -> list[str]:
     """Task names in flow order (for history displays)."""
     return [task_cls.step for task_cls in TASKS]
+
+
+def flow_version(tasks: Sequence[type[SpawnTask]] = TASKS) -> str:
+    """The version of the spawn flow: a digest of its step names, order and versions.
+
+    Recorded with every build when it is queued; recovery resumes a build only
+    with the flow version it started with (``persistence.recovery_rules``).
+    Twelve hex digits of a SHA-256: enough to tell releases apart, short
+    enough to read in a history line.
+    """
+    text = "\n".join(
+        f"{task_cls.step}=={'.'.join(map(str, task_cls.step_version))}" for task_cls in tasks
+    )
+    return hashlib.sha256(f"{FLOW_NAME}\n{text}".encode()).hexdigest()[:12]
 
 
 def build_spawn_flow(ctx: BuildContext) -> linear_flow.Flow:

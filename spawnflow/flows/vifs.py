@@ -53,9 +53,7 @@ class VifsStep(SpawnTask):
     def revert(self, result: Any = None, **kwargs: Any) -> None:
         # ``result`` is this step's VifsResult, or None or a Failure when
         # execute did not return one.
-        recorded: dict[str, PlugResult] = {}
-        if isinstance(result, dict):
-            recorded = {p["vif_id"]: PlugResult.from_dict(p) for p in result["plugged"]}
+        recorded = _recorded(result) if isinstance(result, dict) else {}
         for spec_vif in reversed(self.ctx.spec.vifs):
             # Without a recorded result (crash mid-step) the driver's own
             # ownership check (the tap's alias) decides what is ours.
@@ -64,3 +62,19 @@ class VifsStep(SpawnTask):
             VifDriver.load(spec_vif.type).unplug(
                 vif_of(spec_vif), plugged, self.ctx.instance_uuid, self.ctx.build_id
             )
+
+
+def _recorded(result: dict[str, Any]) -> dict[str, PlugResult]:
+    """The plugs a stored result records, by VIF id.
+
+    A result stored by an older flow version may lack keys added since: such a
+    record is left out, and the driver's ownership check (the tap's alias)
+    decides for its VIF, as after a crash mid-step.
+    """
+    recorded: dict[str, PlugResult] = {}
+    for record in result.get("plugged") or []:
+        try:
+            recorded[record["vif_id"]] = PlugResult.from_dict(record)
+        except (KeyError, TypeError):
+            continue
+    return recorded

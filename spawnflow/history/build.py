@@ -25,6 +25,8 @@ class BuildHistory(BuildRecord):
         lease_seconds: float | None = None,
         now: float | None = None,
         log_wait: LogWait | None = None,
+        flow_version: str | None = None,
+        on_flow_change: str = "rollback",
     ) -> Diagnosis:
         """In words: what this build waits for, or why it failed; see ``diagnosis``."""
         return diagnose(
@@ -36,4 +38,6 @@ class BuildHistory(BuildRecord):
             lease_seconds=lease_seconds,
             now=now,
             log_wait=log_wait,
+            flow_version=flow_version,
+            on_flow_change=on_flow_change,
         )

@@ -20,6 +20,7 @@ from taskflow import states as tf_states
 
 from spawnflow.history.leftovers import leftovers
 from spawnflow.history.model import BuildRecord, Diagnosis, EventWait, Interruption
+from spawnflow.history.operator_notes import operator_text
 from spawnflow.history.times import age, clock
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence import recovery_rules as rules
@@ -79,6 +80,8 @@ class _Options:
     resume_window: float | None
     lease_seconds: float | None
     now: float
+    flow_version: str | None = None  # the running code's (None: not known)
+    on_flow_change: str = rules.ROLLBACK
 
 
 def _facts(build: BuildRecord) -> rules.Facts:
@@ -88,6 +91,7 @@ def _facts(build: BuildRecord) -> rules.Facts:
     return rules.Facts(
         created_at=build.created_at,
         cancelled=any(e.name == rules.CANCEL_REQUESTED for e in build.external_events),
+        flow_version=build.flow_version,
         was_reverting=(last is not None and last.during == lifecycle.REVERTING)
         or any(s.state in reverting for s in build.steps),
         waiting=rules.open_wait(
@@ -139,6 +143,24 @@ def _next_step_text(build: BuildRecord, opts: _Options) -> str:
         return f"{who} will roll it back on start (an operator cancelled it)"
     if facts.was_reverting:
         return f"{who} will finish rolling it back on start"
+    changed = rules.flow_change(
+        facts,
+        rules.Policy(
+            rules.RESUME,
+            0.0,
+            float("inf"),
+            False,
+            flow_version=opts.flow_version,
+            on_flow_change=opts.on_flow_change,
+        ),
+    )
+    if changed is not None and changed.action == rules.HOLD:
+        return (
+            f"it is held for the operator, because {changed.reason}: "
+            f"spawnflow build rollback {build.build_id} rolls it back"
+        )
+    if changed is not None:
+        return f"{who} will roll it back on start, because {changed.reason}"
     policy = _policy(opts)
     if policy is not None:
         decision = rules.decide(facts, policy, opts.now)
@@ -293,6 +315,48 @@ def diagnose(
     lease_seconds: float | None = None,
     now: float | None = None,
     log_wait: LogWait | None = None,
+    flow_version: str | None = None,
+    on_flow_change: str = rules.ROLLBACK,
+) -> Diagnosis:
+    """What ``build`` waits for, or why it failed, in words (``_diagnose`` says how),
+    then what operators did to it (``build retry|resolve``: who, when, the note).
+
+    A RESOLVED build is told as the resolve, then what it was before (FAILED).
+    """
+    done_by_hand = operator_text(build)
+    if build.state == lifecycle.RESOLVED:
+        current = build.current_steps
+        before = _failed(build, current[-1].name if current else None)
+        return Diagnosis("resolved", f"{done_by_hand}; before: {before.text}", before.step)
+    found = _diagnose(
+        build,
+        vif_plugging_timeout=vif_plugging_timeout,
+        vif_plugging_is_fatal=vif_plugging_is_fatal,
+        recovery_policy=recovery_policy,
+        resume_window=resume_window,
+        lease_seconds=lease_seconds,
+        now=now,
+        log_wait=log_wait,
+        flow_version=flow_version,
+        on_flow_change=on_flow_change,
+    )
+    if not done_by_hand:
+        return found
+    return Diagnosis(found.kind, f"{found.text}; {done_by_hand}", found.step)
+
+
+def _diagnose(
+    build: BuildRecord,
+    *,
+    vif_plugging_timeout: float | None = None,
+    vif_plugging_is_fatal: bool = True,
+    recovery_policy: str | None = None,
+    resume_window: float | None = None,
+    lease_seconds: float | None = None,
+    now: float | None = None,
+    log_wait: LogWait | None = None,
+    flow_version: str | None = None,
+    on_flow_change: str = rules.ROLLBACK,
 ) -> Diagnosis:
     """What ``build`` waits for, or why it failed, in words (see the module docstring).
 
@@ -301,6 +365,9 @@ def diagnose(
     ``vif_plugging_timeout``, no recovery decision without ``recovery_policy``).
     ``log_wait``: the build's agent says it is waiting for the log to take a
     write (``persistence.log_wait``, read beside the agent).
+    ``flow_version``: the running code's flow version (``flows.spawn.flow_version``)
+    and ``on_flow_change`` its ``[recovery]`` option: an interrupted build whose
+    flow changed is rolled back or held (``recovery_rules.flow_change``).
     """
     opts = _Options(
         vif_plugging_timeout=vif_plugging_timeout,
@@ -309,6 +376,8 @@ def diagnose(
         resume_window=resume_window,
         lease_seconds=lease_seconds,
         now=time.time() if now is None else now,
+        flow_version=flow_version,
+        on_flow_change=on_flow_change,
     )
     dead = _agent_text(build, lease_seconds, opts.now)
     quiet = (opts.now - build.last_event_at) if build.last_event_at is not None else 0.0

@@ -229,6 +229,7 @@ def fold(row: Any, events: Iterable[Any]) -> BuildHistory:
             error=row.error,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            flow_version=getattr(row, "flow_version", None),
         )
     )
     for event in events:

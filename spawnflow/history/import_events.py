@@ -101,8 +101,14 @@ class EventsCheck:
         c.column(event["name"], path + ("name",), NAME_LEN, required=True)
         try:
             lifecycle.check(self.state, event["to_state"])
-        except IllegalTransition as exc:
-            raise c.bad(path, str(exc)) from None
+        except IllegalTransition:
+            # Said with shown(): the state comes from the document, and may
+            # hold anything (a newline, a terminal escape).
+            raise c.bad(
+                path,
+                f"build transition {_state(self.state)} -> {_state(event['to_state'])} "
+                "is not allowed",
+            ) from None
         self._transition(event, self.state, path)
         payload = event["payload"] or {}
         if self.state is None:
@@ -287,6 +293,11 @@ class EventsCheck:
                         f"events make: {type(exc).__name__}: {shown(str(exc), 80)}"
                     ) from None
         return projections
+
+
+def _state(value: Any) -> str:
+    """A lifecycle state as the log spells it; anything else escaped (``shown``)."""
+    return str(value) if value is None or value in lifecycle.STATES else shown(value)
 
 
 def member(value: Any, allowed: Any) -> bool:

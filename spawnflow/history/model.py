@@ -212,6 +212,7 @@ class BuildRecord(BuildTiming):
     waits: list[EventWait] = field(default_factory=list)
     interruptions: list[Interruption] = field(default_factory=list)
     spec: dict[str, Any] | None = None
+    flow_version: str | None = None  # recorded when queued (None: before flow versions)
     last_event_at: float | None = None
     agent: AgentLease | None = None  # the owner of the build's host, if the database has one
 
@@ -245,7 +246,7 @@ class BuildRecord(BuildTiming):
 @dataclass(frozen=True)
 class Diagnosis:
     """``kind`` is one of: active, queued, running, waiting, reverting, interrupted,
-    rolled_back, cancelled, failed. ``text`` says it in one or two sentences."""
+    rolled_back, cancelled, failed, resolved. ``text`` says it in one or two sentences."""
 
     kind: str
     text: str

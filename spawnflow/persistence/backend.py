@@ -265,23 +265,25 @@ class EventLogConnection(base.Connection):  # type: ignore[misc]  # TaskFlow shi
             self._cache.flows.update(changes.flows)
 
     def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
-        old = self._known_atom(atom_detail.uuid)
-        if old is None:
-            raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
-        merged = merge_atom(old, atom_detail)
-        changes = Changes()
-        self._stage_atom(changes, merged, old.flow_uuid, old.book_uuid, old)
-        self._apply(changes, old.book_uuid)
-        return merged
+        with self._log.reads():
+            old = self._known_atom(atom_detail.uuid)
+            if old is None:
+                raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
+            merged = merge_atom(old, atom_detail)
+            changes = Changes()
+            self._stage_atom(changes, merged, old.flow_uuid, old.book_uuid, old)
+            self._apply(changes, old.book_uuid)
+            return merged
 
     def update_flow_details(self, flow_detail: models.FlowDetail) -> models.FlowDetail:
-        old = self._known_flow(flow_detail.uuid)
-        if old is None:
-            raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
-        changes = Changes()
-        merged = self._stage_flow(changes, flow_detail, old.book_uuid, old)
-        self._apply(changes, old.book_uuid)
-        return merged
+        with self._log.reads():
+            old = self._known_flow(flow_detail.uuid)
+            if old is None:
+                raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
+            changes = Changes()
+            merged = self._stage_flow(changes, flow_detail, old.book_uuid, old)
+            self._apply(changes, old.book_uuid)
+            return merged
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
         """Save a logbook and its flows, committed at once (others may look for it)."""
@@ -356,8 +358,9 @@ class EventLogConnection(base.Connection):  # type: ignore[misc]  # TaskFlow shi
     # -- reads (deferred writes are committed first, so a read sees every save) ------
 
     def _reader(self) -> sa.Connection:
-        self._log.flush(all_builds=True)
-        return self._log.engine.connect()
+        with self._log.reads():
+            self._log.flush(all_builds=True)
+            return self._log.engine.connect()
 
     def _atoms(self, conn: sa.Connection, flow_uuid: str) -> list[models.AtomDetail]:
         query = sa.select(t.atomdetails).where(t.atomdetails.c.flow_uuid == flow_uuid)

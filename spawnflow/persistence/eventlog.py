@@ -99,11 +99,16 @@ class EventLog(LogWriter):
         instance_name: str,
         host: str,
         spec: dict[str, Any],
+        flow_version: str | None = None,
     ) -> None:
-        """Record a new build in QUEUED; its first event carries the (redacted) spec."""
+        """Record a new build in QUEUED; its first event carries the (redacted) spec
+        and the version of the flow it will run (``flow_version``, if given)."""
         lifecycle.check(None, lifecycle.QUEUED)
         spec = redact(spec)
         now = time.time()
+        payload: dict[str, Any] = {"spec": spec, "host": host, "instance_uuid": instance_uuid}
+        if flow_version is not None:
+            payload["flow_version"] = flow_version
         with self.transaction(build_id) as conn:
             seq = self.append(
                 conn,
@@ -114,7 +119,7 @@ class EventLog(LogWriter):
                 to_state=lifecycle.QUEUED,
                 ts=now,
                 redacted=True,
-                payload={"spec": spec, "host": host, "instance_uuid": instance_uuid},
+                payload=payload,
             )
             conn.execute(
                 sa.insert(t.builds).values(
@@ -128,6 +133,7 @@ class EventLog(LogWriter):
                     spec=spec,
                     error=None,
                     last_seq=seq,
+                    flow_version=flow_version,
                 )
             )
 

@@ -15,7 +15,15 @@ import sqlite3
 import sqlalchemy as sa
 
 # SQLite reports these as OperationalError too, but they do not go away on retry.
-_SQLITE_PERMANENT = ("no such table", "no such column", "syntax error", "malformed")
+_SQLITE_PERMANENT = (
+    "no such table",
+    "no such column",
+    "has no column named",
+    "syntax error",
+    "malformed",
+    "readonly database",  # the file's mode or mount: fixed by an operator, not by waiting
+    "not authorized",
+)
 
 
 def unavailable(exc: BaseException) -> bool:

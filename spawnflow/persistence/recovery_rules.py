@@ -7,6 +7,15 @@ In order, the first rule that applies decides:
 0. a build an operator cancelled (a ``cancel-requested`` event) rolls back;
 1. a build that was rolling back (the build, its flow or a step was reverting)
    rolls back again, whatever the policy;
+1a. a build whose flow version (recorded when it was queued) differs from the
+   running code's is never resumed: ``[recovery] on_flow_change = rollback``
+   (the default) rolls it back, ``hold`` leaves it INTERRUPTED for an
+   operator (``HOLD``). A build with no recorded version (queued before flow
+   versions existed) counts as changed: resuming it would run steps whose
+   results and side effects nothing vouches for, while rolling it back is
+   safe because every revert finds what it made through the build-id markers
+   and accepts results stored by an older flow (a test reverts with results
+   of the older shape);
 2. ``policy = rollback`` rolls back;
 3. a build whose ``network-vif-plugged`` wait has a deadline
    (``waiting_since + vif_plugging_timeout``) that passed rolls back when
@@ -33,9 +42,13 @@ from spawnflow.persistence.step_results import RESUME_STEP, VIF_PLUGGED, VIFS_ST
 #: The external event an operator's cancel writes (its subject is the build id).
 CANCEL_REQUESTED = "cancel-requested"
 
+#: The external event recovery writes, once, when it holds a build whose flow changed.
+RECOVERY_HELD = "recovery-held"
+
 RESUME = "resume"
 ROLLBACK = "rollback"
 AUTO = "auto"
+HOLD = "hold"  # a decision (``on_flow_change = hold``): leave the build INTERRUPTED
 
 # Why a decision was taken (``Decision.rule``), for callers that word it their own way.
 CANCELLED = "cancelled"
@@ -43,6 +56,10 @@ WAS_REVERTING = "was_reverting"
 POLICY = "policy"
 DEADLINE = "deadline"
 WINDOW = "window"
+FLOW_CHANGED = "flow_changed"
+
+#: How a build with no recorded flow version is named in reasons.
+UNKNOWN_FLOW = "unknown"
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,10 @@ class Policy:
     resume_window: float
     vif_plugging_timeout: float
     vif_plugging_is_fatal: bool
+    # The running code's flow version (None: not known to the caller, so the
+    # flow rule cannot apply) and ``[recovery] on_flow_change``.
+    flow_version: str | None = None
+    on_flow_change: str = ROLLBACK  # ROLLBACK | HOLD
 
 
 @dataclass(frozen=True)
@@ -63,13 +84,14 @@ class Facts:
     cancelled: bool
     was_reverting: bool
     waiting: VifsResult | None  # the wait the vifs step started and resume did not end
+    flow_version: str | None = None  # recorded when queued; None: before flow versions
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # RESUME | ROLLBACK
+    action: str  # RESUME | ROLLBACK | HOLD
     reason: str  # recorded with the build's INTERRUPTED -> RUNNING/REVERTING event
-    rule: str = POLICY  # CANCELLED | WAS_REVERTING | POLICY | DEADLINE | WINDOW
+    rule: str = POLICY  # CANCELLED | WAS_REVERTING | FLOW_CHANGED | POLICY | DEADLINE | WINDOW
     deadline: float | None = None  # the passed event deadline (rule DEADLINE)
 
 
@@ -105,12 +127,34 @@ def deadline_passed(facts: Facts, policy: Policy, now: float) -> float | None:
     return deadline
 
 
+def flow_change(facts: Facts, policy: Policy) -> Decision | None:
+    """Rule 1a: the decision for a build whose flow changed since it started, else None."""
+    new = policy.flow_version
+    if new is None or facts.flow_version == new:
+        return None
+    old = facts.flow_version or UNKNOWN_FLOW
+    if policy.on_flow_change == HOLD:
+        return Decision(
+            HOLD,
+            f"flow changed from {old} to {new}: held for the operator rather than "
+            "resumed ([recovery] on_flow_change = hold; spawnflow build rollback "
+            "finishes it)",
+            FLOW_CHANGED,
+        )
+    return Decision(
+        ROLLBACK, f"flow changed from {old} to {new}: rolled back rather than resumed", FLOW_CHANGED
+    )
+
+
 def decide(facts: Facts, policy: Policy, now: float) -> Decision:
-    """Resume or roll back; the first rule of the module docstring that applies."""
+    """Resume, roll back or hold; the first rule of the module docstring that applies."""
     if facts.cancelled:
         return Decision(ROLLBACK, "an operator cancelled it", CANCELLED)
     if facts.was_reverting:
         return Decision(ROLLBACK, "it was rolling back when the agent stopped", WAS_REVERTING)
+    changed = flow_change(facts, policy)
+    if changed is not None:
+        return changed
     if policy.policy == ROLLBACK:
         return Decision(ROLLBACK, "[recovery] policy = rollback")
     deadline = deadline_passed(facts, policy, now)

@@ -55,6 +55,11 @@ def _build_event(builds: dict[str, dict[str, Any]], event: Any) -> None:
             "spec": spec,
             "error": None,
             "last_seq": event.seq,
+            # Only what create_build writes (a short string): an imported log
+            # may carry anything here.
+            "flow_version": version
+            if isinstance(version := payload.get("flow_version"), str) and len(version) <= 64
+            else None,
         }
         return
     row.update(state=event.to_state, updated_at=event.ts, last_seq=event.seq)

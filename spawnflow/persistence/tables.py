@@ -94,6 +94,9 @@ builds = sa.Table(
     sa.Column("spec", JsonText, nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("last_seq", sa.BigInteger, nullable=False),
+    # The spawn flow's version the build started with (migration 0008; null
+    # for a build queued before flow versions). See flows.spawn.flow_version.
+    sa.Column("flow_version", sa.String(64), nullable=True),
     sa.Index("ix_builds_created_at", "created_at"),
     sa.Index("ix_builds_state_updated_at", "state", "updated_at"),
     # One unfinished build per instance, whoever inserts it: two concurrent

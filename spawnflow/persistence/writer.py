@@ -55,6 +55,7 @@ class LogWriter:
         self._fence: tuple[str, int] | None = None
         self.fenced = False  # set once a write found our epoch gone; nothing is written after
         self._closed = False  # set by close(): a late writer fails, it never reopens the pool
+        self._local = threading.local()  # .build_id: the build this thread runs (``running``)
 
     def close(self) -> None:
         """Commit every deferred write, then release the database.
@@ -69,6 +70,17 @@ class LogWriter:
                 self._writer.close()
                 self._writer = None
             self.engine.dispose()
+
+    def close_quietly(self) -> None:
+        """``close``, dropping deferred writes the log cannot take now (they re-run)."""
+        try:
+            self.flush(all_builds=True)
+        except Exception as exc:
+            if not (isinstance(exc, LogUnavailable) or faults.unavailable(exc)):
+                raise
+        with self._pending_lock:
+            self._pending.clear()
+        self.close()
 
     def _refuse_closed(self) -> None:
         if self._closed:
@@ -131,7 +143,7 @@ class LogWriter:
         if found is not None:
             self._take(build_id)
 
-    def hold(self, build_id: str, exc: BaseException) -> None:
+    def hold(self, build_id: str | None, exc: BaseException) -> None:
         """Hold the build when ``exc`` (a read for it) says the log is unavailable, as a
         failed write would: raises LogUnavailable then; returns for any other error."""
         self._failed(build_id, exc)
@@ -146,16 +158,41 @@ class LogWriter:
                 f"build {build_id}: writes held since the event log failed ({reason})"
             )
 
+    @contextlib.contextmanager
+    def running(self, build_id: str) -> Iterator[None]:
+        """This thread runs ``build_id``: an unavailable log met by any read or write
+        made here (another build's deferred writes flushed before a read, a read
+        inside a save) holds it too, so nothing its engine does next is written."""
+        self._local.build_id = build_id
+        try:
+            yield
+        finally:
+            self._local.build_id = None
+
+    @contextlib.contextmanager
+    def reads(self) -> Iterator[None]:
+        """Reads for the thread's build: an unavailable log holds it (LogUnavailable)."""
+        try:
+            yield
+        except Exception as exc:
+            self._failed(None, exc)
+            raise
+
     def _failed(self, build_id: str | None, exc: BaseException) -> None:
-        """Turn an unavailable-log error into LogUnavailable, holding the build."""
+        """Turn an unavailable-log error into LogUnavailable, holding the build (and the
+        build this thread runs, see ``running``)."""
         if isinstance(exc, Fenced) or not (
             isinstance(exc, LogUnavailable) or faults.unavailable(exc)
         ):
             return
-        reason = db.first_line(exc)
-        if build_id is not None:
-            with self._pending_lock:
-                self._held.setdefault(build_id, reason)
+        cause = exc.__cause__ if isinstance(exc, LogUnavailable) else None
+        reason = db.first_line(cause or exc)
+        current = getattr(self._local, "build_id", None)
+        with self._pending_lock:
+            for held in {build_id, current} - {None}:
+                self._held.setdefault(str(held), reason)
+        if isinstance(exc, LogUnavailable):
+            raise exc
         raise LogUnavailable(f"the event log is unavailable: {reason}") from exc
 
     def _check_fence(self, cursor: Any) -> None:
@@ -209,6 +246,10 @@ class LogWriter:
         """
         if self.fenced or not from_outside:
             self._refuse_held(build_id)
+        elif build_id is not None and build_id in self._held:
+            # Its queued writes may be a batch whose commit answer was lost.
+            with self.reads():
+                self._drop_if_committed(build_id)
         with self._build_lock(build_id), self._write_lock or contextlib.nullcontext():
             self._refuse_closed()
             batch = self._take(build_id)

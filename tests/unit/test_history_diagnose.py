@@ -229,3 +229,13 @@ def test_interrupted_then_rolled_back_by_recovery(log, url, tmp_path):
     assert text.startswith("interrupted at step firewall at ")
     assert "recovery ([recovery] policy = rollback) rolled back: " in text
     assert build.reverted_steps[:3] == ["disk_info", "image", "volumes"]
+
+
+def test_leftovers_know_every_step_that_makes_something():
+    """history cannot import the flows; this ties its step names to theirs."""
+    from spawnflow.flows.spawn import step_names
+    from spawnflow.history import leftovers
+
+    makers = {"image", "volumes", "encryptor", "vifs", "firewall", "domain_create"}
+    assert set(leftovers._NAMERS) == set(leftovers._MARKERS) == makers
+    assert makers <= set(step_names())

@@ -476,6 +476,11 @@ MALFORMED = [
         r"build transition QUEUED -> ACTIVE is not allowed",
     ),
     (
+        "build-state-with-a-newline",
+        lambda d: _at(d, "build", to_state="RUNNING").update(to_state="RUNNING\n"),
+        r"build transition QUEUED -> 'RUNNING\\n' is not allowed",
+    ),
+    (
         "logbook-cleared",
         lambda d: _at(d, "logbook").update(to_state="CLEARED"),
         r"events\[1\]\.to_state: logbook 'CLEARED' cannot be imported",

@@ -9,7 +9,8 @@ from spawnflow.persistence.eventlog import EventLog
 
 
 def test_table_matches_the_design():
-    assert {"ACTIVE", "ROLLED_BACK", "FAILED"} == lifecycle.FINAL
+    # FINAL: the agent never moves it on by itself (an operator may move FAILED on).
+    assert {"ACTIVE", "ROLLED_BACK", "FAILED", "RESOLVED"} == lifecycle.FINAL
     lifecycle.check(None, "QUEUED")
     for a, b in [
         ("QUEUED", "RUNNING"),
@@ -26,11 +27,44 @@ def test_table_matches_the_design():
         ("ACTIVE", "RUNNING"),
         ("ROLLED_BACK", "RUNNING"),
         ("QUEUED", "ACTIVE"),
-        ("FAILED", "REVERTING"),
+        ("FAILED", "RUNNING"),
+        ("FAILED", "ROLLED_BACK"),
+        ("RESOLVED", "REVERTING"),
+        ("RESOLVED", "FAILED"),
+        ("ROLLED_BACK", "RESOLVED"),
+        ("ACTIVE", "RESOLVED"),
+        ("REVERTING", "RESOLVED"),
+        ("INTERRUPTED", "RESOLVED"),
         (None, "RUNNING"),
     ]:
         with pytest.raises(IllegalTransition):
             lifecycle.check(a, b)
+
+
+def test_operator_transitions_are_marked_and_leave_final_alone():
+    # Only an operator moves a FAILED build on: retry (-> REVERTING) or resolve.
+    lifecycle.check("FAILED", "REVERTING")
+    lifecycle.check("FAILED", "RESOLVED")
+    assert lifecycle.by_operator("FAILED", "REVERTING")
+    assert lifecycle.by_operator("FAILED", "RESOLVED")
+    assert not lifecycle.by_operator("RUNNING", "REVERTING")
+    assert lifecycle.TRANSITIONS["FAILED"] == frozenset()
+    assert lifecycle.is_final("FAILED") and lifecycle.is_final("RESOLVED")
+    assert lifecycle.allowed("RESOLVED") == frozenset()
+    for state, targets in lifecycle.OPERATOR_TRANSITIONS.items():
+        assert state in lifecycle.STATES and targets <= lifecycle.STATES
+
+
+def test_the_log_takes_operator_transitions_and_refuses_past_resolved(tmp_path):
+    log = EventLog.open(f"sqlite:///{tmp_path}/log.sqlite")
+    log.create_build("b3", instance_uuid="i3", instance_name="n", host="h", spec={})
+    for state in ("RUNNING", "REVERTING", "FAILED", "REVERTING", "FAILED", "RESOLVED"):
+        log.transition_build("b3", state)
+    for state in ("REVERTING", "FAILED", "RUNNING"):
+        with pytest.raises(IllegalTransition, match=f"RESOLVED -> {state}"):
+            log.transition_build("b3", state)
+    assert log.get_build("b3").state == "RESOLVED"
+    log.close()
 
 
 def test_illegal_build_transition_writes_nothing(tmp_path):

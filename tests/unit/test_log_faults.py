@@ -30,6 +30,8 @@ def _wrapped(orig: Exception) -> sa.exc.DBAPIError:
         (sqlite3.OperationalError("disk I/O error"), True),
         (sqlite3.OperationalError("unable to open database file"), True),
         (sqlite3.OperationalError("no such table: builds"), False),
+        (sqlite3.OperationalError("table events has no column named x"), False),
+        (sqlite3.OperationalError("attempt to write a readonly database"), False),
         (sqlite3.DatabaseError("database disk image is malformed"), False),
         (sqlite3.IntegrityError("UNIQUE constraint failed: builds.build_id"), False),
     ],

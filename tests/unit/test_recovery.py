@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from taskflow import states
 from taskflow.persistence import models
 
 import spawnflow.conf
-from spawnflow.engine.recovery import RESUME, ROLLBACK, decide
+from spawnflow.engine import recovery
+from spawnflow.engine.recovery import RESUME, ROLLBACK
+from spawnflow.flows.spawn import flow_version
 from tests.helpers import write_conf
+
+# A build queued by the running code (the flow-change rule is tested in test_flow_version).
+decide = functools.partial(recovery.decide, version=flow_version())
 
 
 def conf_with(tmp_path, **recovery):

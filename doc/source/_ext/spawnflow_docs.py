@@ -2,8 +2,9 @@
 
 ``.. lifecycle-table::``
     The build lifecycle transition table, read from
-    ``spawnflow.persistence.lifecycle.TRANSITIONS`` (the one table the event
-    log checks every build transition against).
+    ``spawnflow.persistence.lifecycle.TRANSITIONS`` and ``OPERATOR_TRANSITIONS``
+    (the one table the event log checks every build transition against), with
+    who makes each transition: the agent, or only an operator.
 
 ``.. spawn-steps::``
     The steps of the spawn flow in flow order, read from
@@ -63,17 +64,24 @@ class _TableDirective(Directive):
 
 
 class LifecycleTable(_TableDirective):
-    """The build lifecycle: every state, where it may go next, whether it is final."""
+    """The build lifecycle: every state, where it may go next and who makes the move
+    (the agent, or only an operator), whether it is final."""
 
     def lines(self) -> list[str]:
         lifecycle = importlib.import_module("spawnflow.persistence.lifecycle")
         rows = []
         for state, targets in lifecycle.TRANSITIONS.items():
             shown = "*(new build)*" if state is None else f"``{state}``"
-            allowed = ", ".join(f"``{t}``" for t in sorted(targets)) or "—"
+            by_agent = ", ".join(f"``{t}``" for t in sorted(targets)) or "—"
+            by_operator = lifecycle.OPERATOR_TRANSITIONS.get(state, frozenset())
+            operator = ", ".join(f"``{t}``" for t in sorted(by_operator)) or "—"
             final = "final" if state is not None and lifecycle.is_final(state) else ""
-            rows.append([shown, allowed, final])
-        return _list_table(["from", "may go to", ""], rows, [20, 60, 20])
+            rows.append([shown, by_agent, operator, final])
+        return _list_table(
+            ["from", "may go to (made by the agent)", "made only by an operator", ""],
+            rows,
+            [16, 42, 28, 14],
+        )
 
 
 class SpawnSteps(_TableDirective):
