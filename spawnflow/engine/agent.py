@@ -74,6 +74,7 @@ class Agent(OperatorVerbs):
         self.recovered: dict[str, recovery.Decision] = {}
         self._futures: dict[str, concurrent.futures.Future[str]] = {}
         self._cancelled: set[str] = set()
+        self._refused: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._log_lost = threading.Event()

@@ -90,8 +90,21 @@ def request_retry(log: EventLog, build_id: str, note: str | None = None) -> Any:
         raise SpawnflowError(
             f"build {row.build_id} is {row.state}: only a FAILED build can be retried"
         )
+    refuse_if_instance_busy(log, row)
     _record(log, row, RETRY_REQUESTED, _payload("retry", note))
     return row
+
+
+def refuse_if_instance_busy(log: EventLog, row: Any) -> None:
+    """A retry makes the build unfinished again: refused while another build of its
+    instance is unfinished (the database allows one per instance)."""
+    for other in log.builds(instance_uuid=row.instance_uuid):
+        if other.build_id != row.build_id and not lifecycle.is_final(other.state):
+            raise SpawnflowError(
+                f"build {row.build_id}: instance {row.instance_uuid} has an unfinished "
+                f"build {other.build_id} ({other.state}); retry this one's rollback once "
+                "that one has finished"
+            )
 
 
 def request_rollback(log: EventLog, build_id: str, note: str | None = None) -> Any:
@@ -163,6 +176,7 @@ def begin_retry(log: EventLog, backend: EventLogBackend, build_id: str) -> bool:
     row = log.get_build(build_id)
     if row.state != lifecycle.FAILED:
         return False
+    refuse_if_instance_busy(log, row)
     latest = _latest_requests(log, [build_id], RETRY_REQUESTED).get(build_id)
     request = dict(latest.payload or {}) if latest is not None else {}
     by = request.get("sudo_user") or request.get("user") or "an operator"

@@ -38,6 +38,7 @@ class OperatorVerbs:
     _stopping: threading.Event
     _cancelled: set[str]
     _futures: dict[str, concurrent.futures.Future[str]]
+    _refused: set[str]  # retries that failed to begin: not tried again by this agent
 
     def _log(self) -> EventLog:  # pragma: no cover - Agent's
         raise NotImplementedError
@@ -91,13 +92,23 @@ class OperatorVerbs:
             for build_id in retries:
                 # Started here, not in the build's thread: the build is REVERTING
                 # before it is submitted, so a second poll cannot pick it up again.
-                if build_id not in self._futures and operator.begin_retry(
-                    log, self.backend, build_id
-                ):
+                if build_id in self._futures or build_id in self._refused:
+                    continue
+                try:
+                    began = operator.begin_retry(log, self.backend, build_id)
+                except Exception as exc:
+                    # One bad request must not stop the agent: said once, then
+                    # left (the next start tries it again).
+                    self._refused.add(build_id)
+                    LOG.error("cannot retry build %s: %s", build_id, exc)
+                    continue
+                if began:
                     self._submit(build_id, ROLLBACK)
                     started.append(build_id)
             for build_id in rollbacks:
-                if build_id not in self._futures:
+                running = self._futures.get(build_id)
+                # A done future is a build this agent left INTERRUPTED (held).
+                if running is None or running.done():
                     self._submit(build_id, ROLLBACK, "rolled back on an operator's request")
                     started.append(build_id)
         return started

@@ -11,11 +11,11 @@ In order, the first rule that applies decides:
    running code's is never resumed: ``[recovery] on_flow_change = rollback``
    (the default) rolls it back, ``hold`` leaves it INTERRUPTED for an
    operator (``HOLD``). A build with no recorded version (queued before flow
-   versions existed) counts as changed: resuming it would run steps whose
-   results and side effects nothing vouches for, while rolling it back is
-   safe because every revert finds what it made through the build-id markers
-   and accepts results stored by an older flow (a test reverts with results
-   of the older shape);
+   versions existed) ran the flow every release had until then
+   (``UNVERSIONED_FLOW``: the same ten steps, each at version 1.0), so it
+   resumes while that is still the running flow, and counts as changed once
+   it is not. Reverts accept results stored by an older flow (a test reverts
+   with results of the older shape);
 2. ``policy = rollback`` rolls back;
 3. a build whose ``network-vif-plugged`` wait has a deadline
    (``waiting_since + vif_plugging_timeout``) that passed rolls back when
@@ -58,8 +58,10 @@ DEADLINE = "deadline"
 WINDOW = "window"
 FLOW_CHANGED = "flow_changed"
 
-#: How a build with no recorded flow version is named in reasons.
-UNKNOWN_FLOW = "unknown"
+#: The flow of every build queued before flow versions were recorded (revision
+#: 0008): ``flows.spawn.flow_version()`` of the ten steps at version 1.0, spelled
+#: out because it must not change when the code does (a test keeps it true).
+UNVERSIONED_FLOW = "a57956540e62"
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,9 @@ def deadline_passed(facts: Facts, policy: Policy, now: float) -> float | None:
 def flow_change(facts: Facts, policy: Policy) -> Decision | None:
     """Rule 1a: the decision for a build whose flow changed since it started, else None."""
     new = policy.flow_version
-    if new is None or facts.flow_version == new:
+    old = facts.flow_version or UNVERSIONED_FLOW
+    if new is None or old == new:
         return None
-    old = facts.flow_version or UNKNOWN_FLOW
     if policy.on_flow_change == HOLD:
         return Decision(
             HOLD,

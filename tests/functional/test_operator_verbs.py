@@ -139,3 +139,23 @@ def test_rollback_rolls_back_an_interrupted_build_the_agent_holds(agent, conf, i
     assert agent.pick_up_requests() == [held_id]
     assert agent.wait(held_id, timeout=60).state == "ROLLED_BACK"
     assert agent.pick_up_requests() == []
+
+
+def test_a_retry_waits_for_the_instances_other_unfinished_build(failed, failing_agent, injector):
+    """A retry makes its build unfinished again; the database allows one per instance."""
+    from spawnflow.engine.queue import queue_build
+
+    conf, build_id = failed["conf"], failed["id"]
+    injector.disarm()
+    # The request is taken first; then the instance is started again (allowed after FAILED).
+    ok(cli(conf, "build", "retry", build_id, "--note", "first"))
+    log = failing_agent.eventlog
+    spec = parse_spec(log.get_build(build_id).spec)
+    other, created = queue_build(log, failing_agent.backend, spec, failing_agent.conf.host)
+    assert created
+    # The agent's loop goes on: the retry is refused once, said in its log, not raised.
+    assert failing_agent.pick_up_requests() == []
+    assert failing_agent.pick_up_requests() == []
+    assert log.get_build(build_id).state == "FAILED"
+    # And a new request is refused at once, naming the other build.
+    refused(cli(conf, "build", "retry", build_id), "unfinished", other)

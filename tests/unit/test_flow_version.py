@@ -67,10 +67,26 @@ def test_a_changed_flow_is_held_when_asked():
     assert decision.reason.startswith("flow changed from old to new: held")
 
 
-def test_an_unknown_flow_counts_as_changed():
+def test_a_build_without_a_version_ran_the_unversioned_flow():
+    """Queued before 0008: it ran the ten steps at 1.0; it resumes while that flow runs."""
+    assert rules.decide(facts(None), policy(), NOW).rule == rules.FLOW_CHANGED
     decision = rules.decide(facts(None), policy(), NOW)
-    assert decision.action == rules.ROLLBACK
-    assert "flow changed from unknown to new" in decision.reason
+    assert f"flow changed from {rules.UNVERSIONED_FLOW} to new" in decision.reason
+    unchanged = rules.Policy(
+        rules.RESUME, 600, 300, True, flow_version=rules.UNVERSIONED_FLOW, on_flow_change="rollback"
+    )
+    assert rules.decide(facts(None), unchanged, NOW).action == rules.RESUME
+
+
+def test_the_unversioned_flow_is_the_flow_of_the_releases_before_versions():
+    from spawnflow.flows import spawn
+
+    before = [
+        "disk_info", "image", "volumes", "encryptor", "domain_xml",
+        "vifs", "firewall", "domain_create", "resume", "wait_for_boot",
+    ]  # fmt: skip
+    legacy = [type(n, (), {"step": n, "step_version": (1, 0)}) for n in before]
+    assert spawn.flow_version(legacy) == rules.UNVERSIONED_FLOW  # type: ignore[arg-type]
 
 
 def test_the_same_flow_follows_the_policy():
