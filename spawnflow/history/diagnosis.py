@@ -318,47 +318,8 @@ def diagnose(
     flow_version: str | None = None,
     on_flow_change: str = rules.ROLLBACK,
 ) -> Diagnosis:
-    """What ``build`` waits for, or why it failed, in words (``_diagnose`` says how),
+    """What ``build`` waits for, or why it failed, in words (see the module docstring),
     then what operators did to it (``build retry|resolve``: who, when, the note).
-
-    A RESOLVED build is told as the resolve, then what it was before (FAILED).
-    """
-    done_by_hand = operator_text(build)
-    if build.state == lifecycle.RESOLVED:
-        current = build.current_steps
-        before = _failed(build, current[-1].name if current else None)
-        return Diagnosis("resolved", f"{done_by_hand}; before: {before.text}", before.step)
-    found = _diagnose(
-        build,
-        vif_plugging_timeout=vif_plugging_timeout,
-        vif_plugging_is_fatal=vif_plugging_is_fatal,
-        recovery_policy=recovery_policy,
-        resume_window=resume_window,
-        lease_seconds=lease_seconds,
-        now=now,
-        log_wait=log_wait,
-        flow_version=flow_version,
-        on_flow_change=on_flow_change,
-    )
-    if not done_by_hand:
-        return found
-    return Diagnosis(found.kind, f"{found.text}; {done_by_hand}", found.step)
-
-
-def _diagnose(
-    build: BuildRecord,
-    *,
-    vif_plugging_timeout: float | None = None,
-    vif_plugging_is_fatal: bool = True,
-    recovery_policy: str | None = None,
-    resume_window: float | None = None,
-    lease_seconds: float | None = None,
-    now: float | None = None,
-    log_wait: LogWait | None = None,
-    flow_version: str | None = None,
-    on_flow_change: str = rules.ROLLBACK,
-) -> Diagnosis:
-    """What ``build`` waits for, or why it failed, in words (see the module docstring).
 
     The options are what the log cannot know, as ``[network]`` and
     ``[recovery]`` set them; one left out is not claimed (no deadline without
@@ -368,7 +329,13 @@ def _diagnose(
     ``flow_version``: the running code's flow version (``flows.spawn.flow_version``)
     and ``on_flow_change`` its ``[recovery]`` option: an interrupted build whose
     flow changed is rolled back or held (``recovery_rules.flow_change``).
+    A RESOLVED build is told as the resolve, then what it was before (FAILED).
     """
+    done_by_hand = operator_text(build)
+    if build.state == lifecycle.RESOLVED:
+        current = build.current_steps
+        before = _failed(build, current[-1].name if current else None)
+        return Diagnosis("resolved", f"{done_by_hand}; before: {before.text}", before.step)
     opts = _Options(
         vif_plugging_timeout=vif_plugging_timeout,
         vif_plugging_is_fatal=vif_plugging_is_fatal,
@@ -379,7 +346,15 @@ def _diagnose(
         flow_version=flow_version,
         on_flow_change=on_flow_change,
     )
-    dead = _agent_text(build, lease_seconds, opts.now)
+    found = _diagnose(build, opts, log_wait)
+    if not done_by_hand:
+        return found
+    return Diagnosis(found.kind, f"{found.text}; {done_by_hand}", found.step)
+
+
+def _diagnose(build: BuildRecord, opts: _Options, log_wait: LogWait | None) -> Diagnosis:
+    """The diagnosis by the build's state, before what operators did is added."""
+    dead = _agent_text(build, opts.lease_seconds, opts.now)
     quiet = (opts.now - build.last_event_at) if build.last_event_at is not None else 0.0
     stale = f" (last event {age(quiet)} ago)" if quiet > STALE_AFTER else ""
     current = build.current_steps
