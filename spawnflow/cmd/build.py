@@ -15,15 +15,22 @@ from spawnflow.cmd.render.text import safe
 from spawnflow.engine.admin import cancel_build, resolve_build, retry_build, rollback_build
 
 
-def _build_parser(parser: argparse.ArgumentParser, note_required: bool = False) -> None:
-    parser.add_argument("build_id", metavar="BUILD_ID")
-    parser.add_argument(
-        "--note",
-        metavar="TEXT",
-        required=note_required,
-        help="why (kept in the build's history with who asked)"
-        + ("" if note_required else "; optional"),
-    )
+class _NotedVerb(Command):
+    """A verb on one build that records the operator's ``--note``."""
+
+    note_required = False
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("build_id", metavar="BUILD_ID")
+        parser.add_argument(
+            "--note",
+            metavar="TEXT",
+            required=self.note_required,
+            help="why (kept in the build's history with who asked)"
+            + ("" if self.note_required else "; optional"),
+        )
+        return parser
 
 
 class BuildCancel(Command):
@@ -42,13 +49,8 @@ class BuildCancel(Command):
         )
 
 
-class BuildRollback(Command):
+class BuildRollback(_NotedVerb):
     """Roll a RUNNING, QUEUED or INTERRUPTED (held) build back now; a final one is refused."""
-
-    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        parser = super().get_parser(prog_name)
-        _build_parser(parser)
-        return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> None:
         request = rollback_build(self.db_url(parsed_args), parsed_args.build_id, parsed_args.note)
@@ -58,13 +60,8 @@ class BuildRollback(Command):
         )
 
 
-class BuildRetry(Command):
+class BuildRetry(_NotedVerb):
     """Retry a FAILED build's rollback from where it failed (fix the cause first)."""
-
-    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        parser = super().get_parser(prog_name)
-        _build_parser(parser)
-        return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> None:
         request = retry_build(self.db_url(parsed_args), parsed_args.build_id, parsed_args.note)
@@ -74,13 +71,10 @@ class BuildRetry(Command):
         )
 
 
-class BuildResolve(Command):
+class BuildResolve(_NotedVerb):
     """Declare a FAILED build dealt with by hand: it becomes RESOLVED (history kept)."""
 
-    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        parser = super().get_parser(prog_name)
-        _build_parser(parser, note_required=True)
-        return parser
+    note_required = True
 
     def take_action(self, parsed_args: argparse.Namespace) -> None:
         request = resolve_build(self.db_url(parsed_args), parsed_args.build_id, parsed_args.note)
