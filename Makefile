@@ -41,10 +41,11 @@ genconfig: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
-	# The fault suite's full sweep (every call of every step, ~7 min); make test
-	# runs its reduced form.
+	# The fault suite's full sweep (every call of every step, ~7 min) and the
+	# delete crash matrix's 16 points (~2.5 min); make test runs their reduced forms.
 	tools/host-setup.sh
-	SPAWNFLOW_FAULTS_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/faults
+	SPAWNFLOW_FAULTS_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/faults \
+		tests/crash/test_delete_matrix.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info doc/build

@@ -137,6 +137,14 @@ class UnknownBuild(SpawnflowError):
     """No build with this id exists in the database."""
 
 
+class DeleteRefused(SpawnflowError):
+    """An instance cannot be deleted (no build of it here, or it lives on another host)."""
+
+
+class DeleteIncomplete(HostError):
+    """A delete step could not remove some of what it found; the message names each."""
+
+
 class ImageSourceRefused(ImageError):
     """The image source, a redirect it sends, or an address its host resolves to, is
     outside ``[images] allowed_sources``; nothing was fetched from there."""

@@ -2,6 +2,7 @@
 
 It takes the host lease (a second agent refuses to start), recovers every
 unfinished build, then runs builds queued with ``spawnflow spawn --no-wait``
+(and audits the host every ``[audit] interval``)
 until SIGTERM/SIGINT, when it stops taking work and lets running steps reach
 a boundary (those builds resume on the next start).
 """
@@ -27,9 +28,10 @@ class AgentCommand(Command):
         parser.add_argument(
             "--poll-interval",
             type=float,
-            default=1.0,
+            default=None,
             metavar="SECONDS",
-            help="how often to look for queued builds",
+            help="how often to look for queued builds (default: [DEFAULT] "
+            "queue_poll_interval; on PostgreSQL a queued build also wakes the agent at once)",
         )
         return parser
 
@@ -60,7 +62,8 @@ class AgentCommand(Command):
                 for build_id in agent.pick_up_requests():  # build retry / rollback
                     self.app.stdout.write(f"rolling back build {build_id} (operator)\n")
                     self.app.stdout.flush()
-                stop.wait(parsed_args.poll_interval)
+                agent.audit_if_due()  # [audit] interval; what it finds goes to the log
+                agent.wait_for_work(parsed_args.poll_interval, stop)
         finally:
             self.app.stdout.write("stopping: running steps finish, then builds pause\n")
             self.app.stdout.flush()

@@ -12,6 +12,7 @@ from oslo_config import cfg
 from sqlalchemy.engine import make_url
 
 from spawnflow.conf import (
+    audit,
     database,
     default,
     encryption,
@@ -23,7 +24,18 @@ from spawnflow.conf import (
     volumes,
 )
 
-_MODULES = (default, database, libvirt, network, firewall, recovery, images, volumes, encryption)
+_MODULES = (
+    default,
+    database,
+    libvirt,
+    network,
+    firewall,
+    recovery,
+    images,
+    volumes,
+    encryption,
+    audit,
+)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

@@ -34,6 +34,24 @@ OPTS = [
         "would interrupt them and the event log's own writes. 0: no check.",
     ),
     cfg.IntOpt(
+        "shutdown_timeout",
+        default=60,
+        min=0,
+        help="Seconds a delete waits for the guest to power off after an ACPI "
+        "shutdown request before it destroys the domain (as nova does). "
+        "0, or `spawnflow delete --force`: destroy at once.",
+    ),
+    cfg.FloatOpt(
+        "queue_poll_interval",
+        default=2.0,
+        min=0.05,
+        help="Seconds between the agent's looks for builds queued for this host "
+        "(by `spawnflow spawn --no-wait`, `delete --no-wait` or spawnflow.client) "
+        "and for operator requests. On PostgreSQL the agent is also woken at once "
+        "by a NOTIFY sent when a build is queued; this poll backs that up. On "
+        "SQLite it is the only way queued work is found.",
+    ),
+    cfg.IntOpt(
         "max_concurrent_builds",
         default=10,
         min=1,

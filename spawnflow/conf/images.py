@@ -66,6 +66,18 @@ OPTS = [
         "guests as); other users never can. When the group does not exist, "
         "entries are readable by root only.",
     ),
+    cfg.IntOpt(
+        "cache_max_age",
+        default=86400,
+        min=0,
+        help="Seconds an image-cache entry may stay unused before the host audit "
+        "removes it (the periodic audit of `spawnflow agent`, and `spawnflow "
+        "host audit --reap`), as nova's image cache manager does. An entry is "
+        "used while an unfinished, ACTIVE or FAILED build on this host was made "
+        "from it; every audit that may remove entries marks the used ones "
+        "(their modification time), so the age counts from when the last build "
+        "using it went away. 0 never removes an entry.",
+    ),
 ]
 
 

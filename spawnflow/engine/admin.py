@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
-from spawnflow.engine import agent, events, operator
+from spawnflow.engine import agent, events, operator, queue
+from spawnflow.engine.queue import parse_instance_uuid
 from spawnflow.exceptions import PersistenceError
 from spawnflow.flows.policy import check_queueable, check_spec
 from spawnflow.flows.spawn import flow_version
@@ -94,6 +95,33 @@ def queue_build(
         build_id, created = agent.queue_build(log, backend, spec, conf.host)
         state = None if created else log.get_build(build_id).state
     return QueuedBuild(build_id, spec.instance.uuid, conf.host, created, state)
+
+
+@dataclass(frozen=True)
+class QueuedDelete:
+    """What ``queue_delete`` found or made for an instance."""
+
+    build_id: str  # of the delete build
+    instance_uuid: str
+    host: str  # whose agent runs it: the instance's
+    created: bool  # False: its unfinished delete, or the one that deleted it, was returned
+    state: str
+
+
+def queue_delete(conf: cfg.ConfigOpts, instance_uuid: str, force: bool = False) -> QueuedDelete:
+    """Record a delete of ``instance_uuid`` as QUEUED for the agent of its host.
+
+    The host is the one its builds ran on, whichever host this is (the
+    instance's agent picks the delete up). An instance with no build in the
+    log is refused; an instance being deleted, or deleted, returns that delete.
+    """
+    instance_uuid = parse_instance_uuid(instance_uuid)
+    with (
+        EventLog.open(sf_conf.database_url(conf)) as log,
+        contextlib.closing(EventLogBackend(eventlog=log)) as backend,
+    ):
+        row, created = queue.queue_delete(log, backend, instance_uuid, force=force)
+    return QueuedDelete(row.build_id, instance_uuid, row.host, created, row.state)
 
 
 def cancel_build(db_url: str, build_id: str) -> CancelRequest:

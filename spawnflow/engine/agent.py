@@ -28,16 +28,17 @@ from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
 from spawnflow.engine import log_retry, recovery
+from spawnflow.engine.agent_recovery import Recovery
+from spawnflow.engine.audit_verbs import AuditVerbs
+from spawnflow.engine.delete_verbs import DeleteVerbs
 from spawnflow.engine.events import EventHub, deliver, request_cancel
 from spawnflow.engine.log_retry import unavailable
 from spawnflow.engine.operator_verbs import OperatorVerbs
 from spawnflow.engine.outcome import Outcome
 from spawnflow.engine.ownership import HostLease
-from spawnflow.engine.queue import UNFINISHED, ensure_logbook, queue_build
+from spawnflow.engine.queue import ensure_logbook, queue_build
 from spawnflow.engine.runner import (
     FRESH,
-    RESUME,
-    ROLLBACK,
     Control,
     ProgressCallback,
     describe,
@@ -51,22 +52,23 @@ from spawnflow.exceptions import (
     UnknownBuild,
 )
 from spawnflow.flows.context import BuildContext
-from spawnflow.flows.image import MARKER
 from spawnflow.flows.policy import check_spec
 from spawnflow.flows.spec import BuildSpec, parse_spec
 from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
+from spawnflow.persistence.notify import QueueWaiter
 from spawnflow.virt import disk_space, instance_disks
 from spawnflow.virt.firewall import FirewallDriver
 from spawnflow.virt.host import Host
 from spawnflow.virt.images import ImageCache
+from spawnflow.virt.instance_files import MARKER
 from spawnflow.virt.marked_dir import clean_staging
 
 LOG = logging.getLogger(__name__)
 
 
-class Agent(OperatorVerbs):
+class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
     def __init__(self, conf: cfg.ConfigOpts, progress: ProgressCallback | None = None):
         self.conf = conf
         self.progress = progress
@@ -132,40 +134,9 @@ class Agent(OperatorVerbs):
         self.events = EventHub(
             self._log(), cancelled=self._is_cancelled, stopping=self.lease.lost.is_set
         )
+        self.queue_waiter = QueueWaiter(sf_conf.database_url(conf), conf.host)
         self._log_waits.reserve()
         self._stopping.clear()
-
-    def _recover(self) -> None:
-        """Decide for every unfinished build first, then start them (decisions are cheap
-        reads and one commit each; running builds would only slow them down)."""
-        plan: list[tuple[str, str, str | None]] = []
-        for row in self._log().builds(host=self.conf.host, states=UNFINISHED):
-            if row.state == lifecycle.QUEUED:
-                plan.append((row.build_id, FRESH, None))
-                continue
-            if row.state != lifecycle.INTERRUPTED:
-                self._log().transition_build(
-                    row.build_id,
-                    lifecycle.INTERRUPTED,
-                    payload={"reason": f"found {row.state} at agent start (agent died)"},
-                )
-            plan.append((row.build_id, *self._plan(row.build_id, row.created_at)))
-        for build_id, mode, reason in plan:
-            if mode != recovery.HOLD:
-                self._submit(build_id, mode, reason)
-
-    def _plan(self, build_id: str, created_at: float) -> tuple[str, str]:
-        """Resume or roll back an INTERRUPTED build, as ``[recovery]`` decides: (mode, reason)."""
-        self.backend.forget(build_id)  # decide on what the log holds
-        flow_detail = next(iter(self.backend.get_connection().get_logbook(build_id)))
-        decision = recovery.decide_for(
-            self.conf, self._log(), build_id, flow_detail, self.events.cancel_requested(build_id)
-        )
-        LOG.info("build %s was interrupted: %s (%s)", build_id, decision.action, decision.reason)
-        self.recovered[build_id] = decision
-        modes = {recovery.RESUME: RESUME, recovery.HOLD: recovery.HOLD}  # held: not run
-        mode = modes.get(decision.action, ROLLBACK)
-        return mode, f"recovery: {decision.action}, because {decision.reason}"
 
     @property
     def failed(self) -> str | None:
@@ -218,6 +189,7 @@ class Agent(OperatorVerbs):
             LOG.warning("stopping without giving the host lease back: %s", db.first_line(exc))
             self.lease.abandon()
         finally:
+            self.queue_waiter.close()
             self.host.close()
             self.eventlog.close_quietly()
             self.eventlog = None
@@ -259,12 +231,11 @@ class Agent(OperatorVerbs):
         return build_id
 
     def pick_up_queued(self) -> list[str]:
-        """Start builds queued for this host by other processes (``spawn --no-wait``)."""
+        """Start builds queued for this host by other processes (``spawn --no-wait``,
+        ``delete --no-wait``, ``spawnflow.client``). While the disk is short only
+        deletes start: they free space."""
         started: list[str] = []
         short = self._disk_shortage()
-        if short is not None:
-            LOG.warning("queued builds wait: %s", short)
-            return started
         try:
             queued = self._log().builds(host=self.conf.host, states=frozenset({lifecycle.QUEUED}))
         except Exception as exc:
@@ -272,6 +243,10 @@ class Agent(OperatorVerbs):
                 raise
             LOG.warning("cannot look for queued builds: %s", db.first_line(exc))
             return started
+        if short is not None:
+            if any(row.kind == lifecycle.SPAWN for row in queued):
+                LOG.warning("queued builds wait: %s", short)
+            queued = [row for row in queued if row.kind == lifecycle.DELETE]
         with self._lock:
             if self._stopping.is_set():
                 return started
@@ -280,6 +255,15 @@ class Agent(OperatorVerbs):
                     self._submit(row.build_id, FRESH)
                     started.append(row.build_id)
         return started
+
+    def wait_for_work(
+        self, timeout: float | None = None, stop: threading.Event | None = None
+    ) -> bool:
+        """Block until work may be queued for this host (a NOTIFY on PostgreSQL), ``timeout``
+        (default ``[DEFAULT] queue_poll_interval``) passes or ``stop`` is set; then call
+        ``pick_up_queued`` and ``pick_up_requests``. True when woken by a notification."""
+        interval = self.conf.queue_poll_interval if timeout is None else timeout
+        return self.queue_waiter.wait(interval, stop or self._stopping)
 
     def _disk_shortage(self) -> str | None:
         paths = [str(self.conf.state_path), self.instances_path]
@@ -339,33 +323,20 @@ class Agent(OperatorVerbs):
             self._log().hold(build_id, exc)
             raise
 
-    def _after_log_fault(self, build_id: str, error: str) -> tuple[str, str | None] | None:
-        """Wait for the log, then the build's next run (None: leave it for the next start)."""
-        plan = log_retry.recover_in_place(
-            self._log(),
-            build_id,
-            error,
-            self.conf,
-            self._log_waits,
-            plan=self._plan,
-            stop=lambda seconds: self._stopping.wait(seconds) or self.lease.lost.is_set(),
-        )
-        if plan is log_retry.GAVE_UP and not self._stopping.is_set():
-            self._log_lost.set()
-        return None if plan is log_retry.GAVE_UP or (plan and plan[0] == recovery.HOLD) else plan
-
     def _run_once(
         self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None
     ) -> str:
         row = self._log().get_build(build_id)
-        # The persisted spec is redacted: a build started by this process keeps
-        # the one it was given (secrets included); a recovered one has only that.
-        spec = spec or BuildSpec.model_validate(row.spec)
-        ensure_logbook(self.backend, build_id)
         control = Control(
             cancelled=lambda: self._is_cancelled(build_id),
             stopping=lambda: self._stopping.is_set() or self.lease.lost.is_set(),
         )
+        if row.kind == lifecycle.DELETE:
+            return self._run_delete(row, mode, control, reason)
+        # The persisted spec is redacted: a build started by this process keeps
+        # the one it was given (secrets included); a recovered one has only that.
+        spec = spec or BuildSpec.model_validate(row.spec)
+        ensure_logbook(self.backend, build_id)
         ctx = BuildContext(
             build_id=build_id,
             spec=spec,
@@ -379,7 +350,10 @@ class Agent(OperatorVerbs):
             stopping=control.stopping,
             guard=lambda: self._guard(build_id),
         )
-        if self._is_cancelled(build_id) and row.state == lifecycle.QUEUED:
+        if row.state == lifecycle.QUEUED and (
+            self._is_cancelled(build_id) or self._being_deleted(row)
+        ):
+            # Queued while its instance's delete ran, or cancelled: never run.
             self._log().transition_build(build_id, lifecycle.REVERTING)
             self._log().transition_build(
                 build_id, lifecycle.ROLLED_BACK, error="BuildCancelled: cancelled before it started"

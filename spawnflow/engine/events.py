@@ -45,7 +45,8 @@ def deliver(
     if status not in STATUSES:
         raise InvalidEvent(f"event status {status!r} is not one of {sorted(STATUSES)}")
     unfinished = lifecycle.STATES - lifecycle.FINAL
-    builds = eventlog.builds(instance_uuid=instance_uuid, states=unfinished)
+    # Its spawn build: a delete of the instance may be unfinished beside it.
+    builds = eventlog.builds(instance_uuid=instance_uuid, states=unfinished, kind=lifecycle.SPAWN)
     if not builds:
         raise UnknownBuild(f"no unfinished build for instance {instance_uuid}")
     build_id = str(builds[-1].build_id)
@@ -62,6 +63,11 @@ def request_cancel(eventlog: EventLog, build_id: str) -> sa.Row[Any]:
     row = eventlog.get_build(build_id)
     if lifecycle.is_final(row.state):
         raise SpawnflowError(f"build {row.build_id} is already {row.state}")
+    if row.kind == lifecycle.DELETE:
+        raise SpawnflowError(
+            f"build {row.build_id} is a delete: a delete is never cancelled, it goes on "
+            "until the instance is gone"
+        )
     eventlog.record_external_event(row.build_id, CANCEL, row.build_id, "requested")
     return row
 

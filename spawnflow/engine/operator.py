@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from taskflow import states as tf_states
 
+from spawnflow.engine.queue import newer_builds
 from spawnflow.exceptions import SpawnflowError
 from spawnflow.persistence import lifecycle, transitions
 from spawnflow.persistence import tables as t
@@ -97,20 +98,42 @@ def request_retry(log: EventLog, build_id: str, note: str | None = None) -> Any:
 
 def refuse_if_instance_busy(log: EventLog, row: Any) -> None:
     """A retry makes the build unfinished again: refused while another build of its
-    instance is unfinished (the database allows one per instance)."""
-    for other in log.builds(instance_uuid=row.instance_uuid):
+    instance is unfinished (the database allows one per instance), and once a later
+    build of the instance exists that left something: the instance directory is
+    shared by its builds, and a later VM must not be torn down by an old delete."""
+    builds = log.builds(instance_uuid=row.instance_uuid)
+    for other in builds:
         if other.build_id != row.build_id and not lifecycle.is_final(other.state):
             raise SpawnflowError(
                 f"build {row.build_id}: instance {row.instance_uuid} has an unfinished "
-                f"build {other.build_id} ({other.state}); retry this one's rollback once "
+                f"build {other.build_id} ({other.state}); retry this one once "
                 "that one has finished"
             )
+    newer = newer_builds(builds, row)
+    if newer:
+        raise SpawnflowError(
+            f"build {row.build_id}: instance {row.instance_uuid} has a later build "
+            f"{newer[-1].build_id} ({newer[-1].state}); retrying this older one could "
+            "remove what that one uses: delete the instance (spawnflow delete), or "
+            "build resolve this one"
+        )
+
+
+def refuse_if_delete(row: Any) -> None:
+    """A delete is never cancelled or rolled back: it goes on until it is DELETED."""
+    if row.kind == lifecycle.DELETE:
+        raise SpawnflowError(
+            f"build {row.build_id} is a delete ({row.state}): a delete is never cancelled "
+            "or rolled back, it goes on until the instance is gone (a FAILED delete: "
+            "build retry)"
+        )
 
 
 def request_rollback(log: EventLog, build_id: str, note: str | None = None) -> Any:
     """Persist a rollback (a cancel) of an unfinished build; return the build's row."""
     note = _note(note)
     row = log.get_build(build_id)
+    refuse_if_delete(row)
     if lifecycle.is_final(row.state):
         hint = " (use build retry or build resolve)" if row.state == lifecycle.FAILED else ""
         raise SpawnflowError(
@@ -157,13 +180,14 @@ def pending_retries(log: EventLog, host: str) -> list[str]:
 
 def pending_rollbacks(log: EventLog, host: str) -> list[str]:
     """INTERRUPTED builds of ``host`` an operator asked to roll back (held ones, say)."""
-    held = log.builds(host=host, states=frozenset({lifecycle.INTERRUPTED}))
+    held = log.builds(host=host, states=frozenset({lifecycle.INTERRUPTED}), kind=lifecycle.SPAWN)
     latest = _latest_requests(log, [r.build_id for r in held], ROLLBACK_REQUESTED)
     return [r.build_id for r in held if r.build_id in latest]
 
 
 def begin_retry(log: EventLog, backend: EventLogBackend, build_id: str) -> bool:
-    """Make a FAILED build's rollback runnable again, then move it FAILED -> REVERTING.
+    """Make a FAILED build's rollback runnable again, then move it FAILED -> REVERTING
+    (a FAILED delete: FAILED -> DELETING, and the agent runs every step again).
 
     A step whose revert failed is REVERT_FAILURE, which TaskFlow never leaves:
     it is set back to the state its revert started from, SUCCESS or FAILURE
@@ -181,6 +205,15 @@ def begin_retry(log: EventLog, backend: EventLogBackend, build_id: str) -> bool:
     request = dict(latest.payload or {}) if latest is not None else {}
     by = request.get("sudo_user") or request.get("user") or "an operator"
     reason = f"operator retry by {by}"
+    body = {
+        key: request[key] for key in ("operator", "user", "sudo_user", "note") if key in request
+    }
+    if row.kind == lifecycle.DELETE:
+        # A delete's steps revert nothing: the agent runs them all again.
+        body["reason"] = "delete retried by an operator"
+        log.transition_build(build_id, lifecycle.DELETING, payload=body)
+        LOG.info("delete %s: %s", build_id, reason)
+        return True
     conn = backend.get_connection()
     flow_detail = next(iter(conn.get_logbook(build_id)))
     with transitions.overrides(reason[: transitions.REASON_LEN]):
@@ -192,9 +225,6 @@ def begin_retry(log: EventLog, backend: EventLogBackend, build_id: str) -> bool:
                 atom.state = tf_states.FAILURE if atom.failure else tf_states.SUCCESS
                 atom.intention = tf_states.REVERT
                 conn.update_atom_details(atom)
-    body = {
-        key: request[key] for key in ("operator", "user", "sudo_user", "note") if key in request
-    }
     body["reason"] = "rollback retried by an operator"
     log.transition_build(build_id, lifecycle.REVERTING, payload=body)
     LOG.info("build %s: %s", build_id, reason)

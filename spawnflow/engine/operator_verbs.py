@@ -17,11 +17,12 @@ import threading
 from oslo_config import cfg
 
 from spawnflow.engine import operator
+from spawnflow.engine.delete_runner import RESTART
 from spawnflow.engine.events import EventHub
 from spawnflow.engine.log_retry import unavailable
 from spawnflow.engine.runner import ROLLBACK
 from spawnflow.flows.spec import BuildSpec
-from spawnflow.persistence import db
+from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
 
@@ -103,7 +104,8 @@ class OperatorVerbs:
                     LOG.error("cannot retry build %s: %s", build_id, exc)
                     continue
                 if began:
-                    self._submit(build_id, ROLLBACK)
+                    kind = log.get_build(build_id).kind
+                    self._submit(build_id, RESTART if kind == lifecycle.DELETE else ROLLBACK)
                     started.append(build_id)
             for build_id in rollbacks:
                 running = self._futures.get(build_id)

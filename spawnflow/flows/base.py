@@ -18,8 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol
 
 from taskflow import task
 
@@ -30,6 +30,7 @@ from spawnflow.exceptions import (
     LibvirtUnreachable,
 )
 from spawnflow.flows.context import BuildContext
+from spawnflow.flows.manifest import digest
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _retried(revert: Callable[..., Any]) -> Callable[..., Any]:
     """``revert``, run again after a host error (see the module docstring)."""
 
     @functools.wraps(revert)  # TaskFlow reads the revert's arguments from its signature
-    def run(self: SpawnTask, *args: Any, **kwargs: Any) -> Any:
+    def run(self: FlowStep, *args: Any, **kwargs: Any) -> Any:
         for delay in REVERT_RETRY_DELAYS:
             try:
                 return revert(self, *args, **kwargs)
@@ -71,17 +72,27 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method``, run only while this agent may still touch the host (``ctx.guard``)."""
 
     @functools.wraps(method)  # TaskFlow reads the arguments from the signature
-    def run(self: SpawnTask, *args: Any, **kwargs: Any) -> Any:
+    def run(self: FlowStep, *args: Any, **kwargs: Any) -> Any:
         self.ctx.guard()
         return method(self, *args, **kwargs)
 
     return run
 
 
+class StepContext(Protocol):
+    """What every step's context offers the wrapping above."""
+
+    build_id: str
+
+    def guard(self) -> None: ...
+
+    def stopping(self) -> bool: ...
+
+
 # TaskFlow ships no types, so Task is Any: strict mypy refuses subclassing it
 # (misc), plain mypy does not (hence unused-ignore).
-class SpawnTask(task.Task):  # type: ignore[misc, unused-ignore]
-    """A step of the spawn flow; subclasses set ``step`` and ``default_provides``.
+class FlowStep(task.Task):  # type: ignore[misc, unused-ignore]
+    """A step of a flow (spawn or delete); subclasses set ``step`` and ``default_provides``.
 
     The context is kept, never persisted: on resume the agent builds a new
     one from the persisted spec (see :mod:`spawnflow.flows.context`).
@@ -95,6 +106,7 @@ class SpawnTask(task.Task):  # type: ignore[misc, unused-ignore]
 
     step: ClassVar[str]
     step_version: ClassVar[tuple[int, int]] = (1, 0)
+    ctx: StepContext
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -103,7 +115,22 @@ class SpawnTask(task.Task):  # type: ignore[misc, unused-ignore]
         if "revert" in cls.__dict__:
             cls.revert = _retried(_guarded(cls.__dict__["revert"]))
 
-    def __init__(self, ctx: BuildContext):
+    def __init__(self, ctx: StepContext):
         super().__init__(name=self.step)
         self.version = self.step_version
         self.ctx = ctx
+
+
+class SpawnTask(FlowStep):
+    """A step of the spawn flow, holding the build's :class:`BuildContext`."""
+
+    ctx: BuildContext
+
+    def __init__(self, ctx: BuildContext):
+        super().__init__(ctx)
+
+
+def flow_digest(flow_name: str, steps: Sequence[type[FlowStep]]) -> str:
+    """A flow's version from its steps' classes (``manifest.digest`` of their names
+    and versions)."""
+    return digest(flow_name, [(cls.step, cls.step_version) for cls in steps])

@@ -23,10 +23,8 @@ the half-written ``.part`` or ``disk.tmp`` is removed on the way out.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 from typing import Any
 
 from spawnflow.exceptions import (
@@ -38,34 +36,14 @@ from spawnflow.exceptions import (
 )
 from spawnflow.flows.base import SpawnTask
 from spawnflow.persistence.step_results import ImageResult
+from spawnflow.virt import instance_files
 from spawnflow.virt.image_sources import is_masked
 from spawnflow.virt.images import FetchResult, group_id
-from spawnflow.virt.marked_dir import make_marked_dir, remove_staging
+from spawnflow.virt.instance_files import DISK_MARKER, MARKER, read_marker, write_marker
+from spawnflow.virt.marked_dir import make_marked_dir
 
 LOG = logging.getLogger(__name__)
-MARKER = ".spawnflow-build"
-DISK_MARKER = ".spawnflow-disk-build"
 GiB = 1024**3
-
-
-def _marker(path: str) -> str | None:
-    """The build id a marker file holds, or None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def _write_marker(path: str, build_id: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(build_id)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _made_by(instance_dir: str, build_id: str) -> bool:
-    return _marker(os.path.join(instance_dir, MARKER)) == build_id
 
 
 class ImageStep(SpawnTask):
@@ -106,19 +84,19 @@ class ImageStep(SpawnTask):
         # Made with its marker in one step, so never there unmarked.
         gid = group_id(ctx.conf.images.cache_group)
         made = make_marked_dir(instance_dir, MARKER, ctx.build_id, gid)
-        created_dir = made or _made_by(instance_dir, ctx.build_id)
+        created_dir = made or instance_files.made_by(instance_dir) == ctx.build_id
         disk_path = os.path.join(instance_dir, "disk")
         disk_marker = os.path.join(instance_dir, DISK_MARKER)
         if not os.path.exists(disk_path):
             # Claimed before it exists: a crash right after creating it still
             # leaves a disk that a re-run adopts and a revert removes.
-            _write_marker(disk_marker, ctx.build_id)
+            write_marker(disk_marker, ctx.build_id)
         size = ctx.spec.flavor.root_gb * GiB or None
         ctx.images.create_instance_disk(
             base.path, disk_path, image.disk_format, size, should_stop=self._must_stop
         )
         # Ours if this run or an earlier run of this build (cut short) made it.
-        created_disk = _marker(disk_marker) == ctx.build_id
+        created_disk = read_marker(disk_marker) == ctx.build_id
         return ImageResult(
             instance_dir=instance_dir,
             created_dir=created_dir,
@@ -133,17 +111,7 @@ class ImageStep(SpawnTask):
         # The markers, not the result, tell what this build made (see the
         # module docstring): a result may be missing (failure, crash
         # mid-step) or stale (a later build of this instance owns the paths).
-        instance_dir = self.ctx.instance_dir
-        # A crash inside make_marked_dir leaves only its staging directory.
-        remove_staging(instance_dir, self.ctx.build_id)
-        if _made_by(instance_dir, self.ctx.build_id):
-            shutil.rmtree(instance_dir, ignore_errors=False)
-            return
-        disk_marker = os.path.join(instance_dir, DISK_MARKER)
-        if _marker(disk_marker) == self.ctx.build_id:
-            self.ctx.images.remove_instance_disk(os.path.join(instance_dir, "disk"))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(disk_marker)
+        instance_files.remove(self.ctx.instance_dir, self.ctx.build_id)
 
     def _fetch(self) -> FetchResult:
         """The base image's cache entry (by content digest), fetched if need be."""

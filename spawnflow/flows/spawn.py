@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from taskflow.patterns import linear_flow
 
-from spawnflow.flows.base import SpawnTask
+from spawnflow.flows.base import SpawnTask, flow_digest
 from spawnflow.flows.context import BuildContext
 from spawnflow.flows.disk_info import DiskInfoStep
 from spawnflow.flows.domain_create import DomainCreateStep
@@ -45,13 +44,8 @@ def flow_version(tasks: Sequence[type[SpawnTask]] = TASKS) -> str:
 
     Recorded with every build when it is queued; recovery resumes a build only
     with the flow version it started with (``persistence.recovery_rules``).
-    Twelve hex digits of a SHA-256: enough to tell releases apart, short
-    enough to read in a history line.
     """
-    text = "\n".join(
-        f"{task_cls.step}=={'.'.join(map(str, task_cls.step_version))}" for task_cls in tasks
-    )
-    return hashlib.sha256(f"{FLOW_NAME}\n{text}".encode()).hexdigest()[:12]
+    return flow_digest(FLOW_NAME, tasks)
 
 
 def build_spawn_flow(ctx: BuildContext) -> linear_flow.Flow:

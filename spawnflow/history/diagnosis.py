@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from taskflow import states as tf_states
 
+from spawnflow.history.delete_diagnosis import diagnose_delete
 from spawnflow.history.leftovers import leftovers
 from spawnflow.history.model import BuildRecord, Diagnosis, EventWait, Interruption
 from spawnflow.history.operator_notes import operator_text
@@ -208,6 +209,11 @@ def _active(build: BuildRecord) -> Diagnosis:
             )
         if wait.failed:
             text += f"; {wait.name} reported failed for {', '.join(wait.failed)} (not fatal)"
+    if build.audit is not None and build.audit.missing:
+        text += (
+            f"; the host has no {', no '.join(build.audit.missing)} for this ACTIVE "
+            f"instance (host audit at {clock(build.audit.at)})"
+        )
     return Diagnosis("active", text)
 
 
@@ -361,6 +367,8 @@ def _diagnose(build: BuildRecord, opts: _Options, log_wait: LogWait | None) -> D
     state = build.state
     if log_wait is not None and not lifecycle.is_final(state):
         return _waiting_for_log(build, log_wait)
+    if build.kind == lifecycle.DELETE or state == lifecycle.DELETED:
+        return diagnose_delete(build, stale + dead)
     if state == lifecycle.ACTIVE:
         return _active(build)
     if state == lifecycle.ROLLED_BACK:

@@ -230,6 +230,7 @@ def fold(row: Any, events: Iterable[Any]) -> BuildHistory:
             created_at=row.created_at,
             updated_at=row.updated_at,
             flow_version=getattr(row, "flow_version", None),
+            kind=getattr(row, "kind", None) or "spawn",
         )
     )
     for event in events:

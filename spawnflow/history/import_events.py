@@ -65,6 +65,7 @@ class EventsCheck:
     def __init__(self, c: Checker, build_id: str):
         self.c, self.build_id = c, build_id
         self.state: str | None = None  # the build's lifecycle state so far
+        self.kind = lifecycle.SPAWN  # the build's kind (its first event's payload says)
         self.book: dict[str, Any] | None = None
         self.flows: dict[str, dict[str, Any]] = {}  # uuid -> doc
         self.atoms: dict[str, dict[str, Any]] = {}  # uuid -> doc
@@ -99,8 +100,13 @@ class EventsCheck:
         if event["subject"] != self.build_id:
             raise c.bad(path + ("subject",), "a build event's subject must be the build id")
         c.column(event["name"], path + ("name",), NAME_LEN, required=True)
+        if self.state is None:
+            kind = (event["payload"] or {}).get("kind", lifecycle.SPAWN)
+            if kind not in lifecycle.KINDS:
+                raise c.bad(path + ("payload", "kind"), f"no kind of build {shown(kind)}")
+            self.kind = kind
         try:
-            lifecycle.check(self.state, event["to_state"])
+            lifecycle.check(self.state, event["to_state"], self.kind)
         except IllegalTransition:
             # Said with shown(): the state comes from the document, and may
             # hold anything (a newline, a terminal escape).

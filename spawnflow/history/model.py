@@ -12,6 +12,7 @@ from typing import Any
 
 from taskflow import states as tf_states
 
+from spawnflow.history.host_audit import AuditNote
 from spawnflow.persistence import lifecycle
 
 FORWARD = "forward"
@@ -213,8 +214,10 @@ class BuildRecord(BuildTiming):
     interruptions: list[Interruption] = field(default_factory=list)
     spec: dict[str, Any] | None = None
     flow_version: str | None = None  # recorded when queued (None: before flow versions)
+    kind: str = "spawn"  # or "delete" (persistence.lifecycle.KINDS)
     last_event_at: float | None = None
     agent: AgentLease | None = None  # the owner of the build's host, if the database has one
+    audit: AuditNote | None = None  # an ACTIVE build: the host audit's last findings
 
     @property
     def failed_step(self) -> str | None:
@@ -246,7 +249,8 @@ class BuildRecord(BuildTiming):
 @dataclass(frozen=True)
 class Diagnosis:
     """``kind`` is one of: active, queued, running, waiting, reverting, interrupted,
-    rolled_back, cancelled, failed, resolved. ``text`` says it in one or two sentences."""
+    rolled_back, cancelled, failed, resolved, deleting, deleted. ``text`` says it in one or two
+    sentences."""
 
     kind: str
     text: str

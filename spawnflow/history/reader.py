@@ -26,10 +26,11 @@ from spawnflow.exceptions import PersistenceError, UnknownBuild
 from spawnflow.history.build import BuildHistory
 from spawnflow.history.export import document
 from spawnflow.history.fold import fold
+from spawnflow.history.host_audit import last_findings
 from spawnflow.history.model import AgentLease, BuildSummary, Event, Stats
 from spawnflow.history.queries import build_filters, failures, summaries_query
 from spawnflow.history.stats import stats
-from spawnflow.persistence import db
+from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence import tables as t
 from spawnflow.persistence.db import first_line
 from spawnflow.persistence.eventlog import EventLog
@@ -126,6 +127,9 @@ class History:
         result = fold(row, events)
         if not result.is_final:
             result.agent = self.agent(result.host)
+        if result.state == lifecycle.ACTIVE:
+            with self._connect() as conn:
+                result.audit = last_findings(conn, result.host, result.build_id)
         return result
 
     def agent(self, host: str) -> AgentLease | None:

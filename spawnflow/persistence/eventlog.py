@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from spawnflow.exceptions import PersistenceError, SchemaError, UnknownBuild
 from spawnflow.persistence import db, lifecycle
 from spawnflow.persistence import tables as t
+from spawnflow.persistence.notify import notify_queued
 from spawnflow.persistence.redact import mask_url, redact
 from spawnflow.persistence.writer import LogWriter
 
@@ -100,15 +101,19 @@ class EventLog(LogWriter):
         host: str,
         spec: dict[str, Any],
         flow_version: str | None = None,
+        kind: str = lifecycle.SPAWN,
     ) -> None:
-        """Record a new build in QUEUED; its first event carries the (redacted) spec
-        and the version of the flow it will run (``flow_version``, if given)."""
-        lifecycle.check(None, lifecycle.QUEUED)
+        """Record a new build in QUEUED; its first event carries the (redacted) spec,
+        the version of the flow it will run (``flow_version``, if given) and, for
+        any but a spawn build, its ``kind``."""
+        lifecycle.check(None, lifecycle.QUEUED, kind)
         spec = redact(spec)
         now = time.time()
         payload: dict[str, Any] = {"spec": spec, "host": host, "instance_uuid": instance_uuid}
         if flow_version is not None:
             payload["flow_version"] = flow_version
+        if kind != lifecycle.SPAWN:
+            payload["kind"] = kind
         with self.transaction(build_id) as conn:
             seq = self.append(
                 conn,
@@ -134,8 +139,10 @@ class EventLog(LogWriter):
                     error=None,
                     last_seq=seq,
                     flow_version=flow_version,
+                    kind=kind,
                 )
             )
+            notify_queued(conn, host, build_id)  # delivered on commit (PostgreSQL)
 
     def transition_build(
         self,
@@ -147,7 +154,7 @@ class EventLog(LogWriter):
     ) -> str:
         """Move a build to ``to_state`` if the lifecycle allows it; return the old state."""
         with self.transaction(build_id) as conn:
-            query = sa.select(t.builds.c.state, t.builds.c.instance_name).where(
+            query = sa.select(t.builds.c.state, t.builds.c.instance_name, t.builds.c.kind).where(
                 t.builds.c.build_id == build_id
             )
             if conn.dialect.name == "postgresql":
@@ -155,7 +162,7 @@ class EventLog(LogWriter):
             row = conn.execute(query).first()
             if row is None:
                 raise UnknownBuild(f"no build {build_id}")
-            lifecycle.check(row.state, to_state)
+            lifecycle.check(row.state, to_state, row.kind)
             body = dict(payload or {})
             if error is not None:
                 body["error"] = error
@@ -192,8 +199,11 @@ class EventLog(LogWriter):
         host: str | None = None,
         states: frozenset[str] | None = None,
         instance_uuid: str | None = None,
+        kind: str | None = None,
     ) -> list[sa.Row[Any]]:
         query = sa.select(t.builds).order_by(t.builds.c.created_at)
+        if kind is not None:
+            query = query.where(t.builds.c.kind == kind)
         if host is not None:
             query = query.where(t.builds.c.host == host)
         if states is not None:

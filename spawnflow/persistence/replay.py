@@ -40,7 +40,8 @@ def _build_event(builds: dict[str, dict[str, Any]], event: Any) -> None:
     """Apply one build event; an illegal lifecycle transition raises IllegalTransition."""
     payload = event.payload or {}
     row = builds.get(event.build_id)
-    lifecycle.check(row["state"] if row else None, event.to_state)
+    kind = row["kind"] if row else payload.get("kind", lifecycle.SPAWN)
+    lifecycle.check(row["state"] if row else None, event.to_state, kind)
     if row is None:
         spec = payload.get("spec") or {}
         builds[event.build_id] = {
@@ -60,6 +61,7 @@ def _build_event(builds: dict[str, dict[str, Any]], event: Any) -> None:
             "flow_version": version
             if isinstance(version := payload.get("flow_version"), str) and len(version) <= 64
             else None,
+            "kind": kind,
         }
         return
     row.update(state=event.to_state, updated_at=event.ts, last_seq=event.seq)

@@ -97,13 +97,19 @@ builds = sa.Table(
     # The spawn flow's version the build started with (migration 0008; null
     # for a build queued before flow versions). See flows.spawn.flow_version.
     sa.Column("flow_version", sa.String(64), nullable=True),
+    # spawn or delete (lifecycle.KINDS; migration 0009). A delete build tears
+    # its instance down with a flow of its own (spawnflow.flows.teardown).
+    sa.Column("kind", sa.String(16), nullable=False, server_default=lifecycle.SPAWN),
     sa.Index("ix_builds_created_at", "created_at"),
     sa.Index("ix_builds_state_updated_at", "state", "updated_at"),
-    # One unfinished build per instance, whoever inserts it: two concurrent
-    # starts of one instance (several processes, several hosts) give one build.
+    # One unfinished build per instance and kind, whoever inserts it: two
+    # concurrent starts of one instance (several processes, several hosts)
+    # give one build, two deletes one delete. A delete may be queued while
+    # a spawn is unfinished: it cancels that spawn first.
     sa.Index(
         "ux_builds_unfinished_instance",
         "instance_uuid",
+        "kind",
         unique=True,
         sqlite_where=sa.text(unfinished_clause()),
         postgresql_where=sa.text(unfinished_clause()),

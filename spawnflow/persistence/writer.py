@@ -163,11 +163,14 @@ class LogWriter:
         """This thread runs ``build_id``: an unavailable log met by any read or write
         made here (another build's deferred writes flushed before a read, a read
         inside a save) holds it too, so nothing its engine does next is written."""
+        # Nested (a delete rolls a spawn back in its own thread): the outer
+        # build is the thread's again afterwards.
+        outer = getattr(self._local, "build_id", None)
         self._local.build_id = build_id
         try:
             yield
         finally:
-            self._local.build_id = None
+            self._local.build_id = outer
 
     @contextlib.contextmanager
     def reads(self) -> Iterator[None]:

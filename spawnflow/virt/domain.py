@@ -12,10 +12,13 @@ tolerate "already gone".
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import libvirt
 from lxml import etree
 
-from spawnflow.exceptions import DomainError
+from spawnflow.exceptions import DomainError, HostCallInterrupted
 from spawnflow.virt.host import Host, error_code
 from spawnflow.virt.metadata import build_id_of
 
@@ -139,6 +142,42 @@ def resume(host: Host, uuid: str) -> bool:
         return host.call(f"resuming domain {uuid}", run)
     except libvirt.libvirtError as exc:
         raise DomainError(f"resuming domain {uuid} failed: {exc}") from exc
+
+
+def shutdown(
+    host: Host, uuid: str, timeout: float, should_stop: Callable[[], bool] = lambda: False
+) -> bool:
+    """Ask the guest to power off (ACPI) and wait up to ``timeout`` s; True once it is off.
+
+    False when the guest did not stop in time (or ignores ACPI): the caller
+    destroys it then, as nova does after ``shutdown_timeout``. A missing or
+    stopped domain is off. Raises HostCallInterrupted when ``should_stop``
+    says so while waiting.
+    """
+
+    def request(conn: libvirt.virConnect) -> bool:
+        dom = _find(conn, uuid)
+        if dom is None or not dom.isActive():
+            return True
+        dom.shutdown()
+        return False
+
+    try:
+        if host.call(f"shutting down domain {uuid}", request):
+            return True
+    except libvirt.libvirtError:
+        # Refused: gone or stopped meanwhile (off), or a guest that cannot take
+        # the request, e.g. a paused one (libvirt: "domain is not running") or
+        # one without ACPI: not off, the caller destroys it. The state says which.
+        return state(host, uuid) in ("shutoff", "gone")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if should_stop():
+            raise HostCallInterrupted(f"stopped while domain {uuid} shut down")
+        if state(host, uuid) in ("shutoff", "gone"):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def destroy(host: Host, uuid: str) -> bool:

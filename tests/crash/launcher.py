@@ -2,7 +2,8 @@
 
     python -m tests.crash.launcher --fault before:image -- --config-file X agent
 
-Fault points (all here, none in product code):
+A point names a step of the spawn flow or of the delete flow (their step
+names are distinct). Fault points (all here, none in product code):
   before:<step>   SIGKILL when the step starts executing (RUNNING is committed)
   after:<step>    SIGKILL after the step's side effect, before its result is saved
   revert:<step>   SIGKILL after the step's revert did its work, before REVERTED is saved
@@ -18,9 +19,11 @@ import signal
 import sys
 
 from spawnflow.cmd.main import main
-from spawnflow.flows.spawn import TASKS
+from spawnflow.flows import spawn, teardown
 
-BY_STEP = {cls.step: cls for cls in TASKS}
+BY_STEP = {cls.step: cls for cls in (*spawn.TASKS, *teardown.TASKS)}
+if len(BY_STEP) != len(spawn.TASKS) + len(teardown.TASKS):
+    raise SystemExit("a step name is in both the spawn and the delete flow: fault points clash")
 
 
 def die() -> None:

@@ -67,7 +67,11 @@ class Rendezvous:
             return
         trace_host_calls()  # before the stop: no call after the wake-up goes unseen
         print("stale-launcher: stopping", flush=True)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # To this thread, not the process: a process-directed SIGSTOP may be
+        # taken by another thread, and this one runs on (past the lease check,
+        # into the step's side effect) until the group stop reaches it. A
+        # thread-directed one is acted on before this call returns.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
         print("stale-launcher: continued", flush=True)
         self.continued.set()
 

@@ -20,10 +20,11 @@ import pytest
 from pyroute2 import IPRoute
 
 from spawnflow.flows.context import BuildContext
-from spawnflow.flows.image import MARKER, ImageStep
+from spawnflow.flows.image import ImageStep
 from spawnflow.flows.spec import parse_spec
 from spawnflow.virt import marked_dir
 from spawnflow.virt.images import CachePolicy, FetchResult, ImageCache
+from spawnflow.virt.instance_files import MARKER
 from spawnflow.virt.vif import tap as tap_mod
 from spawnflow.virt.vif.base import PlugResult, Vif, tap_alias, tap_name
 from spawnflow.virt.vif.netlink import delete_link, get_link

@@ -149,7 +149,7 @@ def test_a_build_queued_before_0008_has_no_version_and_new_ones_record_theirs(tm
     engine.dispose()
 
     with EventLog.open(url) as log:
-        assert db.current_revision(log.engine) == "0008"
+        assert db.current_revision(log.engine) == db.head_revision()
         assert log.get_build("b0").flow_version is None
         indexes = {i["name"] for i in sa.inspect(log.engine).get_indexes("builds")}
         assert "ux_builds_unfinished_instance" in indexes

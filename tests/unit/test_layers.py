@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "spawnflow"
 
 # Top to bottom; a module may import its own layer and the layers below it.
-LAYERS = ["cmd", "engine", "flows", "virt", "history", "persistence", "conf"]
+LAYERS = ["cmd", "client", "engine", "flows", "virt", "history", "persistence", "conf"]
 # Modules of the package root: the public entry points sit on top, the
 # exceptions at the bottom (every layer raises them).
 ROOT_LAYER = {"spawnflow": "cmd", "spawnflow.exceptions": "base"}

@@ -10,7 +10,7 @@ from spawnflow.persistence.eventlog import EventLog
 
 def test_table_matches_the_design():
     # FINAL: the agent never moves it on by itself (an operator may move FAILED on).
-    assert {"ACTIVE", "ROLLED_BACK", "FAILED", "RESOLVED"} == lifecycle.FINAL
+    assert {"ACTIVE", "ROLLED_BACK", "FAILED", "RESOLVED", "DELETED"} == lifecycle.FINAL
     lifecycle.check(None, "QUEUED")
     for a, b in [
         ("QUEUED", "RUNNING"),
@@ -48,11 +48,61 @@ def test_operator_transitions_are_marked_and_leave_final_alone():
     assert lifecycle.by_operator("FAILED", "REVERTING")
     assert lifecycle.by_operator("FAILED", "RESOLVED")
     assert not lifecycle.by_operator("RUNNING", "REVERTING")
-    assert lifecycle.TRANSITIONS["FAILED"] == frozenset()
+    assert lifecycle.TRANSITIONS["spawn"]["FAILED"] == frozenset()
     assert lifecycle.is_final("FAILED") and lifecycle.is_final("RESOLVED")
-    assert lifecycle.allowed("RESOLVED") == frozenset()
-    for state, targets in lifecycle.OPERATOR_TRANSITIONS.items():
-        assert state in lifecycle.STATES and targets <= lifecycle.STATES
+    assert lifecycle.allowed("RESOLVED") == {"DELETED"}  # only its instance's delete
+    assert lifecycle.allowed("RESOLVED", "delete") == frozenset()
+    for table in lifecycle.OPERATOR_TRANSITIONS.values():
+        for state, targets in table.items():
+            assert state in lifecycle.STATES and targets <= lifecycle.STATES
+
+
+def test_delete_builds_have_their_own_table_and_only_go_forward():
+    for a, b in [
+        (None, "QUEUED"),
+        ("QUEUED", "DELETING"),
+        ("DELETING", "DELETED"),
+        ("DELETING", "FAILED"),
+        ("DELETING", "INTERRUPTED"),
+        ("INTERRUPTED", "DELETING"),
+        ("FAILED", "DELETING"),  # build retry
+        ("FAILED", "RESOLVED"),
+    ]:
+        lifecycle.check(a, b, "delete")
+    for a, b in [
+        ("QUEUED", "RUNNING"),
+        ("DELETING", "REVERTING"),
+        ("INTERRUPTED", "REVERTING"),
+        ("INTERRUPTED", "RUNNING"),
+        ("DELETED", "DELETING"),
+        ("FAILED", "REVERTING"),
+        ("ACTIVE", "DELETED"),
+    ]:
+        with pytest.raises(IllegalTransition, match="delete build"):
+            lifecycle.check(a, b, "delete")
+    # A spawn build never deletes by itself; its instance's delete moves it.
+    for a, b in [("QUEUED", "DELETING"), ("RUNNING", "DELETED"), ("INTERRUPTED", "DELETING")]:
+        with pytest.raises(IllegalTransition, match="spawn build"):
+            lifecycle.check(a, b)
+    for state in ("ACTIVE", "FAILED", "RESOLVED"):
+        lifecycle.check(state, "DELETED")
+    assert lifecycle.by_operator("FAILED", "DELETING", "delete")
+    assert not lifecycle.by_operator("INTERRUPTED", "DELETING", "delete")
+    assert "DELETING" not in lifecycle.FINAL and "DELETED" in lifecycle.FINAL
+    with pytest.raises(IllegalTransition, match="kind"):
+        lifecycle.check(None, "QUEUED", "resize")
+
+
+def test_the_log_checks_a_delete_build_against_its_own_table(tmp_path):
+    log = EventLog.open(f"sqlite:///{tmp_path}/log.sqlite")
+    log.create_build("d1", instance_uuid="i1", instance_name="n", host="h", spec={}, kind="delete")
+    with pytest.raises(IllegalTransition, match="QUEUED -> RUNNING"):
+        log.transition_build("d1", "RUNNING")
+    for state in ("DELETING", "INTERRUPTED", "DELETING", "DELETED"):
+        log.transition_build("d1", state)
+    assert log.get_build("d1").kind == "delete"
+    assert log.events("d1")[0].payload["kind"] == "delete"
+    log.close()
 
 
 def test_the_log_takes_operator_transitions_and_refuses_past_resolved(tmp_path):

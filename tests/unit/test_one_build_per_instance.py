@@ -49,7 +49,7 @@ def test_migration_clause_is_the_lifecycle_non_final_set():
     assert excluded == lifecycle.FINAL
     assert lifecycle.STATES - excluded == lifecycle.STATES - lifecycle.FINAL
     index = next(i for i in t.builds.indexes if i.name == migration.INDEX)
-    assert index.unique and [c.name for c in index.columns] == ["instance_uuid"]
+    assert index.unique and [c.name for c in index.columns] == ["instance_uuid", "kind"]
     for dialect in ("sqlite", "postgresql"):
         assert str(index.dialect_options[dialect]["where"]) == migration.WHERE
 

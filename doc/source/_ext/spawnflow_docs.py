@@ -2,7 +2,8 @@
 
 ``.. lifecycle-table::``
     The build lifecycle transition table, read from
-    ``spawnflow.persistence.lifecycle.TRANSITIONS`` and ``OPERATOR_TRANSITIONS``
+    ``spawnflow.persistence.lifecycle.TRANSITIONS``, ``OPERATOR_TRANSITIONS`` and
+    ``TORN_DOWN``, one block of rows per kind of build
     (the one table the event log checks every build transition against), with
     who makes each transition: the agent, or only an operator.
 
@@ -12,7 +13,11 @@
     name and the docstring of the module that holds it (what the step creates
     and what its revert removes).
 
-Both import the package, so the documentation cannot say something the code
+``.. delete-steps::``
+    The steps of the delete flow, read the same way from
+    ``spawnflow.flows.teardown``.
+
+All import the package, so the documentation cannot say something the code
 does not do; an import error or a missing name fails the build.
 """
 
@@ -64,44 +69,74 @@ class _TableDirective(Directive):
 
 
 class LifecycleTable(_TableDirective):
-    """The build lifecycle: every state, where it may go next and who makes the move
-    (the agent, or only an operator), whether it is final."""
+    """The build lifecycle of each kind of build: every state, where it may go next and
+    who makes the move (the agent, only an operator, or the instance's delete), and
+    whether it is final."""
 
     def lines(self) -> list[str]:
         lifecycle = importlib.import_module("spawnflow.persistence.lifecycle")
         rows = []
-        for state, targets in lifecycle.TRANSITIONS.items():
-            shown = "*(new build)*" if state is None else f"``{state}``"
-            by_agent = ", ".join(f"``{t}``" for t in sorted(targets)) or "—"
-            by_operator = lifecycle.OPERATOR_TRANSITIONS.get(state, frozenset())
-            operator = ", ".join(f"``{t}``" for t in sorted(by_operator)) or "—"
-            final = "final" if state is not None and lifecycle.is_final(state) else ""
-            rows.append([shown, by_agent, operator, final])
+        for kind in lifecycle.KINDS:
+            operator_table = lifecycle.OPERATOR_TRANSITIONS[kind]
+            for state, targets in lifecycle.TRANSITIONS[kind].items():
+                shown = "*(new build)*" if state is None else f"``{state}``"
+                by_agent = ", ".join(f"``{t}``" for t in sorted(targets)) or "—"
+                by_operator = operator_table.get(state, frozenset())
+                operator = ", ".join(f"``{t}``" for t in sorted(by_operator)) or "—"
+                torn = lifecycle.TORN_DOWN.get(state, frozenset()) if kind == "spawn" else ()
+                by_delete = ", ".join(f"``{t}``" for t in sorted(torn)) or "—"
+                final = "final" if state is not None and lifecycle.is_final(state) else ""
+                rows.append([kind, shown, by_agent, operator, by_delete, final])
         return _list_table(
-            ["from", "may go to (made by the agent)", "made only by an operator", ""],
+            [
+                "kind",
+                "from",
+                "may go to (made by the agent)",
+                "made only by an operator",
+                "made by the instance's delete",
+                "",
+            ],
             rows,
-            [16, 42, 28, 14],
+            [8, 14, 30, 20, 18, 10],
         )
 
 
-class SpawnSteps(_TableDirective):
-    """The spawn flow's steps in order, with what each creates and reverts."""
+class _FlowSteps(_TableDirective):
+    """A flow's steps in order, each with its module's docstring."""
+
+    module = ""
+    heading = ""
 
     def lines(self) -> list[str]:
-        spawn = importlib.import_module("spawnflow.flows.spawn")
+        flow = importlib.import_module(self.module)
         # The flow's own step names (what history shows), in flow order.
-        names = spawn.step_names()
-        if len(names) != len(spawn.TASKS):
-            raise self.error("step_names() and TASKS of the spawn flow disagree")
+        names = flow.step_names()
+        if len(names) != len(flow.TASKS):
+            raise self.error(f"step_names() and TASKS of {self.module} disagree")
         rows = []
-        for number, (task_cls, name) in enumerate(zip(spawn.TASKS, names), start=1):
+        for number, (task_cls, name) in enumerate(zip(flow.TASKS, names), start=1):
             module = sys.modules[task_cls.__module__]
             doc = inspect.cleandoc(module.__doc__ or task_cls.__doc__ or "")
             rows.append([str(number), f"``{name}``", doc])
-        return _list_table(["#", "step", "what it does, what its revert removes"], rows, [4, 16, 80])
+        return _list_table(["#", "step", self.heading], rows, [4, 16, 80])
+
+
+class SpawnSteps(_FlowSteps):
+    """The spawn flow's steps in order, with what each creates and reverts."""
+
+    module = "spawnflow.flows.spawn"
+    heading = "what it does, what its revert removes"
+
+
+class DeleteSteps(_FlowSteps):
+    """The delete flow's steps in order, with what each removes."""
+
+    module = "spawnflow.flows.teardown"
+    heading = "what it removes"
 
 
 def setup(app):
     app.add_directive("lifecycle-table", LifecycleTable)
     app.add_directive("spawn-steps", SpawnSteps)
+    app.add_directive("delete-steps", DeleteSteps)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -90,7 +90,7 @@ def summary(build: BuildHistory, width: int | None = None, brief: bool = False) 
     width = width or table_width()
     states = " -> ".join(t.to_state for t in build.lifecycle)
     lines = [
-        f"build     {build.build_id}",
+        f"build     {build.build_id}" + ("  (a delete)" if build.kind != "spawn" else ""),
         f"instance  {build.instance_uuid} {shorten(build.instance_name, 30)}",
         f"host      {shorten(build.host, 30)}  created {timestamp(build.created_at)}",
         f"state     {build.state}  ({states})",

@@ -1,0 +1,88 @@
+"""``Client``: the fleet's front door (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+from spawnflow.engine.events import request_cancel
+from spawnflow.engine.outcome import Outcome
+from spawnflow.engine.queue import queue_build, queue_delete
+from spawnflow.exceptions import InvalidSpec
+from spawnflow.flows.spec import BuildSpec, parse_spec
+from spawnflow.persistence import lifecycle
+from spawnflow.persistence.backend import EventLogBackend
+from spawnflow.persistence.eventlog import EventLog
+
+HOST_MAX = 255  # builds.host
+
+
+def check_host(host: Any) -> str:
+    """``host`` as a host name, or InvalidSpec naming the field."""
+    if not isinstance(host, str) or not host.strip() or len(host) > HOST_MAX:
+        raise InvalidSpec(f"host: {host!r} is not a host name (1 to {HOST_MAX} characters)")
+    if not host.isprintable() or host != host.strip():
+        raise InvalidSpec(f"host: {host!r} holds spaces or characters that cannot be printed")
+    return host
+
+
+class Client:
+    """Queue builds and deletes in a spawnflow event log for hosts' agents to run.
+
+    The database must be one an agent (or ``spawnflow db upgrade``) made:
+    a client never creates or upgrades a schema.
+    """
+
+    def __init__(self, db_url: str, poll_interval: float = 0.2) -> None:
+        self._log = EventLog.open(db_url, upgrade=False)
+        self._backend = EventLogBackend(eventlog=self._log)
+        self.poll_interval = poll_interval
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._backend.close()
+        self._log.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_build(
+        self, spec: BuildSpec | dict[str, Any] | str | os.PathLike[str], host: str
+    ) -> str:
+        """Queue a build of ``spec`` for ``host``'s agent; return its id at once.
+
+        The instance's unfinished build on that host, or its ACTIVE one, is
+        returned instead of a second build; one on another host is an error,
+        and so is an instance being deleted.
+        """
+        host = check_host(host)
+        build_id, _created = queue_build(self._log, self._backend, parse_spec(spec), host)
+        return build_id
+
+    def delete_instance(self, instance_uuid: str, force: bool = False) -> str:
+        """Queue a delete of the instance for the agent of its host; return its id."""
+        row, _created = queue_delete(self._log, self._backend, instance_uuid, force=force)
+        return str(row.build_id)
+
+    def cancel(self, build_id: str) -> None:
+        """Ask the owning agent to roll the build back from its next step boundary."""
+        request_cancel(self._log, build_id)
+
+    def state(self, build_id: str) -> str:
+        return str(self._log.get_build(build_id).state)
+
+    def wait(self, build_id: str, timeout: float | None = None) -> Outcome:
+        """Follow the log until the build is final (or ``timeout`` s pass); its outcome."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            row = self._log.get_build(build_id)
+            if lifecycle.is_final(row.state) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                return Outcome(build_id=build_id, state=row.state, error=row.error)
+            time.sleep(self.poll_interval)
