@@ -1,6 +1,6 @@
 """``python -m bench``: every benchmark, figures as ratios against a same-run baseline."""
 
-from bench import agent, history, persistence
+from bench import agent, fleet, history, persistence
 
 if __name__ == "__main__":
     persistence.main()
@@ -8,3 +8,5 @@ if __name__ == "__main__":
     history.main([])
     print()
     agent.main()
+    print()
+    fleet.main([])

@@ -33,6 +33,9 @@ PACKAGES=(
     openssl
     # mkfs.ext4 and mount -o loop: the full-disk test's small filesystem
     e2fsprogs mount
+    # systemd-analyze: the test that verifies etc/systemd/spawnflow-agent.service
+    # (it runs offline: systemd need not be PID 1)
+    systemd
 )
 
 if [[ "${1:-}" == "demo" ]]; then

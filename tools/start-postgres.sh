@@ -67,6 +67,16 @@ if [[ "$port" != "$PG_PORT" ]]; then
     fi
 fi
 
+# pg_stat_statements (the server's count of statements and their time, read by
+# bench/fleet.py) is loaded at server start: a drop-in in the cluster's
+# conf.d, which postgresql.conf includes last. A server running without it
+# is restarted once, below.
+PRELOAD_CONF=/etc/postgresql/$PG_VERSION/$PG_CLUSTER/conf.d/spawnflow-preload.conf
+if [[ ! -f "$PRELOAD_CONF" ]]; then
+    echo "shared_preload_libraries = 'pg_stat_statements'" >"$PRELOAD_CONF" ||
+        die "cannot write $PRELOAD_CONF"
+fi
+
 status=$(cluster_field 4)
 if [[ "$status" != online* ]]; then
     # The socket directory lives in /run, which may be fresh after a reboot.
@@ -75,12 +85,21 @@ if [[ "$status" != online* ]]; then
         die "pg_ctlcluster $PG_VERSION $PG_CLUSTER start failed"
 fi
 
-deadline=$((SECONDS + WAIT_SECONDS))
-until as_postgres pg_isready -q -h 127.0.0.1 -p "$PG_PORT" \
-        && psql_admin -c 'SELECT 1' >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "PostgreSQL did not accept connections within ${WAIT_SECONDS} s"
-    sleep 0.5
-done
+wait_ready() {
+    local deadline=$((SECONDS + WAIT_SECONDS))
+    until as_postgres pg_isready -q -h 127.0.0.1 -p "$PG_PORT" \
+            && psql_admin -c 'SELECT 1' >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "PostgreSQL did not accept connections within ${WAIT_SECONDS} s"
+        sleep 0.5
+    done
+}
+wait_ready
+
+if [[ $(psql_admin -tAc 'SHOW shared_preload_libraries') != *pg_stat_statements* ]]; then
+    pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart >/dev/null 2>&1 ||
+        die "pg_ctlcluster $PG_VERSION $PG_CLUSTER restart (to load pg_stat_statements) failed"
+    wait_ready
+fi
 
 # Role: create it, or bring an existing one to the wanted password/attributes.
 psql_admin -v role="$PG_ROLE" -v pw="$PG_PASSWORD" >/dev/null <<'SQL'

@@ -9,23 +9,11 @@ from typing import Any
 
 from spawnflow.engine.events import request_cancel
 from spawnflow.engine.outcome import Outcome
-from spawnflow.engine.queue import queue_build, queue_delete
-from spawnflow.exceptions import InvalidSpec
+from spawnflow.engine.queue import check_host, queue_build, queue_delete
 from spawnflow.flows.spec import BuildSpec, parse_spec
 from spawnflow.persistence import lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
-
-HOST_MAX = 255  # builds.host
-
-
-def check_host(host: Any) -> str:
-    """``host`` as a host name, or InvalidSpec naming the field."""
-    if not isinstance(host, str) or not host.strip() or len(host) > HOST_MAX:
-        raise InvalidSpec(f"host: {host!r} is not a host name (1 to {HOST_MAX} characters)")
-    if not host.isprintable() or host != host.strip():
-        raise InvalidSpec(f"host: {host!r} holds spaces or characters that cannot be printed")
-    return host
 
 
 class Client:

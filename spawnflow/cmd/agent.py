@@ -5,6 +5,11 @@ unfinished build, then runs builds queued with ``spawnflow spawn --no-wait``
 (and audits the host every ``[audit] interval``)
 until SIGTERM/SIGINT, when it stops taking work and lets running steps reach
 a boundary (those builds resume on the next start).
+
+Under systemd (``etc/systemd/spawnflow-agent.service``, ``Type=notify``) it says
+READY=1 once recovery is decided and started, WATCHDOG=1 at each renewal of its
+host lease while it is healthy, and STOPPING=1 when it begins to drain
+(``spawnflow.cmd.service``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import threading
 
 from spawnflow import Agent
 from spawnflow.cmd.base import Command
+from spawnflow.cmd.service import Notifier
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +44,27 @@ class AgentCommand(Command):
     def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
         LOG.info("build %s  %-14s %s", build_id, step, state)
 
+    def _watch(self, agent: Agent, notifier: Notifier) -> None:
+        """WATCHDOG=1 at each renewal of the host lease, while the agent can go on: a
+        lost lease or log, or a heartbeat that stopped, lets systemd's watchdog fire."""
+        lease_seconds = self.conf.recovery.lease_seconds
+        timeout = notifier.watchdog_seconds
+        if timeout is not None and timeout < 2 * lease_seconds / 3:
+            LOG.warning(
+                "the systemd watchdog (%.0fs) is shorter than two lease renewals "
+                "([recovery] lease_seconds %s, renewed every third): raise WatchdogSec",
+                timeout,
+                lease_seconds,
+            )
+
+        def renewed() -> None:
+            if agent.failed is None:
+                notifier.watchdog()
+
+        agent.lease.on_renewed.append(renewed)
+
     def take_action(self, parsed_args: argparse.Namespace) -> int:
+        notifier = Notifier.from_environ()
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
@@ -50,6 +76,9 @@ class AgentCommand(Command):
             )
         self.app.stdout.write(f"agent of host {self.conf.host} running\n")
         self.app.stdout.flush()
+        self._watch(agent, notifier)
+        # Recovery is decided and its builds submitted: the host is in service.
+        notifier.ready(f"host {self.conf.host}: running, {len(agent.recovered)} build(s) recovered")
         failed = None
         try:
             while not stop.is_set():
@@ -65,6 +94,9 @@ class AgentCommand(Command):
                 agent.audit_if_due()  # [audit] interval; what it finds goes to the log
                 agent.wait_for_work(parsed_args.poll_interval, stop)
         finally:
+            notifier.stopping(
+                f"stopping ({failed})" if failed else "stopping: running steps finish"
+            )
             self.app.stdout.write("stopping: running steps finish, then builds pause\n")
             self.app.stdout.flush()
             agent.stop()

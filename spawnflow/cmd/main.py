@@ -22,7 +22,7 @@ from cliff.command import Command
 from cliff.commandmanager import CommandManager
 from oslo_config import cfg
 
-from spawnflow import conf as sf_conf
+from spawnflow.cmd import logs
 from spawnflow.cmd.render.text import safe
 from spawnflow.exceptions import ConfigError, PersistenceError, SpawnflowError
 from spawnflow.history import mask_url
@@ -116,30 +116,20 @@ def _one_line_usage_errors(get_parser: GetParser) -> GetParser:
     return make
 
 
-class _TerminalSafeFormatter(logging.Formatter):
-    """A handler's own formatter, its output escaped: a log line may quote what a
-    server or a stored record said (an HTTP reason, an instance name), and a
-    terminal reading the log must not act on the escapes inside it."""
-
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        return safe(self.inner.format(record), keep="\n\t")
-
-
 class SpawnflowApp(App):
     """The ``spawnflow`` application: its commands are the ``spawnflow.cli`` entry points."""
+
+    VERSION = "0.1.0"
 
     def __init__(self) -> None:
         super().__init__(
             description="Durable, revertible VM spawns on a libvirt host.",
-            version="0.1.0",
+            version=self.VERSION,
             command_manager=CommandManager("spawnflow.cli"),
             deferred_help=True,
         )
         self._conf: cfg.ConfigOpts | None = None
+        self._console: logging.Handler | None = None
 
     def build_option_parser(
         self,
@@ -158,19 +148,32 @@ class SpawnflowApp(App):
         return parser
 
     def configure_logging(self) -> None:
+        """cliff's terminal handler (``-v``/``-q``) and ``--log-file``, with each build's
+        id and step and escaped output; oslo.log joins once the configuration is read
+        (see ``spawnflow.cmd.logs``)."""
+        root = logging.getLogger("")
+        before = list(root.handlers)
         super().configure_logging()
-        for handler in logging.getLogger("").handlers:
-            inner = handler.formatter or logging.Formatter()
-            handler.setFormatter(_TerminalSafeFormatter(inner))
+        # cliff adds its terminal handler last.
+        self._console = root.handlers[-1] if root.handlers else None
+        for handler in root.handlers:
+            if handler in before:
+                continue
+            if handler is self._console:
+                logs.prepare_console(handler)
+            else:
+                logs.prepare(handler)
 
     @property
     def conf(self) -> cfg.ConfigOpts:
-        """The configuration, loaded once from --config-file."""
+        """The configuration, loaded once from --config-file; logging through oslo.log
+        starts then, as its ``[DEFAULT]`` says."""
         if self._conf is None:
             argv: list[str] = []
             for path in self.options.config_file:
                 argv += ["--config-file", path]
-            self._conf = sf_conf.load(argv)
+            self._conf = logs.load_conf(argv)
+            logs.setup(self._conf, self._console, self.VERSION)
         return self._conf
 
     def prepare_to_run_command(self, cmd: Command) -> None:

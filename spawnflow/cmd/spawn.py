@@ -9,6 +9,7 @@ from spawnflow.cmd.base import Command
 from spawnflow.cmd.render.build import STEP_COLUMNS, step_rows, summary
 from spawnflow.cmd.render.text import emit_table
 from spawnflow.engine.admin import queue_build
+from spawnflow.exceptions import SpawnflowError
 from spawnflow.history import History, lifecycle
 
 
@@ -27,6 +28,12 @@ class Spawn(Command):
             help="only queue the build in the database for this host's "
             "agent (`spawnflow agent`) and print its id",
         )
+        parser.add_argument(
+            "--host",
+            default=None,
+            help="with --no-wait: queue it for that host's agent instead (a fleet on one "
+            "PostgreSQL log); that agent checks the spec against its own allow lists",
+        )
         return parser
 
     def _progress(self, build_id: str, step: str, state: str, elapsed: float) -> None:
@@ -35,7 +42,11 @@ class Spawn(Command):
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         if parsed_args.no_wait:
-            return self._queue(parsed_args.spec)
+            return self._queue(parsed_args.spec, parsed_args.host)
+        if parsed_args.host is not None and parsed_args.host != self.conf.host:
+            raise SpawnflowError(
+                f"--host needs --no-wait: without it the build runs here, on host {self.conf.host}"
+            )
         with Agent(self.conf, progress=self._progress) as agent:
             build_id = agent.start_build(parsed_args.spec)
             # Not "queued": a retry of an ACTIVE instance returns its build,
@@ -48,8 +59,8 @@ class Spawn(Command):
         emit_table(STEP_COLUMNS, step_rows(build), self.app.stdout)
         return 0 if outcome.state == lifecycle.ACTIVE else 1
 
-    def _queue(self, spec_path: str) -> int:
-        queued = queue_build(self.conf, spec_path)
+    def _queue(self, spec_path: str, host: str | None) -> int:
+        queued = queue_build(self.conf, spec_path, host)
         if queued.already_active:
             self.app.stdout.write(
                 f"build {queued.build_id} of instance {queued.instance_uuid} is "

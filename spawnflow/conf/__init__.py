@@ -19,6 +19,7 @@ from spawnflow.conf import (
     firewall,
     images,
     libvirt,
+    metrics,
     network,
     recovery,
     volumes,
@@ -35,6 +36,7 @@ _MODULES = (
     volumes,
     encryption,
     audit,
+    metrics,
 )
 
 

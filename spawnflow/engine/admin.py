@@ -25,7 +25,7 @@ from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
 from spawnflow.engine import agent, events, operator, queue
-from spawnflow.engine.queue import parse_instance_uuid
+from spawnflow.engine.queue import check_host, parse_instance_uuid
 from spawnflow.exceptions import PersistenceError
 from spawnflow.flows.policy import check_queueable, check_spec
 from spawnflow.flows.spawn import flow_version
@@ -75,26 +75,33 @@ class SchemaRevision:
 
 
 def queue_build(
-    conf: cfg.ConfigOpts, spec: BuildSpec | dict[str, Any] | str | os.PathLike[str]
+    conf: cfg.ConfigOpts,
+    spec: BuildSpec | dict[str, Any] | str | os.PathLike[str],
+    host: str | None = None,
 ) -> QueuedBuild:
-    """Record a build as QUEUED for this host's agent (``spawnflow agent``) to run.
+    """Record a build as QUEUED for the agent of ``host`` (default: this host) to run.
 
-    The spec is validated and checked against what the operator allows (and
-    against what a queued build can fetch: ``check_queueable``) before
-    anything is written. A retry returns the instance's unfinished or ACTIVE
-    build instead of a new one (``Agent.start_build`` does the same).
+    For this host the spec is validated and checked against what the operator
+    allows (and against what a queued build can fetch: ``check_queueable``)
+    before anything is written. For another host (placement from anywhere,
+    as ``spawnflow.client`` does) only its shape is checked here: that host's
+    agent holds its allow lists, and its steps check the spec against them
+    before they touch anything. A retry returns the instance's unfinished or
+    ACTIVE build instead of a new one (``Agent.start_build`` does the same).
     """
     spec = parse_spec(spec)
-    with contextlib.closing(Host.from_conf(conf)) as host:
-        check_spec(spec, conf, host)
-    check_queueable(spec, conf)
+    target = conf.host if host is None else check_host(host)
+    if target == conf.host:
+        with contextlib.closing(Host.from_conf(conf)) as local:
+            check_spec(spec, conf, local)
+        check_queueable(spec, conf)
     with (
         EventLog.open(sf_conf.database_url(conf)) as log,
         contextlib.closing(EventLogBackend(eventlog=log)) as backend,
     ):
-        build_id, created = agent.queue_build(log, backend, spec, conf.host)
+        build_id, created = agent.queue_build(log, backend, spec, target)
         state = None if created else log.get_build(build_id).state
-    return QueuedBuild(build_id, spec.instance.uuid, conf.host, created, state)
+    return QueuedBuild(build_id, spec.instance.uuid, target, created, state)
 
 
 @dataclass(frozen=True)

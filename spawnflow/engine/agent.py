@@ -27,12 +27,13 @@ from typing import Any
 from oslo_config import cfg
 
 from spawnflow import conf as sf_conf
-from spawnflow.engine import log_retry, recovery
+from spawnflow.engine import log_context, log_retry, recovery
 from spawnflow.engine.agent_recovery import Recovery
 from spawnflow.engine.audit_verbs import AuditVerbs
 from spawnflow.engine.delete_verbs import DeleteVerbs
 from spawnflow.engine.events import EventHub, deliver, request_cancel
 from spawnflow.engine.log_retry import unavailable
+from spawnflow.engine.metrics import AgentMetrics
 from spawnflow.engine.operator_verbs import OperatorVerbs
 from spawnflow.engine.outcome import Outcome
 from spawnflow.engine.ownership import HostLease
@@ -71,7 +72,6 @@ LOG = logging.getLogger(__name__)
 class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
     def __init__(self, conf: cfg.ConfigOpts, progress: ProgressCallback | None = None):
         self.conf = conf
-        self.progress = progress
         self.eventlog: EventLog | None = None
         self.recovered: dict[str, recovery.Decision] = {}
         self._futures: dict[str, concurrent.futures.Future[str]] = {}
@@ -81,12 +81,15 @@ class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
         self._stopping = threading.Event()
         self._log_lost = threading.Event()
         self._log_waits = log_retry.LogWaits(conf)
+        self.metrics = AgentMetrics(conf, self._log_waits)  # engine.metrics: hooks, endpoint
+        self.progress = self.metrics.progress(progress)  # times each step, then calls progress
 
     # -- lifecycle of the agent ---------------------------------------------------------
 
     def start(self) -> None:
         """Take the host lease, recover unfinished builds, then accept new ones."""
         conf = self.conf
+        self.metrics.check()  # a malformed [metrics] bind is refused before anything runs
         self.eventlog = EventLog.open(sf_conf.database_url(conf))
         self.lease = HostLease(self.eventlog, conf.host, conf.recovery.lease_seconds)
         try:
@@ -98,10 +101,12 @@ class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
         try:
             self._start_services()
             self._recover()
+            self.metrics.serve(self.lease, lambda: self.eventlog)
         except BaseException:
             # Nothing runs yet: give the host back, or this process would look
             # like a live owner to the next start.
             self._executor.shutdown(wait=True, cancel_futures=True)
+            self.metrics.stop()
             self.lease.release()
             self.eventlog.close()
             self.eventlog = None
@@ -136,6 +141,7 @@ class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
         )
         self.queue_waiter = QueueWaiter(sf_conf.database_url(conf), conf.host)
         self._log_waits.reserve()
+        self.metrics.bind()  # a port that cannot be had stops the start before builds run
         self._stopping.clear()
 
     @property
@@ -189,6 +195,7 @@ class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
             LOG.warning("stopping without giving the host lease back: %s", db.first_line(exc))
             self.lease.abandon()
         finally:
+            self.metrics.stop()
             self.queue_waiter.close()
             self.host.close()
             self.eventlog.close_quietly()
@@ -291,6 +298,12 @@ class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
     def _run(self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None) -> str:
         """Run the build; while the log is unavailable, hold it, then recover it in place."""
         next_run: tuple[str, str | None] | None = (mode, reason)
+        with log_context.bind(build_id):
+            return self.metrics.run(build_id, self._run_until_settled, next_run, spec)
+
+    def _run_until_settled(
+        self, build_id: str, next_run: tuple[str, str | None] | None, spec: BuildSpec | None
+    ) -> str:
         try:
             while next_run is not None:
                 try:
@@ -327,6 +340,7 @@ class Agent(Recovery, DeleteVerbs, OperatorVerbs, AuditVerbs):
         self, build_id: str, mode: str, reason: str | None, spec: BuildSpec | None
     ) -> str:
         row = self._log().get_build(build_id)
+        self.metrics.began(build_id, row.kind)
         control = Control(
             cancelled=lambda: self._is_cancelled(build_id),
             stopping=lambda: self._stopping.is_set() or self.lease.lost.is_set(),

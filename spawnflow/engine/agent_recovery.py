@@ -20,6 +20,7 @@ from oslo_config import cfg
 from spawnflow.engine import log_retry, recovery
 from spawnflow.engine.delete_verbs import RESTART
 from spawnflow.engine.events import EventHub
+from spawnflow.engine.metrics import AgentMetrics
 from spawnflow.engine.ownership import HostLease
 from spawnflow.engine.queue import UNFINISHED
 from spawnflow.engine.runner import FRESH, RESUME, ROLLBACK
@@ -39,6 +40,7 @@ class Recovery:
     backend: EventLogBackend
     events: EventHub
     lease: HostLease
+    metrics: AgentMetrics
     recovered: dict[str, recovery.Decision]
     _stopping: threading.Event
     _log_lost: threading.Event
@@ -79,6 +81,7 @@ class Recovery:
             return self._plan_delete(row)
         if self._being_deleted(row):
             # Never forward: its instance's delete waits for it to roll back.
+            self.metrics.recovered(recovery.ROLLBACK)
             return ROLLBACK, "recovery: rollback, because its instance is being deleted"
         self.backend.forget(build_id)  # decide on what the log holds
         flow_detail = next(iter(self.backend.get_connection().get_logbook(build_id)))
@@ -87,6 +90,7 @@ class Recovery:
         )
         LOG.info("build %s was interrupted: %s (%s)", build_id, decision.action, decision.reason)
         self.recovered[build_id] = decision
+        self.metrics.recovered(decision.action)
         modes = {recovery.RESUME: RESUME, recovery.HOLD: recovery.HOLD}  # held: not run
         mode = modes.get(decision.action, ROLLBACK)
         return mode, f"recovery: {decision.action}, because {decision.reason}"
@@ -103,6 +107,7 @@ class Recovery:
             mode = RESUME
         LOG.info("delete %s was interrupted: %s", row.build_id, decision.reason)
         self.recovered[row.build_id] = decision
+        self.metrics.recovered(decision.action)
         return mode, f"recovery: {decision.action}, because {decision.reason}"
 
     def _after_log_fault(self, build_id: str, error: str) -> tuple[str, str | None] | None:

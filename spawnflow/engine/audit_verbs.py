@@ -46,6 +46,7 @@ from spawnflow.engine.audit_report import (
     Finding,
     findings_payload,
 )
+from spawnflow.engine.metrics import AgentMetrics
 from spawnflow.engine.ownership import HostLease
 from spawnflow.exceptions import Fenced
 from spawnflow.history import History
@@ -69,6 +70,7 @@ class AuditVerbs:
     host: Host
     images: ImageCache
     lease: HostLease
+    metrics: AgentMetrics
     _lock: threading.Lock
     # Class defaults: the agent's __init__ does not know about the audit.
     _audit_next_at: float | None = None
@@ -101,6 +103,7 @@ class AuditVerbs:
                 self._expire(report)
         if not report.scope:
             self._record_findings(report)
+            self.metrics.audited(report.counts())
         return report
 
     def audit_if_due(self, now: float | None = None) -> AuditReport | None:

@@ -23,6 +23,7 @@ from typing import Any
 import taskflow.engines
 from taskflow import states as tf_states
 
+from spawnflow.engine import log_context
 from spawnflow.engine.runner import Control, ProgressCallback, describe
 from spawnflow.exceptions import AgentStopping
 from spawnflow.flows.teardown import DeleteContext, build_delete_flow, step_names
@@ -64,6 +65,7 @@ class _DeleteRun:
 
     def on_atom(self, state: str, details: dict[str, Any]) -> None:
         step = details.get("task_name")
+        log_context.set_step(step)
         LOG.debug("delete %s step %s %s", self.ctx.build_id, step, state)
         if self.progress is not None:
             self.progress(self.ctx.build_id, step or "?", state, time.monotonic() - self.started)

@@ -38,6 +38,12 @@ class LogWaits:
         self.conf = conf
         self._waits: dict[str, LogWait] = {}
         self._lock = threading.Lock()
+        # Called each time a build meets the log unavailable (the metrics count).
+        self.on_unavailable: list[Callable[[], None]] = []
+
+    def met_unavailable(self) -> None:
+        for callback in self.on_unavailable:
+            callback()
 
     def reserve(self) -> None:
         """Make the status file while there is room (see ``persistence.log_wait``)."""
@@ -78,6 +84,7 @@ def wait_for_log(
     attempt = 0
     retries = conf.database.max_retries
     LOG.warning("build %s is waiting for the event log: %s", build_id, error)
+    waits.met_unavailable()
     try:
         while retries < 0 or attempt < retries:
             waits.set(LogWait(build_id, since, attempt, error))
@@ -89,6 +96,7 @@ def wait_for_log(
             except Exception as exc:
                 if not unavailable(exc):
                     raise
+                waits.met_unavailable()
                 error = db.first_line(exc.__cause__ or exc)
                 delay = min(delay * 2, conf.database.max_retry_interval)
                 continue

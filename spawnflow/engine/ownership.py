@@ -27,6 +27,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,6 +91,9 @@ class HostLease:
         self._renewing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Called after each renewal that proved the lease (the systemd watchdog
+        # and the metrics listen here); they must be quick and must not raise.
+        self.on_renewed: list[Callable[[], None]] = []
 
     def acquire(self) -> None:
         try:
@@ -234,6 +238,8 @@ class HostLease:
                         late,
                     )
                 self._confirmed = started
+                for callback in self.on_renewed:
+                    callback()
                 return
             LOG.error(
                 "host lease for %s was taken by another agent (our epoch %s is gone)",

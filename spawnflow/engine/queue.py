@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from taskflow import exceptions as tf_exc
 from taskflow.persistence import models
 
-from spawnflow.exceptions import DeleteRefused, SpawnflowError
+from spawnflow.exceptions import DeleteRefused, InvalidSpec, SpawnflowError
 from spawnflow.flows.manifest import DELETE, SPAWN, delete_flow_version, spawn_flow_version
 from spawnflow.flows.spec import BuildSpec
 from spawnflow.persistence import lifecycle
@@ -23,6 +23,18 @@ from spawnflow.persistence.eventlog import EventLog
 UNFINISHED = lifecycle.STATES - lifecycle.FINAL
 # Spawn builds that left nothing on the host (as far as the log knows).
 GONE = frozenset({lifecycle.ROLLED_BACK, lifecycle.DELETED})
+
+
+HOST_MAX = 255  # builds.host
+
+
+def check_host(host: Any) -> str:
+    """``host`` as a host to queue for, or InvalidSpec naming the field."""
+    if not isinstance(host, str) or not host.strip() or len(host) > HOST_MAX:
+        raise InvalidSpec(f"host: {host!r} is not a host name (1 to {HOST_MAX} characters)")
+    if not host.isprintable() or host != host.strip():
+        raise InvalidSpec(f"host: {host!r} holds spaces or characters that cannot be printed")
+    return host
 
 
 def queue_build(

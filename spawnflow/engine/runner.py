@@ -19,6 +19,7 @@ import taskflow.engines
 from taskflow import states as tf_states
 from taskflow.types import failure as tf_failure
 
+from spawnflow.engine import log_context
 from spawnflow.exceptions import AgentStopping
 from spawnflow.flows.context import BuildContext
 from spawnflow.flows.spawn import build_spawn_flow
@@ -90,6 +91,7 @@ class _BuildRun:
 
     def on_atom(self, state: str, details: dict[str, Any]) -> None:
         step = details.get("task_name", "?")
+        log_context.set_step(step)
         LOG.debug("build %s step %s %s", self.build_id, step, state)
         if state == tf_states.REVERTING:
             # TaskFlow's flow has no REVERTING state of its own: the first atom

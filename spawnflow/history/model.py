@@ -291,6 +291,8 @@ class StepStats:
 class Stats:
     builds: dict[str, int]  # lifecycle state -> number of builds
     steps: list[StepStats]
+    # host -> lifecycle state -> number of builds (a fleet on one log)
+    hosts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:

@@ -89,7 +89,7 @@ def stats(
     """Builds per lifecycle state, and per step p50/p95/max of forward and revert times."""
     b, e = t.builds.c, t.events.c
     where = build_filters(state=state, host=host, since=since, until=until)
-    counts_q = sa.select(b.state, sa.func.count()).where(*where).group_by(b.state)
+    counts_q = sa.select(b.host, b.state, sa.func.count()).where(*where).group_by(b.host, b.state)
     steps_q = (
         sa.select(e.subject, e.name, e.from_state, e.to_state, e.ts)
         .where(
@@ -102,8 +102,12 @@ def stats(
     if where:
         steps_q = steps_q.where(e.build_id.in_(sa.select(b.build_id).where(*where)))
     durations = _Durations()
-    counts = {row[0]: row[1] for row in conn.execute(counts_q)}
+    counts: dict[str, int] = {}
+    hosts: dict[str, dict[str, int]] = {}
+    for host_name, state_name, n in conn.execute(counts_q):
+        counts[state_name] = counts.get(state_name, 0) + n
+        hosts.setdefault(host_name, {})[state_name] = n
     for row in conn.execution_options(yield_per=5000).execute(steps_q):
         durations.add(row)
     ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    return Stats(builds=ordered, steps=durations.steps())
+    return Stats(builds=ordered, steps=durations.steps(), hosts=dict(sorted(hosts.items())))

@@ -96,3 +96,27 @@ def test_agent_of_another_host_never_runs_a_placed_build(tmp_path, conf, image):
         build_id = client.start_build(make_spec(image), host="other-" + new_uuid()[:8])
         assert mine.pick_up_queued() == []
         assert client.state(build_id) == "QUEUED"
+
+
+def test_cli_places_a_build_on_another_host_and_counts_builds_per_host(
+    agent, conf, image, tmp_path
+):
+    import json
+
+    from tests.functional.test_history_cli import cli, ok, refused
+
+    conf_file = tmp_path / "spawnflow.conf"
+    spec_file = tmp_path / "vm.json"
+    spec_file.write_text(json.dumps(make_spec(image)))
+    out = ok(cli(conf_file, "spawn", str(spec_file), "--no-wait", "--host", "cmp-9"))
+    assert "queued for the agent of host cmp-9" in out
+    refused(cli(conf_file, "spawn", str(spec_file), "--host", "cmp-9"), "--host needs --no-wait")
+    refused(cli(conf_file, "spawn", str(spec_file), "--no-wait", "--host", " x"), "host: ' x'")
+    mine = agent.start_build(make_spec(image))
+    assert agent.wait(mine, timeout=60).state == "ACTIVE"
+    rows = ok(cli(conf_file, "history", "stats", "--by", "host", "-f", "json"))
+    by_host = {row["Host"]: row for row in json.loads(rows)}
+    assert by_host["cmp-9"]["Builds"] == 1 and by_host["cmp-9"]["Unfinished"] == 1
+    assert by_host[conf.host]["ACTIVE"] == 1 and by_host[conf.host]["Unfinished"] == 0
+    listed = ok(cli(conf_file, "history", "list", "--host", "cmp-9", "-f", "value", "-c", "Host"))
+    assert listed.split() == ["cmp-9"]

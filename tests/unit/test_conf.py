@@ -34,10 +34,9 @@ def test_committed_sample_is_up_to_date(tmp_path):
             sys.executable,
             "-m",
             "oslo_config.generator",
-            "--namespace",
-            "spawnflow",
-            "--wrap-width",
-            "79",
+            # What `make genconfig` reads: the namespaces (spawnflow, oslo.log), the width.
+            "--config-file",
+            "etc/spawnflow/spawnflow-config-generator.conf",
             "--output-file",
             str(out),
         ],

@@ -9,11 +9,27 @@ from spawnflow.cmd.base import HistoryLister, is_table
 from spawnflow.cmd.options import state_arg, time_arg
 from spawnflow.cmd.render.text import wrap
 from spawnflow.cmd.render.times import Duration, duration, rounded
-from spawnflow.history import Stats
+from spawnflow.history import Stats, lifecycle
 
 STATS_COLUMNS = ("Step", "Runs", "Failed", "p50", "p95", "Max", "Reverts", "Revert p50")
 STATS_FULL_COLUMNS = (*STATS_COLUMNS, "Revert p95")
 STATE_COLUMNS = ("State", "Builds")
+HOST_COLUMNS = ("Host", "Builds", "ACTIVE", "ROLLED_BACK", "FAILED", "DELETED", "Unfinished")
+
+
+def _host_rows(stats: Stats) -> list[tuple[Any, ...]]:
+    rows = []
+    for host, counts in stats.hosts.items():
+        done = sum(counts.get(state, 0) for state in lifecycle.FINAL)
+        rows.append(
+            (
+                host,
+                sum(counts.values()),
+                *(counts.get(state, 0) for state in HOST_COLUMNS[2:6]),
+                sum(counts.values()) - done,
+            )
+        )
+    return rows
 
 
 def _table_rows(stats: Stats) -> list[tuple[Any, ...]]:
@@ -67,9 +83,9 @@ class HistoryStats(HistoryLister):
         parser.add_argument("--state", type=state_arg, action="append", metavar="STATE")
         parser.add_argument(
             "--by",
-            choices=["step", "state"],
+            choices=["step", "state", "host"],
             default="step",
-            help="rows per step (default) or per build state",
+            help="rows per step (default), per build state, or per host (a fleet on one log)",
         )
         return parser
 
@@ -84,6 +100,8 @@ class HistoryStats(HistoryLister):
             )
         if parsed_args.by == "state":
             return STATE_COLUMNS, sorted(stats.builds.items())
+        if parsed_args.by == "host":
+            return HOST_COLUMNS, _host_rows(stats)
         if is_table(parsed_args):
             counts = ", ".join(f"{state} {n}" for state, n in stats.builds.items()) or "none"
             self.app.stdout.write("\n".join(wrap("builds", f"{stats.total} ({counts})")) + "\n")
