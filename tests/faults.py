@@ -44,7 +44,7 @@ import shutil
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -438,3 +438,16 @@ if [ -n "$where" ] && [ -e "$d/rule" ]; then
 fi
 exec @REAL@ "$@"
 """
+
+
+@pytest.fixture
+def injector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
+    """The fault injector, installed around this process's real parts for one test
+    (the functional and integration conftests offer it to every test)."""
+    found = Injector(tmp_path)
+    found.install(monkeypatch)
+    try:
+        yield found
+    finally:
+        found.disarm()
+        found.uninstall()

@@ -14,6 +14,11 @@ status=0
 spawnflow --config-file etc/spawnflow/demo.conf spawn examples/demo.yaml || status=$?
 
 echo
+echo "Deleted again, by a build of its own in nova's teardown order:"
+instance=$(sed -n 's/^ *uuid: *//p' examples/demo.yaml | head -n 1)
+spawnflow --config-file etc/spawnflow/demo.conf delete "$instance" --force || status=$?
+
+echo
 echo "History, read back from $DEMO_DIR/state/spawnflow.sqlite:"
 spawnflow --config-file etc/spawnflow/demo.conf history list
 # The demo bridge is the only thing left on the host; a real host keeps its

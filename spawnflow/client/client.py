@@ -5,15 +5,33 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from spawnflow.engine.events import request_cancel
 from spawnflow.engine.outcome import Outcome
 from spawnflow.engine.queue import check_host, queue_build, queue_delete
+from spawnflow.exceptions import LogUnavailable
 from spawnflow.flows.spec import BuildSpec, parse_spec
-from spawnflow.persistence import lifecycle
+from spawnflow.persistence import db, faults, lifecycle
 from spawnflow.persistence.backend import EventLogBackend
 from spawnflow.persistence.eventlog import EventLog
+
+
+@contextlib.contextmanager
+def _log_errors() -> Iterator[None]:
+    """One exception for "the log cannot answer now", whichever layer met it (psycopg
+    itself, SQLAlchemy, the event log): LogUnavailable; nothing was queued twice."""
+    try:
+        yield
+    except LogUnavailable:
+        raise
+    except Exception as exc:
+        if not faults.unavailable(exc):
+            raise
+        raise LogUnavailable(
+            f"the event log is unavailable now ({db.first_line(exc)}); try again"
+        ) from None
 
 
 class Client:
@@ -44,31 +62,39 @@ class Client:
     ) -> str:
         """Queue a build of ``spec`` for ``host``'s agent; return its id at once.
 
+        Raises LogUnavailable while the log cannot answer (a PostgreSQL restart):
+        try again; a retry never makes a second build.
+
         The instance's unfinished build on that host, or its ACTIVE one, is
         returned instead of a second build; one on another host is an error,
         and so is an instance being deleted.
         """
         host = check_host(host)
-        build_id, _created = queue_build(self._log, self._backend, parse_spec(spec), host)
+        with _log_errors():
+            build_id, _created = queue_build(self._log, self._backend, parse_spec(spec), host)
         return build_id
 
     def delete_instance(self, instance_uuid: str, force: bool = False) -> str:
         """Queue a delete of the instance for the agent of its host; return its id."""
-        row, _created = queue_delete(self._log, self._backend, instance_uuid, force=force)
+        with _log_errors():
+            row, _created = queue_delete(self._log, self._backend, instance_uuid, force=force)
         return str(row.build_id)
 
     def cancel(self, build_id: str) -> None:
         """Ask the owning agent to roll the build back from its next step boundary."""
-        request_cancel(self._log, build_id)
+        with _log_errors():
+            request_cancel(self._log, build_id)
 
     def state(self, build_id: str) -> str:
-        return str(self._log.get_build(build_id).state)
+        with _log_errors():
+            return str(self._log.get_build(build_id).state)
 
     def wait(self, build_id: str, timeout: float | None = None) -> Outcome:
         """Follow the log until the build is final (or ``timeout`` s pass); its outcome."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            row = self._log.get_build(build_id)
+            with _log_errors():
+                row = self._log.get_build(build_id)
             if lifecycle.is_final(row.state) or (
                 deadline is not None and time.monotonic() >= deadline
             ):

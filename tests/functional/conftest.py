@@ -11,6 +11,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from spawnflow import Agent
+from tests.faults import injector  # noqa: F401 - a fixture for every test here
 from tests.helpers import load_conf, make_qcow2
 
 TEST_DRIVER = {"connection_uri": "test:///default", "virt_type": "test"}

@@ -120,3 +120,28 @@ def test_cli_places_a_build_on_another_host_and_counts_builds_per_host(
     assert by_host[conf.host]["ACTIVE"] == 1 and by_host[conf.host]["Unfinished"] == 0
     listed = ok(cli(conf_file, "history", "list", "--host", "cmp-9", "-f", "value", "-c", "Host"))
     assert listed.split() == ["cmp-9"]
+
+
+def test_a_log_that_cannot_answer_now_is_one_clear_exception(agent, conf, image, tmp_path):
+    import sqlite3
+
+    from spawnflow.exceptions import LogUnavailable
+
+    path = spawnflow.conf.database_url(conf).removeprefix("sqlite:///")
+    spec = make_spec(image)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another writer holds the log past the busy timeout
+    try:
+        with (
+            Client(f"sqlite:///{path}?timeout=0.2") as client,
+            pytest.raises(LogUnavailable, match="unavailable"),
+        ):
+            client.start_build(spec, host=conf.host)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    with Client(spawnflow.conf.database_url(conf)) as client:
+        build_id = client.start_build(spec, host=conf.host)  # the retry: one build
+        assert [
+            b.build_id for b in agent.eventlog.builds(instance_uuid=spec["instance"]["uuid"])
+        ] == [build_id]

@@ -9,7 +9,6 @@ teardown step in tests/crash/test_delete_matrix.py.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from spawnflow.exceptions import DeleteRefused, SpawnflowError
 from spawnflow.flows.teardown import step_names
 from spawnflow.history import History
 from spawnflow.persistence import tables as t
-from tests.faults import LIBVIRT, PERMANENT, Fault, Injector, Site
+from tests.faults import LIBVIRT, PERMANENT, Fault, Site
 from tests.functional.test_history_cli import cli, diagnosis_text, ok, refused
 from tests.helpers import leaks, make_spec, new_uuid
 
@@ -115,17 +114,6 @@ def test_a_build_queued_while_its_instance_is_deleted_is_refused(agent, active):
         agent.rollback_build(row.build_id)
     assert agent.pick_up_queued() == [row.build_id]
     assert agent.wait(row.build_id, timeout=60).state == "DELETED"
-
-
-@pytest.fixture
-def injector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
-    found = Injector(tmp_path)
-    found.install(monkeypatch)
-    try:
-        yield found
-    finally:
-        found.disarm()
-        found.uninstall()
 
 
 def test_a_failed_delete_names_what_is_left_and_a_retry_finishes_it(

@@ -21,7 +21,7 @@ from spawnflow.engine.operator import refuse_if_instance_busy
 from spawnflow.engine.queue import queue_build, queue_delete
 from spawnflow.exceptions import SpawnflowError
 from spawnflow.flows.spec import parse_spec
-from tests.functional.test_delete import UNDEFINE_REFUSED, injector  # noqa: F401 - a fixture
+from tests.functional.test_delete import UNDEFINE_REFUSED
 from tests.functional.test_history_cli import destroy
 from tests.functional.test_operator_verbs import (  # noqa: F401 - fixtures
     RESUME_REFUSED,

@@ -18,23 +18,12 @@ import pytest
 from spawnflow import Agent
 from spawnflow.engine.queue import queue_build
 from spawnflow.flows.spec import parse_spec
-from tests.faults import LIBVIRT, PERMANENT, REVERT, Fault, Injector, Site
+from tests.faults import LIBVIRT, PERMANENT, REVERT, Fault, Site
 from tests.functional.test_history_cli import cli, destroy, diagnosis_text, ok, refused
 from tests.helpers import leaks, make_spec
 
 RESUME_REFUSED = Fault(Site(LIBVIRT, "lookupByUUIDString", "wait_for_boot", "execute"), PERMANENT)
 DESTROY_REFUSED = Fault(Site(LIBVIRT, "domain.destroy", "domain_create", REVERT), PERMANENT)
-
-
-@pytest.fixture
-def injector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
-    found = Injector(tmp_path)
-    found.install(monkeypatch)
-    try:
-        yield found
-    finally:
-        found.disarm()
-        found.uninstall()
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import injector  # noqa: F401 - a fixture for every test here
+
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 DEFAULT_PG_URL = "postgresql+psycopg://spawnflow:spawnflow@127.0.0.1:5432/spawnflow_test"
 QCOW2_VIRTUAL_SIZE = "16M"

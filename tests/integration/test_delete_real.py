@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +113,6 @@ def conf_for(real_conf: Any) -> Any:
         )
 
     return make
-
-
-@pytest.fixture
-def injector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
-    found = Injector(tmp_path)
-    found.install(monkeypatch)
-    try:
-        yield found
-    finally:
-        found.disarm()
-        found.uninstall()
 
 
 def owned(conf: Any, spec: dict[str, Any], build_id: str) -> list[str]:

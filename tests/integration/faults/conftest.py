@@ -10,13 +10,11 @@ outcome of every cell that ran is printed as one table at the end of the run
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.faults import PERMANENT, REFUSED_ONCE, TRANSIENT, Injector
+from tests.faults import PERMANENT, REFUSED_ONCE, TRANSIENT
 
 FULL_ENV = "SPAWNFLOW_FAULTS_FULL"
 SLOW = "slow_faults"
@@ -54,18 +52,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def fault_table(request: pytest.FixtureRequest) -> list[Row]:
     """Where the cells put their outcome for the summary table."""
     return request.config.stash.setdefault(_ROWS, [])
-
-
-@pytest.fixture
-def injector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
-    """The fault injector, installed around this process's real parts for one test."""
-    found = Injector(tmp_path)
-    found.install(monkeypatch)
-    try:
-        yield found
-    finally:
-        found.disarm()
-        found.uninstall()
 
 
 def _table(rows: list[Row]) -> list[str]:
