@@ -20,11 +20,10 @@ import logging
 import time
 from typing import Any
 
-import taskflow.engines
 from taskflow import states as tf_states
 
 from spawnflow.engine import log_context
-from spawnflow.engine.runner import Control, ProgressCallback, describe
+from spawnflow.engine.runner import Control, ProgressCallback, describe, load_engine
 from spawnflow.exceptions import AgentStopping
 from spawnflow.flows.teardown import DeleteContext, build_delete_flow, step_names
 from spawnflow.persistence import lifecycle
@@ -49,15 +48,7 @@ class _DeleteRun:
         self.control = control
         self.progress = progress
         self.started = time.monotonic()
-        book = backend.get_connection().get_logbook(ctx.build_id)
-        self.flow_detail = next(iter(book))
-        self.engine = taskflow.engines.load(
-            build_delete_flow(ctx),
-            flow_detail=self.flow_detail,
-            book=book,
-            backend=backend,
-            engine="serial",
-        )
+        self.flow_detail, self.engine = load_engine(build_delete_flow(ctx), backend, ctx.build_id)
         self.stopped = False
         self.failing: str | None = None  # the step whose failure ended the run
         self.left: list[str] = []  # what steps of this run left (for a FAILED delete)

@@ -49,6 +49,17 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def load_engine(flow: Any, backend: EventLogBackend, build_id: str) -> tuple[Any, Any]:
+    """``flow`` on a serial TaskFlow engine loaded from the build's logbook in the log:
+    (its flow detail, the engine). Spawn and delete runs both start here."""
+    book = backend.get_connection().get_logbook(build_id)
+    flow_detail = next(iter(book))
+    engine = taskflow.engines.load(
+        flow, flow_detail=flow_detail, book=book, backend=backend, engine="serial"
+    )
+    return flow_detail, engine
+
+
 class Control:
     """What the agent asks of a running build: cancel it, or stop at a boundary."""
 
@@ -77,15 +88,7 @@ class _BuildRun:
         self.control = control
         self.progress = progress
         self.started = time.monotonic()
-        book = backend.get_connection().get_logbook(self.build_id)
-        self.flow_detail = next(iter(book))
-        self.engine = taskflow.engines.load(
-            build_spawn_flow(ctx),
-            flow_detail=self.flow_detail,
-            book=book,
-            backend=backend,
-            engine="serial",
-        )
+        self.flow_detail, self.engine = load_engine(build_spawn_flow(ctx), backend, self.build_id)
         self.suspended_for: list[str] = []
         self.engine.atom_notifier.register("*", self.on_atom)  # '*' == Notifier.ANY
 
